@@ -1,0 +1,324 @@
+"""The ledger: Diplo's memory in one SQLite file (WAL mode, versioned schema,
+parameterised statements only, short transactions). The only module that imports sqlite3.
+
+It records what was applied per app (spec with env values redacted, and its hash),
+every deployment and its result, an event log, host-port allocations and builds."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from diplo.errors import LedgerError
+from diplo.model import AppRecord, BuildRecord, LedgerSnapshot, PortAllocation
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE apps (
+        app TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        spec_hash TEXT NOT NULL,
+        spec_json TEXT NOT NULL,
+        image_id TEXT,
+        applied_at TEXT NOT NULL
+    );
+    CREATE TABLE deployments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        app TEXT NOT NULL,
+        project TEXT NOT NULL,
+        spec_hash TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        image_id TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        result TEXT NOT NULL DEFAULT 'running',
+        step TEXT,
+        error TEXT
+    );
+    CREATE INDEX deployments_app ON deployments (app, id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        app TEXT,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        deployment_id INTEGER
+    );
+    CREATE INDEX events_app ON events (app, id);
+    CREATE TABLE ports (
+        app TEXT NOT NULL,
+        key TEXT NOT NULL,
+        host_ip TEXT NOT NULL DEFAULT '',
+        host_port INTEGER NOT NULL,
+        PRIMARY KEY (app, key)
+    );
+    CREATE TABLE builds (
+        tag TEXT PRIMARY KEY,
+        build_hash TEXT NOT NULL,
+        image_id TEXT NOT NULL,
+        built_at TEXT NOT NULL
+    );
+    """,
+]
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def default_home() -> Path:
+    if home := os.environ.get("DIPLO_HOME"):
+        return Path(home)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(state) / "diplo"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: int
+    app: str
+    project: str
+    spec_hash: str
+    revision: int
+    image_id: str | None
+    started_at: str
+    finished_at: str | None
+    result: str  # running | succeeded | failed | cancelled
+    step: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    at: str
+    app: str | None
+    kind: str
+    message: str
+    deployment_id: int | None
+
+
+class Ledger:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=30, check_same_thread=False, isolation_level=None
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._lock = threading.RLock()
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(
+                f"cannot open the ledger at {self.path}: {exc}",
+                hint="check DIPLO_HOME and that the folder is writable",
+            ) from exc
+
+    @classmethod
+    def open_default(cls) -> Ledger:
+        return cls(default_home() / "ledger.db")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise LedgerError(f"ledger write failed: {exc}") from exc
+                raise
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger read failed: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise LedgerError(
+                    f"the ledger {self.path} has schema version {version}, newer than this "
+                    f"Diplo knows ({len(MIGRATIONS)})",
+                    hint="upgrade Diplo",
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {int(number)}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._query("PRAGMA user_version")[0][0])
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def snapshot(self) -> LedgerSnapshot:
+        apps = {
+            r["app"]: AppRecord(
+                r["app"], r["project"], r["spec_hash"], json.loads(r["spec_json"]), r["applied_at"]
+            )
+            for r in self._query("SELECT * FROM apps")
+        }
+        ports = tuple(
+            PortAllocation(r["app"], r["key"], r["host_ip"], r["host_port"])
+            for r in self._query("SELECT * FROM ports ORDER BY app, key")
+        )
+        builds = {
+            r["tag"]: BuildRecord(r["tag"], r["build_hash"], r["image_id"])
+            for r in self._query("SELECT * FROM builds")
+        }
+        return LedgerSnapshot(apps=apps, ports=ports, builds=builds)
+
+    def deployments(self, app: str | None = None, limit: int = 20) -> list[Deployment]:
+        if app is None:
+            rows = self._query("SELECT * FROM deployments ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(
+                "SELECT * FROM deployments WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit)
+            )
+        return [Deployment(**dict(r)) for r in rows]
+
+    def last_deployments(self) -> dict[str, Deployment]:
+        rows = self._query(
+            "SELECT * FROM deployments WHERE id IN (SELECT MAX(id) FROM deployments GROUP BY app)"
+        )
+        return {r["app"]: Deployment(**dict(r)) for r in rows}
+
+    def events(self, app: str | None = None, limit: int = 50) -> list[Event]:
+        if app is None:
+            rows = self._query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(
+                "SELECT * FROM events WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit)
+            )
+        return [Event(**dict(r)) for r in rows]
+
+    # --- writes --------------------------------------------------------------------------
+
+    def start_deployment(self, app: str, project: str, spec_hash: str) -> int:
+        with self._tx() as db:
+            revision = db.execute(
+                "SELECT COALESCE(MAX(revision), 0) + 1 FROM deployments WHERE app = ?", (app,)
+            ).fetchone()[0]
+            cur = db.execute(
+                "INSERT INTO deployments (app, project, spec_hash, revision, started_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (app, project, spec_hash, revision, now()),
+            )
+            dep_id = int(cur.lastrowid or 0)
+            db.execute(
+                "INSERT INTO events (at, app, kind, message, deployment_id) VALUES (?,?,?,?,?)",
+                (now(), app, "deploy.started", f"revision {revision}", dep_id),
+            )
+            return dep_id
+
+    def finish_deployment(
+        self,
+        dep_id: int,
+        result: str,
+        *,
+        step: str | None = None,
+        error: str | None = None,
+        image_id: str | None = None,
+        applied: tuple[str, str, str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Close a deployment. `applied` = (app, project, spec_hash, public spec) records the
+        app's new applied spec in the same transaction, so the two never disagree."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deployments SET finished_at = ?, result = ?, step = ?, error = ?, "
+                "image_id = COALESCE(?, image_id) WHERE id = ?",
+                (now(), result, step, error, image_id, dep_id),
+            )
+            row = db.execute("SELECT app FROM deployments WHERE id = ?", (dep_id,)).fetchone()
+            message = result if not error else f"{result} at {step}: {error}"
+            db.execute(
+                "INSERT INTO events (at, app, kind, message, deployment_id) VALUES (?,?,?,?,?)",
+                (now(), row["app"] if row else None, f"deploy.{result}", message, dep_id),
+            )
+            if applied is not None:
+                app, project, spec_hash, spec = applied
+                self._upsert_app(db, app, project, spec_hash, spec, image_id)
+
+    def record_applied(
+        self, app: str, project: str, spec_hash: str, spec: dict[str, Any], image_id: str | None
+    ) -> None:
+        with self._tx() as db:
+            self._upsert_app(db, app, project, spec_hash, spec, image_id)
+
+    @staticmethod
+    def _upsert_app(
+        db: sqlite3.Connection,
+        app: str,
+        project: str,
+        spec_hash: str,
+        spec: dict[str, Any],
+        image_id: str | None,
+    ) -> None:
+        db.execute(
+            "INSERT INTO apps (app, project, spec_hash, spec_json, image_id, applied_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app) DO UPDATE SET project = excluded.project,"
+            " spec_hash = excluded.spec_hash, spec_json = excluded.spec_json,"
+            " image_id = COALESCE(excluded.image_id, apps.image_id),"
+            " applied_at = excluded.applied_at",
+            (app, project, spec_hash, json.dumps(spec, sort_keys=True), image_id, now()),
+        )
+
+    def forget_app(self, app: str, *, keep_ports: bool = False) -> None:
+        """The app was removed: drop its applied spec (and port allocations unless kept)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM apps WHERE app = ?", (app,))
+            if not keep_ports:
+                db.execute("DELETE FROM ports WHERE app = ?", (app,))
+            db.execute(
+                "INSERT INTO events (at, app, kind, message) VALUES (?, ?, ?, ?)",
+                (now(), app, "app.removed", "removed"),
+            )
+
+    def set_ports(self, app: str, allocations: list[PortAllocation]) -> None:
+        """Replace the app's host-port allocations."""
+        with self._tx() as db:
+            db.execute("DELETE FROM ports WHERE app = ?", (app,))
+            db.executemany(
+                "INSERT INTO ports (app, key, host_ip, host_port) VALUES (?, ?, ?, ?)",
+                [(a.app, a.key, a.host_ip, a.host_port) for a in allocations],
+            )
+
+    def record_build(self, tag: str, build_hash: str, image_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO builds (tag, build_hash, image_id, built_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (tag) DO UPDATE SET build_hash = excluded.build_hash,"
+                " image_id = excluded.image_id, built_at = excluded.built_at",
+                (tag, build_hash, image_id, now()),
+            )
+
+    def event(self, kind: str, message: str, app: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO events (at, app, kind, message) VALUES (?, ?, ?, ?)",
+                (now(), app, kind, message),
+            )

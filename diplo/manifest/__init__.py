@@ -1,0 +1,1 @@
+"""Manifest files: loading, validation, interpolation and resolution."""

@@ -1,0 +1,441 @@
+"""From manifest files to a resolved, validated DesiredState, or a ManifestError that
+lists every problem of every file with file:line:col."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from diplo.errors import InputError, ManifestError, ManifestIssue
+from diplo.manifest.envfile import parse_env_text
+from diplo.manifest.hashing import context_digest, file_digest, spec_digest
+from diplo.manifest.interpolate import InterpolationError, interpolate
+from diplo.manifest.spec import (
+    APP_NAME,
+    PORT,
+    AppConfig,
+    BuildConfig,
+    ManifestConfig,
+    Resources,
+)
+from diplo.manifest.yamlpos import Located, load_located
+from diplo.manifest.yamlpos import Path as DataPath
+from diplo.model import BuildSpec, DesiredApp, DesiredState, Mount, PortSpec
+
+MANIFEST_NAMES = ("diplo.yaml", "diplo.yml")
+_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+@dataclass
+class _File:
+    path: Path
+    located: Located
+    project: str = ""
+    apps: dict[str, AppConfig] = field(default_factory=dict)  # the apps that validated
+    names: list[str] = field(default_factory=list)  # every app name written
+    issues: list[ManifestIssue] = field(default_factory=list)
+
+    def issue(self, path: DataPath, message: str, hint: str | None = None, *, key: bool = False):
+        pos = self.located.where(path, prefer_key=key)
+        self.issues.append(ManifestIssue(str(self.path), pos.line, pos.col, message, hint))
+
+
+def find_manifest_files(paths: Iterable[str]) -> list[Path]:
+    """Files named by `-f`: a file as is; a folder gives its *.yaml/*.yml files and,
+    in sub-folders, every diplo.yaml/diplo.yml."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            direct = sorted(
+                f
+                for f in p.iterdir()
+                if f.is_file() and f.suffix in (".yaml", ".yml") and not f.name.startswith(".")
+            )
+            nested = sorted(
+                f
+                for name in MANIFEST_NAMES
+                for f in p.rglob(name)
+                if f.parent != p
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            if not direct and not nested:
+                raise InputError(f"{raw}: no manifest files (*.yaml, */diplo.yaml) in this folder")
+            found.extend(direct + nested)
+        else:
+            hint = "create it, or point -f at a manifest file or folder"
+            raise InputError(f"{raw}: no such file or folder", hint=hint)
+    unique: dict[Path, None] = {}
+    for f in found:
+        unique.setdefault(f.resolve(), None)
+    return list(unique)
+
+
+def load_manifests(paths: Iterable[str], environ: Mapping[str, str] | None = None) -> DesiredState:
+    environ = dict(os.environ if environ is None else environ)
+    files = [_parse(p, environ) for p in find_manifest_files(paths)]
+    apps: list[DesiredApp] = []
+    owners: dict[str, tuple[_File, str]] = {}
+    for f in files:
+        for name in f.names:
+            if name in owners:
+                first = owners[name][0]
+                f.issue(
+                    ("apps", name),
+                    f"app {name!r} is already defined in {first.path}",
+                    "app names are unique on a host; rename one of them",
+                    key=True,
+                )
+            else:
+                owners[name] = (f, name)
+    for f in files:
+        for name, app in f.apps.items():
+            if owners.get(name, (None,))[0] is not f:
+                continue
+            for i, dep in enumerate(app.depends_on):
+                if dep not in owners:
+                    close = difflib.get_close_matches(dep, list(owners), n=1)
+                    f.issue(
+                        ("apps", name, "depends_on", i),
+                        f"depends_on names {dep!r}, which no manifest defines",
+                        f"did you mean {close[0]!r}?" if close else "define that app or remove it",
+                    )
+                elif dep == name:
+                    f.issue(("apps", name, "depends_on", i), "an app cannot depend on itself")
+            resolved = _resolve_app(f, name, app, environ)
+            if resolved is not None:
+                apps.append(resolved)
+    _check_cycles(files, owners)
+    issues = [i for f in files for i in f.issues]
+    if issues:
+        raise ManifestError(issues)
+    return DesiredState(
+        apps=tuple(sorted(apps, key=lambda a: a.name)),
+        files=tuple(str(f.path) for f in files),
+        projects=tuple(sorted({f.project for f in files})),
+    )
+
+
+def _parse(path: Path, environ: dict[str, str]) -> _File:
+    f = _File(path, Located(None))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        f.issues.append(ManifestIssue(str(path), 1, 1, f"cannot read the file: {exc}"))
+        return f
+    try:
+        f.located = load_located(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        msg = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
+        f.issues.append(ManifestIssue(str(path), line, col, msg, "check indentation and quoting"))
+        return f
+    for pos, problem in f.located.problems:
+        f.issues.append(ManifestIssue(str(path), pos.line, pos.col, problem))
+    data = f.located.data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        f.issue((), "a manifest is a mapping with `apps:` (and optionally `project:`)")
+        return f
+    data = {k: v for k, v in data.items() if not str(k).startswith("x-")}
+    lookup = _env_lookup(path.parent, environ, f)
+    data = _interpolate(data, (), lookup, f)
+    # Each app is validated on its own so that one broken app hides no other's errors.
+    raw_apps = data.get("apps")
+    top = {**data, "apps": {}} if isinstance(raw_apps, dict) else data
+    project = None
+    try:
+        project = ManifestConfig.model_validate(top).project
+    except ValidationError as exc:
+        for err in exc.errors():
+            _report(f, err)
+    f.project = project or _default_project(path)
+    if not isinstance(raw_apps, dict):
+        return f
+    for name, raw in raw_apps.items():
+        f.names.append(name)
+        if not APP_NAME.match(name):
+            f.issue(
+                ("apps", name),
+                f"app name {name!r} is not a DNS label",
+                "use lowercase letters, digits and '-', at most 63 characters, "
+                "starting and ending with a letter or digit",
+                key=True,
+            )
+        try:
+            f.apps[name] = AppConfig.model_validate({} if raw is None else raw)
+        except ValidationError as exc:
+            for err in exc.errors():
+                _report(f, {**err, "loc": ("apps", name, *err["loc"])})
+    return f
+
+
+def _default_project(path: Path) -> str:
+    name = re.sub(r"[^a-z0-9_-]+", "-", path.resolve().parent.name.lower()).strip("-_")
+    return name or "default"
+
+
+def _env_lookup(folder: Path, environ: dict[str, str], f: _File):
+    dotenv: dict[str, str] = {}
+    env_path = folder / ".env"
+    if env_path.is_file():
+        dotenv, problems = parse_env_text(env_path.read_text(encoding="utf-8", errors="replace"))
+        for line, problem in problems:
+            f.issues.append(ManifestIssue(str(env_path), line, 1, problem))
+
+    def lookup(name: str) -> str | None:
+        return environ.get(name, dotenv.get(name))
+
+    return lookup
+
+
+def _interpolate(value: Any, path: DataPath, lookup, f: _File) -> Any:
+    if isinstance(value, str):
+        try:
+            return interpolate(value, lookup)
+        except InterpolationError as exc:
+            f.issue(path, str(exc))
+            return value
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*path, k), lookup, f) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*path, i), lookup, f) for i, v in enumerate(value)]
+    return value
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Which model a mapping at `loc` is validated by (for near-miss key suggestions)."""
+    if len(loc) == 0:
+        return ManifestConfig
+    if len(loc) == 2 and loc[0] == "apps":
+        return AppConfig
+    if len(loc) == 3 and loc[0] == "apps":
+        return {"build": BuildConfig, "resources": Resources}.get(str(loc[2]))
+    return None
+
+
+def _report(f: _File, err: Any) -> None:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        model = _model_at(loc[:-1])
+        known = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean {close[0]!r}?"
+            if close
+            else (f"known keys: {', '.join(known)}" if known else None)
+        )
+        f.issue(loc, f"unknown key {key!r}", hint, key=True)
+        return
+    field_name = ".".join(str(p) for p in loc) or "(document)"
+    message = err["msg"].removeprefix("Value error, ")
+    if kind == "missing":
+        f.issue(loc[:-1], f"{field_name}: required key is missing", f"add `{loc[-1]}:`")
+        return
+    got = err.get("input")
+    plain = kind != "value_error" and not isinstance(got, dict | list) and got is not None
+    shown = f" (got {got!r})" if plain else ""
+    f.issue(loc, f"{field_name}: {message}{shown}")
+
+
+def _check_cycles(files: list[_File], owners: dict[str, tuple[_File, str]]) -> None:
+    graph = {
+        name: list(f.apps[name].depends_on) for name, (f, _) in owners.items() if name in f.apps
+    }
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in graph.get(node, []):
+            if dep not in graph or dep == node:
+                continue
+            if state.get(dep) == 1:
+                cycle = [*stack[stack.index(dep) :], dep] if dep in stack else [node, dep]
+                f = owners[node][0]
+                f.issue(
+                    ("apps", node, "depends_on"),
+                    f"depends_on forms a cycle: {' -> '.join(cycle)}",
+                    "remove one of these dependencies",
+                )
+            elif state.get(dep) is None:
+                visit(dep, [*stack, dep])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -> DesiredApp | None:
+    base = f.path.parent
+    at = ("apps", name)
+    before = len(f.issues)
+    file_hashes: dict[str, str] = {}
+
+    build: BuildSpec | None = None
+    if app.build is not None:
+        build = _resolve_build(f, app.build, base, (*at, "build"))
+    if app.image is None and app.build is None:
+        f.issue(
+            at, f"app {name!r} needs `image:` or `build:`", "add `image: repo/name:tag`", key=True
+        )
+    image = app.image or f"diplo/{f.project}-{name}:latest"
+    if app.image is not None and not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.:/@-]*$", app.image):
+        f.issue((*at, "image"), f"{app.image!r} is not an image reference", "e.g. shop/web:1")
+
+    env: dict[str, str] = {}
+    for i, rel in enumerate(app.env_file):
+        p = (base / rel).resolve()
+        loc: DataPath = (*at, "env_file", i)
+        if loc not in f.located.values:  # `env_file: .env` (a single string)
+            loc = (*at, "env_file")
+        if not p.is_file():
+            f.issue(loc, f"env_file {rel!r} does not exist ({p})", "create it or fix the path")
+            continue
+        values, problems = parse_env_text(p.read_text(encoding="utf-8", errors="replace"))
+        for line, problem in problems:
+            f.issues.append(ManifestIssue(str(p), line, 1, problem))
+        env.update(values)
+        file_hashes[str(p)] = file_digest(p)
+    for key, value in app.env.items():
+        if value is None:  # `KEY` alone: passed through from Diplo's environment
+            if key in environ:
+                env[key] = environ[key]
+            else:
+                env.pop(key, None)
+        else:
+            env[key] = value
+
+    ports = []
+    seen_ports: set[str] = set()
+    for i, text in enumerate(app.ports):
+        m = PORT.match(text.strip())
+        assert m is not None  # validated by the model
+        port = PortSpec(
+            container_port=int(m.group("container")),
+            protocol=m.group("proto") or "tcp",  # type: ignore[arg-type]
+            host_ip=(m.group("ip") or "").strip("[]"),
+            host_port=int(m.group("host")) if m.group("host") else None,
+        )
+        if port.key in seen_ports:
+            f.issue((*at, "ports", i), f"container port {port.key} is published twice")
+        seen_ports.add(port.key)
+        ports.append(port)
+
+    mounts = []
+    for i, text in enumerate(app.volumes):
+        mount = _resolve_volume(f, text, base, (*at, "volumes", i), f.project)
+        if mount is None:
+            continue
+        mounts.append(mount)
+        if mount.kind == "bind" and os.path.isfile(mount.source):
+            # A bind-mounted file is config: its content is part of the spec (compose#11900).
+            file_hashes[mount.source] = file_digest(mount.source)
+
+    if len(f.issues) != before:
+        return None
+    pos = f.located.where(at, prefer_key=True)
+    desired = DesiredApp(
+        name=name,
+        project=f.project,
+        image=image,
+        source=f"{f.path}:{pos.line}",
+        build=build,
+        command=tuple(app.command) if app.command is not None else None,
+        entrypoint=tuple(app.entrypoint) if app.entrypoint is not None else None,
+        env=tuple(sorted(env.items())),
+        ports=tuple(ports),
+        mounts=tuple(mounts),
+        restart=app.restart,
+        depends_on=tuple(app.depends_on),
+        memory=app.resources.memory,
+        nano_cpus=int(app.resources.cpus * 1e9) if app.resources.cpus else None,
+        labels=tuple(sorted(app.labels.items())),
+        init=app.init,
+        stop_signal=app.stop_signal,
+        stop_grace_period=app.stop_grace_period,
+        user=app.user,
+        working_dir=app.working_dir,
+        pull_policy=app.pull_policy,
+        file_hashes=tuple(sorted(file_hashes.items())),
+    )
+    return _with_hash(desired)
+
+
+def _with_hash(app: DesiredApp) -> DesiredApp:
+    from dataclasses import asdict, replace
+
+    data = asdict(app)
+    data.pop("source")
+    data.pop("spec_hash")
+    data.pop("depends_on")  # ordering only: a new dependency does not need a new container
+    return replace(app, spec_hash=spec_digest(data))
+
+
+def _resolve_build(f: _File, cfg: BuildConfig, base: Path, loc: DataPath) -> BuildSpec | None:
+    context = (base / cfg.context).resolve()
+    if not context.is_dir():
+        f.issue(loc, f"build context {cfg.context!r} is not a folder ({context})")
+        return None
+    dockerfile = context / cfg.dockerfile
+    if not dockerfile.is_file():
+        f.issue(loc, f"no Dockerfile at {dockerfile}", "add one or set build.dockerfile")
+        return None
+    args = tuple(sorted(cfg.args.items()))
+    digest = spec_digest(
+        {
+            "context": context_digest(context),
+            "dockerfile": cfg.dockerfile,
+            "dockerfile_content": file_digest(dockerfile),
+            "args": list(args),
+        }
+    )
+    return BuildSpec(str(context), cfg.dockerfile, args, digest)
+
+
+def _resolve_volume(f: _File, text: str, base: Path, loc: DataPath, project: str) -> Mount | None:
+    parts = text.split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        source, target, mode = parts
+    elif len(parts) == 2:
+        source, target = parts
+    else:
+        f.issue(loc, f"{text!r} is not a volume", 'use "name:/path" or "./dir:/path[:ro]"')
+        return None
+    if mode not in ("ro", "rw"):
+        f.issue(loc, f"volume mode {mode!r} is not ro or rw")
+        return None
+    if not target.startswith("/"):
+        f.issue(loc, f"volume target {target!r} must be an absolute path in the container")
+        return None
+    if source.startswith((".", "/", "~")):
+        host = (base / os.path.expanduser(source)).resolve()
+        if not host.exists():
+            f.issue(
+                loc,
+                f"bind mount source {source!r} does not exist ({host})",
+                "create it, or use a named volume",
+            )
+            return None
+        return Mount("bind", str(host), target, mode == "ro")
+    if not _VOLUME_NAME.match(source):
+        f.issue(loc, f"{source!r} is not a volume name", "use letters, digits, '_', '.', '-'")
+        return None
+    return Mount("volume", f"{project}_{source}", target, mode == "ro")

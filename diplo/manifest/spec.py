@@ -1,0 +1,222 @@
+"""The manifest's shape as pydantic models: what a user may write in `diplo.yaml`.
+
+Keys follow docker compose where compose has one. Short forms (`build: ./web`,
+`command: "httpd -f"`, `env: [K=V]`) are normalised before validation so that an
+error names one problem, not one per union member."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+from diplo.units import parse_duration, parse_size
+
+APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+PORT = re.compile(
+    r"^(?:(?:(?P<ip>\[[0-9a-fA-F:]+\]|[0-9.]+):)?(?P<host>\d{1,5})?:)?(?P<container>\d{1,5})(?:/(?P<proto>tcp|udp))?$"
+)
+
+
+def _split_command(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split command: {exc}") from exc
+    return value
+
+
+def _env_list_to_dict(value: Any) -> Any:
+    if isinstance(value, list):
+        out: dict[str, Any] = {}
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError("env list items must be strings like KEY=value")
+            key, sep, val = item.partition("=")
+            out[key] = val if sep else None
+        return out
+    return value
+
+
+def _scalar_to_str(value: Any) -> Any:
+    # YAML reads `env: {DEBUG: true, WORKERS: 4}` as bool/int; containers get strings.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _to_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _restart(value: Any) -> Any:
+    return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+def _size(value: Any) -> int:
+    return parse_size(value)
+
+
+Duration = Annotated[
+    float, BeforeValidator(_duration, json_schema_input_type=str | float), Field(ge=0)
+]
+Size = Annotated[int, BeforeValidator(_size, json_schema_input_type=str | int), Field(gt=0)]
+Command = Annotated[
+    list[str] | None,
+    BeforeValidator(_split_command, json_schema_input_type=str | list[str] | None),
+]
+EnvValue = Annotated[
+    str | None,
+    BeforeValidator(_scalar_to_str, json_schema_input_type=str | int | float | bool | None),
+]
+LabelValue = Annotated[
+    str, BeforeValidator(_scalar_to_str, json_schema_input_type=str | int | float | bool)
+]
+
+
+def _port(text: str) -> str:
+    m = PORT.match(text.strip())
+    if not m:
+        raise ValueError(
+            f'{text!r} is not a port; use "8080", "18080:8080" or '
+            '"127.0.0.1:18080:8080" (optionally /udp)'
+        )
+    for part in ("host", "container"):
+        if m.group(part) is not None and not 0 < int(m.group(part)) < 65536:
+            raise ValueError(f"{text!r}: port numbers run from 1 to 65535")
+    return text.strip()
+
+
+PortText = Annotated[
+    str,
+    BeforeValidator(_scalar_to_str, json_schema_input_type=str | int),
+    AfterValidator(_port),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BuildConfig(_Strict):
+    """Build an image from a local context, tagged with the app's `image`."""
+
+    context: str = Field(description="Folder sent to the builder, relative to the manifest.")
+    dockerfile: str = Field("Dockerfile", description="Dockerfile path, relative to context.")
+    args: dict[str, LabelValue] = Field(default_factory=dict, description="Build arguments.")
+
+
+def _build(value: Any) -> Any:
+    return {"context": value} if isinstance(value, str) else value
+
+
+class Resources(_Strict):
+    memory: Size | None = Field(None, description="Memory limit, e.g. 256m or 1g.")
+    cpus: float | None = Field(None, gt=0, le=1024, description="CPU limit, e.g. 0.5.")
+
+
+class AppConfig(_Strict):
+    """One app: one container (per replica) kept in the state described here."""
+
+    image: str | None = Field(
+        None, description="Image to run; with `build`, the tag given to the built image."
+    )
+    build: Annotated[
+        BuildConfig | None, BeforeValidator(_build, json_schema_input_type=str | BuildConfig | None)
+    ] = Field(None, description="Build context folder, or {context, dockerfile, args}.")
+    command: Command = Field(None, description="Overrides the image's CMD.")
+    entrypoint: Command = Field(None, description="Overrides the image's ENTRYPOINT.")
+    ports: list[PortText] = Field(
+        default_factory=list,
+        description='"8080" (Diplo picks a stable host port), "18080:8080", '
+        '"127.0.0.1:18080:8080", optionally with /udp.',
+    )
+    env: Annotated[
+        dict[str, EnvValue],
+        BeforeValidator(_env_list_to_dict, json_schema_input_type=dict[str, EnvValue] | list[str]),
+    ] = Field(default_factory=dict, description="Environment; ${VAR} is interpolated.")
+    env_file: Annotated[
+        list[str], BeforeValidator(_to_list, json_schema_input_type=str | list[str])
+    ] = Field(default_factory=list, description="KEY=value files, relative to the manifest.")
+    volumes: list[str] = Field(
+        default_factory=list,
+        description='"name:/path" (a named volume) or "./dir:/path[:ro]" (a bind mount).',
+    )
+    restart: Annotated[
+        Literal["always", "on-failure", "unless-stopped", "no"],
+        BeforeValidator(_restart, json_schema_input_type=str | bool),
+    ] = Field("unless-stopped", description="Docker restart policy.")
+    depends_on: list[str] = Field(default_factory=list, description="Apps started before this.")
+    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    labels: dict[str, LabelValue] = Field(default_factory=dict, description="Container labels.")
+    init: bool = Field(False, description="Run an init process (forwards signals, reaps).")
+    stop_signal: str | None = Field(None, description="Signal sent to stop, e.g. SIGQUIT.")
+    stop_grace_period: Duration = Field(10.0, description="Wait before SIGKILL, e.g. 10s.")
+    user: str | None = None
+    working_dir: str | None = None
+    pull_policy: Literal["missing", "never"] = Field(
+        "missing", description="missing: pull when the image is not on the host."
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_keys(cls, env: dict[str, str | None]) -> dict[str, str | None]:
+        for key in env:
+            if not ENV_KEY.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return env
+
+    @field_validator("depends_on")
+    @classmethod
+    def _deps_unique(cls, deps: list[str]) -> list[str]:
+        if len(set(deps)) != len(deps):
+            raise ValueError("depends_on lists an app twice")
+        return deps
+
+
+class ManifestConfig(_Strict):
+    """A diplo.yaml file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Diplo manifest")
+
+    project: str | None = Field(
+        None, description="Grouping label; default: the manifest's folder name."
+    )
+    apps: dict[str, AppConfig] = Field(default_factory=dict, description="Apps by name.")
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, value: str | None) -> str | None:
+        if value is not None and not PROJECT_NAME.match(value):
+            raise ValueError(
+                "a project is lowercase letters, digits, '-' and '_', starting with a "
+                "letter or digit, at most 63 characters"
+            )
+        return value
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ManifestConfig.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://diplo.dev/schemas/diplo.schema.json"
+    schema.setdefault("properties", {})["apps"]["propertyNames"] = {"pattern": APP_NAME.pattern}
+    schema["patternProperties"] = {"^x-": {}}
+    return schema

@@ -1,0 +1,99 @@
+"""YAML loading that remembers where every key and value came from, so that a
+validation error deep in the data can be reported as file:line:col."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Pos:
+    line: int  # 1-based
+    col: int  # 1-based
+
+
+@dataclass
+class Located:
+    """A YAML document as plain Python data plus the position of each path in it."""
+
+    data: Any
+    values: dict[Path, Pos] = field(default_factory=dict)
+    keys: dict[Path, Pos] = field(default_factory=dict)
+    problems: list[tuple[Pos, str]] = field(default_factory=list)
+
+    def where(self, path: Path, *, prefer_key: bool = False) -> Pos:
+        """The position of the longest prefix of `path` that exists in the document."""
+        for end in range(len(path), -1, -1):
+            prefix = path[:end]
+            if prefer_key and prefix in self.keys:
+                return self.keys[prefix]
+            if prefix in self.values:
+                return self.values[prefix]
+        return Pos(1, 1)
+
+
+def _pos(node: yaml.Node) -> Pos:
+    return Pos(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.loader = yaml.SafeLoader("")
+        self.out = Located(None)
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self.out.values[path] = _pos(node)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
+        return self.loader.construct_object(node, deep=True)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+        merged: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                # `<<: *defaults` (or a list of them): keys written here win.
+                sources = (
+                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                )
+                for source in sources:
+                    value = self.build(source, path)
+                    if isinstance(value, dict):
+                        for k, v in value.items():
+                            merged.setdefault(k, v)
+                    else:
+                        self.out.problems.append((_pos(source), "a merge key (<<) needs a mapping"))
+                continue
+            key = self.loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                self.out.problems.append((_pos(key_node), "mapping keys must be plain text"))
+                continue
+            key = str(key) if not isinstance(key, str) else key
+            if key in result:
+                self.out.problems.append(
+                    (_pos(key_node), f"duplicate key {key!r}: each key may appear once")
+                )
+                continue
+            self.out.keys[(*path, key)] = _pos(key_node)
+            result[key] = self.build(value_node, (*path, key))
+        for k, v in merged.items():
+            result.setdefault(k, v)
+        return result
+
+
+def load_located(text: str) -> Located:
+    """Parse one YAML document. Raises yaml.YAMLError (with a mark) on a syntax error."""
+    builder = _Builder()
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is None:
+        builder.out.data = None
+        return builder.out
+    builder.out.data = builder.build(node, ())
+    return builder.out

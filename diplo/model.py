@@ -1,0 +1,371 @@
+"""Frozen data shared by the layers: the resolved desired state of an app, what the
+engine reports (observations), what the ledger remembers, and the typed actions of a plan.
+
+Nothing here does I/O; the planner is a function from these types to these types."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LABEL_PROJECT = "diplo.project"
+LABEL_APP = "diplo.app"
+LABEL_SPEC_HASH = "diplo.spec-hash"
+LABEL_REPLICA = "diplo.replica"
+LABEL_BUILD_HASH = "diplo.build-hash"
+
+RestartPolicy = Literal["always", "on-failure", "unless-stopped", "no"]
+PullPolicy = Literal["missing", "never"]
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """One published port as written: `8080`, `18080:8080`, `127.0.0.1:18080:8080/udp`.
+    `host_port` None means Diplo picks one and keeps it stable."""
+
+    container_port: int
+    protocol: Literal["tcp", "udp"] = "tcp"
+    host_ip: str = ""
+    host_port: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.container_port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    kind: Literal["volume", "bind"]
+    source: str  # volume name, or absolute host path
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    context: str  # absolute path
+    dockerfile: str  # relative to the context
+    args: tuple[tuple[str, str], ...] = ()
+    build_hash: str = ""  # content of the context + dockerfile + args
+
+
+@dataclass(frozen=True)
+class DesiredApp:
+    """An app as the manifest wants it, fully resolved (interpolated, paths absolute,
+    env files merged, units parsed). `spec_hash` covers everything that, when changed,
+    needs a new container, including the content of host files the app reads."""
+
+    name: str
+    project: str
+    image: str
+    source: str = ""  # file:line of the app's definition, for messages
+    build: BuildSpec | None = None
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    restart: RestartPolicy = "unless-stopped"
+    depends_on: tuple[str, ...] = ()
+    memory: int | None = None
+    nano_cpus: int | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    init: bool = False
+    stop_signal: str | None = None
+    stop_grace_period: float = 10.0
+    user: str | None = None
+    working_dir: str | None = None
+    pull_policy: PullPolicy = "missing"
+    file_hashes: tuple[tuple[str, str], ...] = ()  # host files read (env_file, bind files)
+    spec_hash: str = ""
+
+    def public_spec(self) -> dict[str, Any]:
+        """The spec as stored in the ledger and shown in diffs: env values are replaced by
+        a short digest so that secrets never leave the process, yet changes still show."""
+        return {
+            "image": self.image,
+            "build": None
+            if self.build is None
+            else {
+                "context": self.build.context,
+                "dockerfile": self.build.dockerfile,
+                "args": {k: redact(v) for k, v in self.build.args},
+                "hash": self.build.build_hash[:12],
+            },
+            "command": list(self.command) if self.command is not None else None,
+            "entrypoint": list(self.entrypoint) if self.entrypoint is not None else None,
+            "env": {k: redact(v) for k, v in self.env},
+            "ports": [_port_text(p) for p in self.ports],
+            "volumes": [_mount_text(m) for m in self.mounts],
+            "restart": self.restart,
+            "depends_on": list(self.depends_on),
+            "memory": self.memory,
+            "nano_cpus": self.nano_cpus,
+            "labels": dict(self.labels),
+            "init": self.init,
+            "stop_signal": self.stop_signal,
+            "stop_grace_period": self.stop_grace_period,
+            "user": self.user,
+            "working_dir": self.working_dir,
+            "files": {path: digest[:12] for path, digest in self.file_hashes},
+        }
+
+
+def redact(value: str) -> str:
+    """A stable, non-reversible stand-in for a possibly secret value."""
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def _port_text(p: PortSpec) -> str:
+    host = f"{p.host_ip}:" if p.host_ip else ""
+    host += f"{p.host_port}:" if p.host_port is not None else ("auto:" if p.host_ip else "")
+    return f"{host}{p.container_port}/{p.protocol}"
+
+
+def _mount_text(m: Mount) -> str:
+    return f"{m.source}:{m.target}{':ro' if m.read_only else ''}"
+
+
+# --- what the engine reports -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    key: str  # "8080/tcp"
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True)
+class ObservedContainer:
+    id: str
+    name: str
+    project: str
+    app: str
+    replica: int
+    spec_hash: str
+    state: str  # created | running | restarting | paused | exited | dead | removing
+    status: str  # human text from the engine, e.g. "Up 3 minutes"
+    image: str
+    image_id: str
+    ports: tuple[PublishedPort, ...] = ()
+    created: int = 0
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+@dataclass(frozen=True)
+class Observed:
+    containers: tuple[ObservedContainer, ...] = ()
+    images: Mapping[str, str] = field(default_factory=dict)  # "repo:tag" -> image id
+    networks: frozenset[str] = frozenset()
+    volumes: frozenset[str] = frozenset()
+    foreign_names: frozenset[str] = frozenset()  # container names Diplo does not own
+
+    def of_app(self, app: str) -> tuple[ObservedContainer, ...]:
+        return tuple(c for c in self.containers if c.app == app)
+
+
+# --- what the ledger remembers -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppRecord:
+    app: str
+    project: str
+    spec_hash: str
+    spec: Mapping[str, Any]
+    applied_at: str
+
+
+@dataclass(frozen=True)
+class PortAllocation:
+    app: str
+    key: str  # "8080/tcp"
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    tag: str
+    build_hash: str
+    image_id: str
+
+
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    apps: Mapping[str, AppRecord] = field(default_factory=dict)
+    ports: tuple[PortAllocation, ...] = ()
+    builds: Mapping[str, BuildRecord] = field(default_factory=dict)  # by tag
+
+
+# --- plans -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedPort:
+    key: str
+    host_ip: str
+    host_port: int
+    new: bool = False  # chosen in this run; recorded in the ledger when applied
+
+
+@dataclass(frozen=True)
+class EnsureNetwork:
+    project: str
+    name: str
+
+
+@dataclass(frozen=True)
+class EnsureVolume:
+    app: str
+    project: str
+    name: str
+
+
+@dataclass(frozen=True)
+class BuildImage:
+    app: str
+    tag: str
+    build: BuildSpec
+
+
+@dataclass(frozen=True)
+class PullImage:
+    app: str
+    image: str
+
+
+@dataclass(frozen=True)
+class RunContainer:
+    """Create and start the app's container from `spec`, replacing `replaces` (stopped
+    first, removed once the new one runs, restarted if it does not)."""
+
+    app: str
+    spec: DesiredApp
+    ports: tuple[ResolvedPort, ...]
+    network: str
+    name: str
+    replaces: tuple[ObservedContainer, ...] = ()
+
+
+@dataclass(frozen=True)
+class StartContainer:
+    app: str
+    container: ObservedContainer
+
+
+@dataclass(frozen=True)
+class RemoveContainers:
+    app: str
+    containers: tuple[ObservedContainer, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordApplied:
+    """The container already matches; only the ledger is behind."""
+
+    app: str
+    spec: DesiredApp
+
+
+Action = (
+    EnsureNetwork
+    | EnsureVolume
+    | BuildImage
+    | PullImage
+    | RunContainer
+    | StartContainer
+    | RemoveContainers
+    | RecordApplied
+)
+
+ChangeKind = Literal["create", "update", "start", "remove", "unchanged"]
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    path: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True)
+class AppPlan:
+    app: str
+    project: str
+    kind: ChangeKind
+    reason: str = ""
+    changes: tuple[FieldChange, ...] = ()
+    actions: tuple[Action, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    spec: DesiredApp | None = None
+
+    @property
+    def mutates(self) -> bool:
+        return any(not isinstance(a, RecordApplied) for a in self.actions)
+
+
+@dataclass(frozen=True)
+class Plan:
+    projects: tuple[str, ...] = ()
+    networks: tuple[EnsureNetwork, ...] = ()
+    apps: tuple[AppPlan, ...] = ()
+    problems: tuple[str, ...] = ()  # found while planning: nothing may run
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.networks and all(a.kind == "unchanged" for a in self.apps)
+
+    def app(self, name: str) -> AppPlan | None:
+        return next((a for a in self.apps if a.app == name), None)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything the manifest files ask for."""
+
+    apps: tuple[DesiredApp, ...] = ()
+    files: tuple[str, ...] = ()
+    projects: tuple[str, ...] = ()
+
+    def app(self, name: str) -> DesiredApp | None:
+        return next((a for a in self.apps if a.name == name), None)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Exactly what the runtime is asked to create; built by the executor."""
+
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    network: str
+    aliases: tuple[str, ...] = ()
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    ports: tuple[ResolvedPort, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    restart: RestartPolicy = "unless-stopped"
+    memory: int | None = None
+    nano_cpus: int | None = None
+    init: bool = False
+    stop_signal: str | None = None
+    stop_timeout: int = 10
+    user: str | None = None
+    working_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    status: str  # created | running | exited | ...
+    exit_code: int
+    error: str
+    restart_count: int = 0

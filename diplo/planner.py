@@ -1,0 +1,245 @@
+"""The planner: a pure function from (desired, observed, ledger, ports) to a Plan.
+
+No Docker, no SQLite, no clock, no logging: everything it needs is passed in, so every
+decision is unit-tested from plain fixtures. Pairing is by app name: desired without
+observed is a create, observed without desired a remove (with prune), both with different
+spec hashes an update."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from diplo.model import (
+    LABEL_APP,
+    Action,
+    AppPlan,
+    BuildImage,
+    DesiredApp,
+    DesiredState,
+    EnsureNetwork,
+    EnsureVolume,
+    FieldChange,
+    LedgerSnapshot,
+    Observed,
+    ObservedContainer,
+    Plan,
+    PullImage,
+    RecordApplied,
+    RemoveContainers,
+    ResolvedPort,
+    RunContainer,
+    StartContainer,
+)
+
+RUNNING = ("running", "restarting")
+
+
+def container_name(project: str, app: str, replica: int = 1) -> str:
+    return f"{project}-{app}-{replica}"
+
+
+def network_name(project: str) -> str:
+    return f"diplo-{project}"
+
+
+def normalize_image(ref: str) -> str:
+    """`busybox` -> `busybox:latest`; refs with a tag or digest are kept."""
+    if "@" in ref:
+        return ref
+    last = ref.rsplit("/", 1)[-1]
+    return ref if ":" in last else f"{ref}:latest"
+
+
+def plan(
+    desired: DesiredState,
+    observed: Observed,
+    ledger: LedgerSnapshot,
+    ports: Mapping[str, tuple[ResolvedPort, ...]],
+    *,
+    prune: bool = False,
+    only: frozenset[str] | None = None,
+) -> Plan:
+    """`only` limits the plan to those apps (the others are left as they are)."""
+    problems: list[str] = []
+    app_plans: list[AppPlan] = []
+    for app in topological(desired.apps):
+        if only is not None and app.name not in only:
+            continue
+        app_plan, app_problems = _plan_app(app, observed, ledger, ports.get(app.name, ()))
+        app_plans.append(app_plan)
+        problems.extend(app_problems)
+
+    desired_names = {a.name for a in desired.apps}
+    orphans: dict[str, list[ObservedContainer]] = {}
+    for c in observed.containers:
+        if c.project in desired.projects and c.app not in desired_names:
+            orphans.setdefault(c.app, []).append(c)
+    for name, record in ledger.apps.items():
+        if record.project in desired.projects and name not in desired_names:
+            orphans.setdefault(name, [])
+    for name in sorted(orphans):
+        if only is not None and name not in only:
+            continue
+        containers = tuple(orphans[name])
+        project = containers[0].project if containers else ledger.apps[name].project
+        action = RemoveContainers(name, containers, "no longer in the manifests")
+        app_plans.append(
+            AppPlan(
+                name,
+                project,
+                "remove",
+                reason="no longer in the manifests"
+                + ("" if prune else " (apply --prune removes it)"),
+                actions=(action,) if prune else (),
+            )
+        )
+
+    needs_network = {p.project for p in app_plans if p.kind in ("create", "update")}
+    networks = tuple(
+        EnsureNetwork(project, network_name(project))
+        for project in sorted(needs_network)
+        if network_name(project) not in observed.networks
+    )
+    return Plan(
+        projects=desired.projects,
+        networks=networks,
+        apps=tuple(app_plans),
+        problems=tuple(problems),
+    )
+
+
+def _plan_app(
+    app: DesiredApp,
+    observed: Observed,
+    ledger: LedgerSnapshot,
+    ports: tuple[ResolvedPort, ...],
+) -> tuple[AppPlan, list[str]]:
+    problems: list[str] = []
+    containers = observed.of_app(app.name)
+    strangers = [c for c in containers if c.project != app.project]
+    if strangers:
+        problems.append(
+            f"{app.name}: the app name is taken by project {strangers[0].project!r} on this "
+            f"host (container {strangers[0].name}); app names are unique per host, rename it"
+        )
+    name = container_name(app.project, app.name)
+    if name in observed.foreign_names:
+        problems.append(
+            f"{app.name}: a container named {name!r} exists that Diplo does not own "
+            f"(no {LABEL_APP} label); remove or rename it"
+        )
+
+    image = normalize_image(app.image)
+    image_id = observed.images.get(image)
+    matching = [c for c in containers if c.spec_hash == app.spec_hash]
+    live = next((c for c in matching if c.state in RUNNING), None)
+    keep = live or (matching[0] if matching else None)
+    extras = tuple(c for c in containers if c is not keep)
+    image_moved = (
+        keep is not None
+        and image_id is not None
+        and app.build is None
+        and keep.image_id != image_id
+    )
+    record = ledger.apps.get(app.name)
+
+    base = {"app": app.name, "project": app.project, "depends_on": app.depends_on, "spec": app}
+    if keep is not None and not image_moved:
+        actions: list[Action] = []
+        if extras:
+            actions.append(RemoveContainers(app.name, extras, "superseded containers"))
+        if keep.state not in RUNNING:
+            actions.append(StartContainer(app.name, keep))
+        if record is None or record.spec_hash != app.spec_hash:
+            actions.append(RecordApplied(app.name, app))
+        if keep.state not in RUNNING:
+            kind, reason = "start", f"container is {keep.state}"
+        elif extras:
+            kind, reason = "update", f"{len(extras)} superseded container(s) to remove"
+        else:
+            kind, reason = "unchanged", ""
+        return AppPlan(kind=kind, reason=reason, actions=tuple(actions), **base), problems
+
+    actions = []
+    if app.build is not None:
+        built = ledger.builds.get(image)
+        fresh = (
+            built is not None
+            and built.build_hash == app.build.build_hash
+            and image_id is not None
+            and built.image_id == image_id
+        )
+        if not fresh:
+            actions.append(BuildImage(app.name, image, app.build))
+    elif image_id is None:
+        if app.pull_policy == "never":
+            problems.append(
+                f"{app.name}: image {app.image!r} is not on this host and pull_policy is never"
+            )
+        actions.append(PullImage(app.name, image))
+    for mount in app.mounts:
+        if mount.kind == "volume" and mount.source not in observed.volumes:
+            actions.append(EnsureVolume(app.name, app.project, mount.source))
+    actions.append(
+        RunContainer(
+            app.name,
+            app,
+            ports,
+            network=network_name(app.project),
+            name=name,
+            replaces=tuple(containers),
+        )
+    )
+    if not containers:
+        kind, reason, changes = "create", "", ()
+    else:
+        kind = "update"
+        changes = diff_specs(record.spec if record else None, app.public_spec())
+        if image_moved:
+            reason = f"image {app.image} now points to another image"
+        elif changes:
+            reason = ", ".join(c.path for c in changes)
+        else:
+            reason = "the running container was made from another spec"
+    return AppPlan(kind=kind, reason=reason, changes=changes, actions=tuple(actions), **base), (
+        problems
+    )
+
+
+def diff_specs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> tuple[FieldChange, ...]:
+    """Changed fields between two public specs, as dotted paths."""
+    if old is None:
+        return ()
+    changes: list[FieldChange] = []
+
+    def walk(path: str, a: Any, b: Any) -> None:
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for key in sorted(set(a) | set(b)):
+                walk(f"{path}.{key}" if path else str(key), a.get(key), b.get(key))
+        elif a != b:
+            changes.append(FieldChange(path, a, b))
+
+    walk("", old, new)
+    return tuple(changes)
+
+
+def topological(apps: tuple[DesiredApp, ...]) -> list[DesiredApp]:
+    """Apps ordered so that each comes after what it depends on (name order otherwise).
+    Cycles were rejected when the manifest was loaded."""
+    by_name = {a.name: a for a in apps}
+    done: set[str] = set()
+    out: list[DesiredApp] = []
+
+    def visit(app: DesiredApp, seen: frozenset[str]) -> None:
+        if app.name in done or app.name in seen:
+            return
+        for dep in app.depends_on:
+            if dep in by_name:
+                visit(by_name[dep], seen | {app.name})
+        done.add(app.name)
+        out.append(app)
+
+    for app in sorted(apps, key=lambda a: a.name):
+        visit(app, frozenset())
+    return out

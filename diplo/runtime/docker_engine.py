@@ -1,0 +1,337 @@
+"""The Docker engine adapter: the only module in Diplo that imports `docker`.
+
+It uses the SDK's low-level APIClient (one request per call, no hidden inspects), and maps
+every SDK/transport error to Diplo's error tree at this boundary."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from diplo.errors import (
+    BuildFailed,
+    EngineUnavailable,
+    ImageUnavailable,
+    NotFound,
+    RuntimeFailure,
+)
+from diplo.model import (
+    LABEL_APP,
+    LABEL_PROJECT,
+    LABEL_REPLICA,
+    LABEL_SPEC_HASH,
+    BuildSpec,
+    ContainerSpec,
+    ContainerState,
+    Observed,
+    ObservedContainer,
+    PublishedPort,
+)
+from diplo.runtime.base import LineSink
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    text = exc.explanation if isinstance(exc.explanation, str) else str(exc)
+    return text.strip() or str(exc)
+
+
+def mapped(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Turn SDK and transport errors into Diplo errors that say what was being done."""
+
+    def wrap(fn: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(fn)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except docker.errors.NotFound as exc:
+                raise NotFound(f"{what}: {_explain(exc)}") from exc
+            except docker.errors.APIError as exc:
+                raise RuntimeFailure(f"{what}: {_explain(exc)}") from exc
+            except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+                raise EngineUnavailable(str(exc)) from exc
+            except requests.exceptions.Timeout as exc:
+                raise RuntimeFailure(f"{what}: the engine did not answer in time") from exc
+
+        return inner
+
+    return wrap
+
+
+class DockerRuntime:
+    def __init__(self, timeout: int = 120) -> None:
+        try:
+            self.api = docker.APIClient(
+                version="auto", timeout=timeout, **docker.utils.kwargs_from_env()
+            )
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(str(exc)) from exc
+
+    # --- observation ---------------------------------------------------------------------
+
+    @mapped("listing containers, images, networks and volumes")
+    def observe(self) -> Observed:
+        owned: list[ObservedContainer] = []
+        foreign: set[str] = set()
+        for c in self.api.containers(all=True):
+            labels = c.get("Labels") or {}
+            names = [n.lstrip("/") for n in c.get("Names") or []]
+            if LABEL_APP not in labels:
+                foreign.update(names)
+                continue
+            owned.append(_observed(c, labels, names))
+        images: dict[str, str] = {}
+        for img in self.api.images():
+            for ref in (img.get("RepoTags") or []) + (img.get("RepoDigests") or []):
+                if ref != "<none>:<none>" and ref != "<none>@<none>":
+                    images[ref] = img["Id"]
+        networks = frozenset(n["Name"] for n in self.api.networks())
+        volumes = frozenset(v["Name"] for v in self.api.volumes().get("Volumes") or [])
+        return Observed(
+            containers=tuple(sorted(owned, key=lambda o: (o.app, o.replica, o.created))),
+            images=images,
+            networks=networks,
+            volumes=volumes,
+            foreign_names=frozenset(foreign),
+        )
+
+    @mapped("asking the engine its version")
+    def version(self) -> str:
+        return str(self.api.version().get("Version", "unknown"))
+
+    # --- networks and volumes ------------------------------------------------------------
+
+    @mapped("creating a network")
+    def ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
+        if not self.api.networks(names=[name]):
+            self.api.create_network(
+                name, driver="bridge", labels=dict(labels), check_duplicate=True
+            )
+
+    @mapped("creating a volume")
+    def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        try:
+            self.api.inspect_volume(name)
+        except docker.errors.NotFound:
+            self.api.create_volume(name, labels=dict(labels))
+
+    @mapped("removing a volume")
+    def remove_volume(self, name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.api.remove_volume(name, force=True)
+
+    @mapped("removing a network")
+    def remove_network(self, name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.api.remove_network(name)
+
+    @mapped("listing volumes")
+    def volumes_of(self, project: str, app: str) -> list[str]:
+        filters = {"label": [f"{LABEL_PROJECT}={project}", f"{LABEL_APP}={app}"]}
+        return sorted(v["Name"] for v in self.api.volumes(filters=filters).get("Volumes") or [])
+
+    # --- images --------------------------------------------------------------------------
+
+    @mapped("building an image")
+    def build(
+        self, tag: str, build: BuildSpec, labels: Mapping[str, str], on_line: LineSink | None
+    ) -> str:
+        stream = self.api.build(
+            path=build.context,
+            dockerfile=build.dockerfile,
+            tag=tag,
+            buildargs=dict(build.args),
+            labels=dict(labels),
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        tail: list[str] = []
+        for chunk in stream:
+            if "error" in chunk:
+                detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                context = "".join(tail[-5:]).strip()
+                raise BuildFailed(
+                    f"build of {tag} failed: {detail.strip()}"
+                    + (
+                        f"\n    last output:\n      {context.replace(chr(10), chr(10) + '      ')}"
+                        if context
+                        else ""
+                    )
+                )
+            line = chunk.get("stream")
+            if line:
+                tail.append(line)
+                if on_line and line.strip():
+                    on_line(line.rstrip())
+        image_id = self.image_id(tag)
+        if image_id is None:
+            raise BuildFailed(f"build of {tag} produced no image")
+        return image_id
+
+    @mapped("pulling an image")
+    def pull(self, image: str, on_line: LineSink | None) -> str:
+        repo, tag = _split_ref(image)
+        try:
+            for chunk in self.api.pull(repo, tag=tag, stream=True, decode=True):
+                if "error" in chunk:
+                    raise ImageUnavailable(_pull_message(image, chunk["error"]))
+                if on_line and chunk.get("status"):
+                    on_line(f"{chunk.get('id', '')} {chunk['status']}".strip())
+        except docker.errors.APIError as exc:
+            raise ImageUnavailable(_pull_message(image, _explain(exc))) from exc
+        image_id = self.image_id(image)
+        if image_id is None:
+            raise ImageUnavailable(_pull_message(image, "the pull finished without the image"))
+        return image_id
+
+    @mapped("inspecting an image")
+    def image_id(self, image: str) -> str | None:
+        try:
+            return str(self.api.inspect_image(image)["Id"])
+        except docker.errors.NotFound:
+            return None
+
+    # --- containers ----------------------------------------------------------------------
+
+    @mapped("creating a container")
+    def create(self, spec: ContainerSpec) -> str:
+        port_bindings: dict[str, list[tuple[str, int]] | tuple[str, int]] = {}
+        exposed: list[tuple[int, str] | int] = []
+        for p in spec.ports:
+            number, proto = p.key.split("/")
+            exposed.append((int(number), proto) if proto != "tcp" else int(number))
+            port_bindings[p.key] = (p.host_ip or "0.0.0.0", p.host_port)
+        mounts = [
+            docker.types.Mount(
+                target=m.target,
+                source=m.source,
+                type=m.kind,
+                read_only=m.read_only,
+            )
+            for m in spec.mounts
+        ]
+        restart: dict[str, Any] = {"Name": "" if spec.restart == "no" else spec.restart}
+        host_config = self.api.create_host_config(
+            port_bindings=port_bindings or None,
+            mounts=mounts or None,
+            restart_policy=restart,
+            mem_limit=spec.memory,
+            nano_cpus=spec.nano_cpus,
+            init=spec.init or None,
+            network_mode=spec.network,
+        )
+        networking = self.api.create_networking_config(
+            {spec.network: self.api.create_endpoint_config(aliases=list(spec.aliases))}
+        )
+        created = self.api.create_container(
+            image=spec.image,
+            name=spec.name,
+            command=list(spec.command) if spec.command is not None else None,
+            entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
+            environment=[f"{k}={v}" for k, v in spec.env],
+            labels=dict(spec.labels),
+            ports=exposed or None,
+            host_config=host_config,
+            networking_config=networking,
+            stop_signal=spec.stop_signal,
+            stop_timeout=spec.stop_timeout,
+            user=spec.user,
+            working_dir=spec.working_dir,
+            detach=True,
+        )
+        return str(created["Id"])
+
+    @mapped("starting a container")
+    def start(self, container_id: str) -> None:
+        self.api.start(container_id)
+
+    @mapped("stopping a container")
+    def stop(self, container_id: str, timeout: int) -> None:
+        self.api.stop(container_id, timeout=timeout)
+
+    @mapped("renaming a container")
+    def rename(self, container_id: str, name: str) -> None:
+        self.api.rename(container_id, name)
+
+    @mapped("removing a container")
+    def remove(self, container_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.api.remove_container(container_id, force=True)
+
+    @mapped("inspecting a container")
+    def state(self, container_id: str) -> ContainerState:
+        info = self.api.inspect_container(container_id)
+        st = info.get("State") or {}
+        return ContainerState(
+            status=st.get("Status", "unknown"),
+            exit_code=int(st.get("ExitCode") or 0),
+            error=st.get("Error") or "",
+            restart_count=int(info.get("RestartCount") or 0),
+        )
+
+    @mapped("reading logs")
+    def logs(
+        self, container_id: str, *, tail: int | None, follow: bool, timestamps: bool = False
+    ) -> Iterator[bytes]:
+        result = self.api.logs(
+            container_id,
+            stream=True,
+            follow=follow,
+            tail="all" if tail is None else tail,
+            timestamps=timestamps,
+        )
+        yield from result
+
+
+def _observed(c: dict[str, Any], labels: dict[str, str], names: list[str]) -> ObservedContainer:
+    ports = tuple(
+        PublishedPort(
+            f"{p['PrivatePort']}/{p.get('Type', 'tcp')}", p.get("IP", ""), p["PublicPort"]
+        )
+        for p in c.get("Ports") or []
+        if p.get("PublicPort") and ":" not in p.get("IP", "")  # skip the IPv6 twin
+    )
+    try:
+        replica = int(labels.get(LABEL_REPLICA, "1"))
+    except ValueError:
+        replica = 1
+    return ObservedContainer(
+        id=c["Id"],
+        name=names[0] if names else c["Id"][:12],
+        project=labels.get(LABEL_PROJECT, ""),
+        app=labels[LABEL_APP],
+        replica=replica,
+        spec_hash=labels.get(LABEL_SPEC_HASH, ""),
+        state=c.get("State", "unknown"),
+        status=c.get("Status", ""),
+        image=c.get("Image", ""),
+        image_id=c.get("ImageID", ""),
+        ports=ports,
+        created=int(c.get("Created") or 0),
+    )
+
+
+def _split_ref(image: str) -> tuple[str, str | None]:
+    if "@" in image:
+        repo, digest = image.split("@", 1)
+        return repo, digest
+    repo, _, tag = image.rpartition(":")
+    if not repo or "/" in tag:
+        return image, "latest"
+    return repo, tag
+
+
+def _pull_message(image: str, detail: str) -> str:
+    return (
+        f"image {image} is not on this host and cannot be pulled: {detail.strip()}. "
+        "Build it here (`build:`), load it with `docker load`, or check registry access"
+    )

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Make sure a Docker engine answers, idempotently.
+# 1. an engine that already answers is used as it is;
+# 2. otherwise, as root on Debian: install docker.io + busybox-static, start dockerd
+#    in the background (log: $DIPLO_DOCKERD_LOG) and wait until `docker info` answers.
+# Also seeds the local `busybox:latest` base image from Debian's static busybox when it is
+# missing, so that examples and tests never need a registry.
+set -euo pipefail
+
+log=${DIPLO_DOCKERD_LOG:-/var/log/diplo-dockerd.log}
+
+answers() { timeout 10 docker info >/dev/null 2>&1; }
+
+if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1 || [ ! -x /bin/busybox ] && [ ! -x /usr/bin/busybox ]; then
+  if ! answers; then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+      echo "engine: no Docker engine answers and this is not root on Debian; start Docker yourself" >&2
+      exit 1
+    fi
+    echo "engine: installing docker.io and busybox-static" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq docker.io busybox-static >/dev/null
+  fi
+fi
+
+if ! answers; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "engine: no Docker engine answers; start dockerd (or ask an admin) and retry" >&2
+    exit 1
+  fi
+  echo "engine: starting dockerd (log: $log)" >&2
+  nohup dockerd >"$log" 2>&1 &
+  for _ in $(seq 1 120); do
+    answers && break
+    sleep 0.5
+  done
+  if ! answers; then
+    echo "engine: dockerd did not answer within 60 s; last lines of $log:" >&2
+    tail -n 20 "$log" >&2 || true
+    exit 1
+  fi
+fi
+echo "engine: $(docker version --format 'Docker {{.Server.Version}}') answers" >&2
+
+# Seed busybox:latest from the static busybox binary when there is none (no registry here).
+if ! docker image inspect busybox:latest >/dev/null 2>&1; then
+  bb=$(command -v busybox || true)
+  [ -n "$bb" ] || { echo "engine: busybox-static is not installed" >&2; exit 1; }
+  file "$bb" 2>/dev/null | grep -q static || ldd "$bb" 2>&1 | grep -q "not a dynamic" || {
+    echo "engine: $bb is not statically linked (install busybox-static)" >&2; exit 1; }
+  root=$(mktemp -d)
+  trap 'rm -rf "$root"' EXIT
+  mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/www" "$root/var/www"
+  cp "$bb" "$root/bin/busybox"
+  for applet in $("$bb" --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+  done
+  echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+  echo "root:x:0:" >"$root/etc/group"
+  chmod 1777 "$root/tmp"
+  tar -C "$root" -c . | docker import \
+    --change 'CMD ["sh"]' --change 'ENV PATH=/bin' \
+    --change 'LABEL org.opencontainers.image.description="busybox seeded by diplo from the host static binary"' \
+    - busybox:latest >/dev/null
+  echo "engine: seeded busybox:latest from $bb" >&2
+fi
