@@ -1,0 +1,5 @@
+"""`python -m diplo`."""
+
+from diplo.cli import main
+
+main()

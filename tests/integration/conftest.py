@@ -1,0 +1,159 @@
+"""Fixtures for tests against the real Docker engine.
+
+Every test gets its own DIPLO_HOME and a unique project name (`dt-<hex>`); every
+container, volume, network and image Diplo creates for it carries
+`diplo.project=<that name>` and the `diplo-test` label, and is removed by label when the
+test ends, pass or fail. There is no skip when the engine is missing: `make test` starts
+one, and a missing engine is a failure."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+
+DIPLO = [sys.executable, "-m", "diplo.cli"]
+TEST_LABEL = "diplo-test"
+
+
+@pytest.fixture(scope="session")
+def docker_api() -> docker.APIClient:
+    try:
+        api = docker.APIClient(version="auto", timeout=60)
+        api.ping()
+    except Exception as exc:
+        pytest.fail(f"no Docker engine answers ({exc}); run `make engine` (or `make test`)")
+    try:
+        api.inspect_image("busybox:latest")
+    except docker.errors.NotFound:
+        pytest.fail("busybox:latest is missing; `make engine` seeds it")
+    return api
+
+
+def remove_by_label(api: docker.APIClient, label: str) -> None:
+    filters = {"label": label}
+    for c in api.containers(all=True, filters=filters):
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_container(c["Id"], force=True)
+    for v in api.volumes(filters=filters).get("Volumes") or []:
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_volume(v["Name"], force=True)
+    for n in api.networks(filters=filters):
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_network(n["Id"])
+    for img in api.images(filters=filters):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            api.remove_image(img["Id"], force=True)
+
+
+class Sandbox:
+    """A folder for manifests, a DIPLO_HOME, a unique project, and the CLI to run."""
+
+    def __init__(self, root: Path, api: docker.APIClient) -> None:
+        self.root = root
+        self.api = api
+        self.id = uuid.uuid4().hex[:6]
+        self.project = f"dt-{self.id}"
+        self.home = root / "home"
+        self.dir = root / "manifests"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "DIPLO_HOME": str(self.home), "NO_COLOR": "1"}
+        self.env.pop("DIPLO_DEBUG", None)
+
+    def name(self, base: str) -> str:
+        """An app name unique to this test (app names are unique per host)."""
+        return f"{base}-{self.id}"
+
+    def manifest(self, apps: dict[str, Any], filename: str = "diplo.yaml", **top: Any) -> Path:
+        """Write a manifest; every app gets the test label."""
+        doc: dict[str, Any] = {"project": self.project, **top, "apps": {}}
+        for name, spec in apps.items():
+            spec = dict(spec)
+            spec["labels"] = {**spec.get("labels", {}), TEST_LABEL: self.id}
+            doc["apps"][name] = spec
+        path = self.dir / filename
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def diplo(self, *args: str, check: bool | None = None, timeout: float = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*DIPLO, *args],
+            cwd=self.dir,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"diplo {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def containers(self, app: str | None = None, all: bool = True) -> list[dict[str, Any]]:
+        labels = [f"diplo.project={self.project}"]
+        if app:
+            labels.append(f"diplo.app={app}")
+        return self.api.containers(all=all, filters={"label": labels})
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        out = self.diplo("status", "--json", check=True).stdout
+        return {row["app"]: row for row in json.loads(out)}
+
+    def host_port(self, app: str, container_port: str = "8080/tcp") -> int:
+        (c,) = self.containers(app, all=False)
+        for p in c["Ports"]:
+            if f"{p['PrivatePort']}/{p['Type']}" == container_port and p.get("PublicPort"):
+                return int(p["PublicPort"])
+        raise AssertionError(f"{app} publishes no {container_port}: {c['Ports']}")
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, docker_api: docker.APIClient) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path, docker_api)
+    try:
+        yield box
+    finally:
+        remove_by_label(docker_api, f"diplo.project={box.project}")
+        remove_by_label(docker_api, f"{TEST_LABEL}={box.id}")
+        shutil.rmtree(box.home, ignore_errors=True)
+
+
+def http_get(port: int, path: str = "/", timeout: float = 10.0) -> str:
+    """GET http://127.0.0.1:port/path, retrying while the server starts."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+                return resp.read().decode()
+        except Exception as exc:
+            last = exc
+            time.sleep(0.1)
+    raise AssertionError(f"no answer from port {port}{path} within {timeout}s: {last}")
+
+
+HTTPD = ["httpd", "-f", "-p", "8080", "-h", "/www"]
+
+
+def site(root: Path, name: str, text: str) -> str:
+    """A folder with an index.html, for a busybox httpd to serve; returns its path."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "index.html").write_text(text)
+    return str(folder)
