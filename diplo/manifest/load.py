@@ -375,10 +375,10 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         pull_policy=app.pull_policy,
         file_hashes=tuple(sorted(file_hashes.items())),
     )
-    return _with_hash(desired)
+    return with_spec_hash(desired)
 
 
-def _with_hash(app: DesiredApp) -> DesiredApp:
+def with_spec_hash(app: DesiredApp) -> DesiredApp:
     from dataclasses import asdict, replace
 
     data = asdict(app)

@@ -1,0 +1,180 @@
+"""An in-memory engine with the Runtime interface, for fast executor tests: containers,
+images, networks and volumes are dicts; every mutating call is recorded in `calls`.
+Failures are injected per image (`fail_start`) or per build tag (`fail_build`)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from diplo.errors import BuildFailed, ImageUnavailable, NotFound, RuntimeFailure
+from diplo.model import (
+    LABEL_APP,
+    LABEL_PROJECT,
+    LABEL_REPLICA,
+    LABEL_SPEC_HASH,
+    BuildSpec,
+    ContainerSpec,
+    ContainerState,
+    Observed,
+    ObservedContainer,
+    PublishedPort,
+)
+from diplo.runtime.base import LineSink
+
+
+@dataclass
+class _Container:
+    id: str
+    spec: ContainerSpec
+    state: str = "created"
+    exit_code: int = 0
+    logs: list[str] = field(default_factory=list)
+    created: int = 0
+
+
+class MemoryRuntime:
+    def __init__(self, images: Mapping[str, str] | None = None) -> None:
+        self.containers: dict[str, _Container] = {}
+        self.images: dict[str, str] = dict(images or {})
+        self.registry: dict[str, str] = {}  # what `pull` can fetch
+        self.networks: set[str] = set()
+        self.volumes: dict[str, dict[str, str]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.fail_start: dict[str, str] = {}  # image -> log line of the crash
+        self.fail_build: set[str] = set()
+        self._ids = itertools.count(1)
+        self._clock = itertools.count(1)
+
+    def _call(self, what: str, target: str) -> None:
+        self.calls.append((what, target))
+
+    def observe(self) -> Observed:
+        out = []
+        for c in self.containers.values():
+            labels = c.spec.labels
+            out.append(
+                ObservedContainer(
+                    id=c.id,
+                    name=c.spec.name,
+                    project=labels[LABEL_PROJECT],
+                    app=labels[LABEL_APP],
+                    replica=int(labels.get(LABEL_REPLICA, "1")),
+                    spec_hash=labels[LABEL_SPEC_HASH],
+                    state=c.state,
+                    status=c.state,
+                    image=c.spec.image,
+                    image_id=self.images.get(c.spec.image, ""),
+                    ports=tuple(
+                        PublishedPort(p.key, p.host_ip or "0.0.0.0", p.host_port)
+                        for p in c.spec.ports
+                        if c.state == "running"
+                    ),
+                    created=c.created,
+                )
+            )
+        return Observed(
+            containers=tuple(out),
+            images=dict(self.images),
+            networks=frozenset(self.networks),
+            volumes=frozenset(self.volumes),
+        )
+
+    def version(self) -> str:
+        return "memory"
+
+    def ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
+        self._call("ensure_network", name)
+        self.networks.add(name)
+
+    def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        self._call("ensure_volume", name)
+        self.volumes.setdefault(name, dict(labels))
+
+    def build(
+        self, tag: str, build: BuildSpec, labels: Mapping[str, str], on_line: LineSink | None
+    ) -> str:
+        self._call("build", tag)
+        if tag in self.fail_build:
+            raise BuildFailed(f"build of {tag} failed: RUN exited with 1")
+        self.images[tag] = f"sha256:{build.build_hash[:12] or next(self._ids)}"
+        return self.images[tag]
+
+    def pull(self, image: str, on_line: LineSink | None) -> str:
+        self._call("pull", image)
+        if image not in self.registry:
+            raise ImageUnavailable(f"image {image} is not on this host and cannot be pulled")
+        self.images[image] = self.registry[image]
+        return self.images[image]
+
+    def image_id(self, image: str) -> str | None:
+        return self.images.get(image)
+
+    def create(self, spec: ContainerSpec) -> str:
+        self._call("create", spec.name)
+        if any(c.spec.name == spec.name for c in self.containers.values()):
+            raise RuntimeFailure(f"creating a container: name {spec.name} is in use")
+        if spec.image not in self.images:
+            raise NotFound(f"creating a container: no such image: {spec.image}")
+        cid = f"{next(self._ids):064x}"
+        self.containers[cid] = _Container(cid, spec, created=next(self._clock))
+        return cid
+
+    def _get(self, cid: str) -> _Container:
+        if cid not in self.containers:
+            raise NotFound(f"no such container: {cid[:12]}")
+        return self.containers[cid]
+
+    def start(self, container_id: str) -> None:
+        self._call("start", container_id)
+        c = self._get(container_id)
+        crash = self.fail_start.get(c.spec.image)
+        if crash is not None:
+            c.state, c.exit_code = "exited", 1
+            c.logs.append(crash)
+        else:
+            c.state = "running"
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        self._call("stop", container_id)
+        self._get(container_id).state = "exited"
+
+    def rename(self, container_id: str, name: str) -> None:
+        self._call("rename", container_id)
+        c = self._get(container_id)
+        c.spec = ContainerSpec(**{**c.spec.__dict__, "name": name})
+
+    def remove(self, container_id: str) -> None:
+        self._call("remove", container_id)
+        self.containers.pop(container_id, None)
+
+    def state(self, container_id: str) -> ContainerState:
+        c = self._get(container_id)
+        return ContainerState(c.state, c.exit_code, "")
+
+    def logs(
+        self, container_id: str, *, tail: int | None, follow: bool, timestamps: bool = False
+    ) -> Iterator[bytes]:
+        lines = self._get(container_id).logs
+        for line in lines[-tail:] if tail else lines:
+            yield (line + "\n").encode()
+
+    def remove_volume(self, name: str) -> None:
+        self._call("remove_volume", name)
+        self.volumes.pop(name, None)
+
+    def remove_network(self, name: str) -> None:
+        self._call("remove_network", name)
+        self.networks.discard(name)
+
+    def volumes_of(self, project: str, app: str) -> list[str]:
+        return sorted(
+            n
+            for n, labels in self.volumes.items()
+            if labels.get(LABEL_PROJECT) == project and labels.get(LABEL_APP) == app
+        )
+
+    @property
+    def mutations(self) -> list[tuple[str, str]]:
+        return list(self.calls)

@@ -1,0 +1,179 @@
+"""The executor against the in-memory engine and a real SQLite ledger."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from diplo.executor import Executor
+from diplo.ledger import Ledger
+from diplo.model import LABEL_APP, LABEL_PROJECT, LABEL_SPEC_HASH, BuildSpec, ResolvedPort
+from diplo.planner import plan
+from diplo.runtime.memory import MemoryRuntime
+
+from .factories import IMAGE_ID, app, state
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    led = Ledger(tmp_path / "ledger.db")
+    yield led
+    led.close()
+
+
+@pytest.fixture
+def engine():
+    return MemoryRuntime(images={"busybox:latest": IMAGE_ID})
+
+
+def converge(engine, ledger, desired, ports=None, **kw):
+    p = plan(desired, engine.observe(), ledger.snapshot(), ports or {}, **kw)
+    assert not p.problems, p.problems
+    return Executor(engine, ledger, workers=4).run(p)
+
+
+def test_create_labels_the_container_and_records_the_deployment(engine, ledger):
+    web = app("web")
+    ports = {"web": (ResolvedPort("8080/tcp", "", 21000, True),)}
+    result = converge(engine, ledger, state(web), ports)
+    assert result.ok
+    (c,) = engine.containers.values()
+    assert c.state == "running" and c.spec.name == "shop-web-1"
+    assert c.spec.labels[LABEL_APP] == "web" and c.spec.labels[LABEL_PROJECT] == "shop"
+    assert c.spec.labels[LABEL_SPEC_HASH] == web.spec_hash
+    assert c.spec.network == "diplo-shop" and "diplo-shop" in engine.networks
+    (dep,) = ledger.deployments("web")
+    assert dep.result == "succeeded" and dep.image_id == IMAGE_ID
+    snap = ledger.snapshot()
+    assert snap.apps["web"].spec_hash == web.spec_hash
+    assert [p.host_port for p in snap.ports] == [21000]
+
+
+def test_second_run_makes_no_engine_call(engine, ledger):
+    web = app("web")
+    converge(engine, ledger, state(web))
+    engine.calls.clear()
+    assert converge(engine, ledger, state(web)).ok
+    assert engine.calls == []
+
+
+def test_update_stops_old_starts_new_then_removes_old(engine, ledger):
+    converge(engine, ledger, state(app("web")))
+    (old_id,) = engine.containers
+    engine.calls.clear()
+    new = app("web", env=(("A", "1"),))
+    assert converge(engine, ledger, state(new)).ok
+    kinds = [k for k, _ in engine.calls]
+    assert kinds == ["stop", "rename", "create", "start", "remove"]
+    assert engine.calls[-1] == ("remove", old_id)
+    (c,) = engine.containers.values()
+    assert c.spec.labels[LABEL_SPEC_HASH] == new.spec_hash and c.spec.name == "shop-web-1"
+
+
+def test_failed_start_restores_the_previous_container(engine, ledger):
+    converge(engine, ledger, state(app("web")))
+    (old_id,) = engine.containers
+    engine.images["shop/web:2"] = "sha256:" + "b" * 64
+    engine.fail_start["shop/web:2"] = "panic: cannot open config"
+    result = converge(engine, ledger, state(app("web", image="shop/web:2")))
+    assert not result.ok
+    (failed,) = result.failed
+    assert failed.step == "start"
+    assert "web: start failed: the container exited with code 1" in failed.message
+    assert "panic: cannot open config" in failed.message
+    (c,) = engine.containers.values()  # the new one is gone, the old one runs again
+    assert c.id == old_id and c.state == "running" and c.spec.name == "shop-web-1"
+    last = ledger.deployments("web")[0]
+    assert last.result == "failed" and last.step == "start"
+    assert ledger.snapshot().apps["web"].spec["image"] == "busybox:latest"
+
+
+def test_failed_first_deployment_leaves_nothing(engine, ledger):
+    engine.fail_start["busybox:latest"] = "boom"
+    result = converge(engine, ledger, state(app("web")))
+    assert not result.ok and engine.containers == {}
+    assert "web" not in ledger.snapshot().apps
+
+
+def test_build_failure_leaves_the_running_app_alone(engine, ledger):
+    build = BuildSpec("/src", "Dockerfile", (), "h1")
+    converge(engine, ledger, state(app("web", image="shop/web:dev", build=build)))
+    engine.calls.clear()
+    engine.fail_build.add("shop/web:dev")
+    changed = BuildSpec("/src", "Dockerfile", (), "h2")
+    result = converge(engine, ledger, state(app("web", image="shop/web:dev", build=changed)))
+    (failed,) = result.failed
+    assert failed.step == "build" and "RUN exited with 1" in failed.message
+    assert [k for k, _ in engine.calls] == ["build"]
+    assert all(c.state == "running" for c in engine.containers.values())
+
+
+def test_unchanged_build_is_not_rebuilt(engine, ledger):
+    build = BuildSpec("/src", "Dockerfile", (), "h1")
+    web = app("web", image="shop/web:dev", build=build)
+    converge(engine, ledger, state(web))
+    engine.containers.clear()  # the container went away; the image did not
+    engine.calls.clear()
+    assert converge(engine, ledger, state(web)).ok
+    assert "build" not in [k for k, _ in engine.calls]
+
+
+def test_unavailable_image_fails_at_pull_with_a_clear_message(engine, ledger):
+    result = converge(engine, ledger, state(app("web", image="shop/web:9")))
+    (failed,) = result.failed
+    assert failed.step == "pull" and "cannot be pulled" in failed.message
+    assert engine.containers == {}
+
+
+def test_dependencies_start_first_and_failures_skip_dependents(engine, ledger):
+    db, web = app("db"), app("web", depends_on=("db",))
+    converge(engine, ledger, state(web, db))
+    creates = [t for k, t in engine.calls if k == "create"]
+    assert creates == ["shop-db-1", "shop-web-1"]
+
+    fresh = MemoryRuntime(images={"busybox:latest": IMAGE_ID, "bad:1": "sha256:" + "c" * 64})
+    fresh.fail_start["bad:1"] = "crash"
+    led2 = Ledger(ledger.path.with_name("other.db"))
+    result = Executor(fresh, led2).run(
+        plan(state(app("db", image="bad:1"), web), fresh.observe(), led2.snapshot(), {})
+    )
+    assert result.outcomes["db"].ok is False
+    assert (
+        result.outcomes["web"].skipped
+        and "dependency 'db' failed" in result.outcomes["web"].message
+    )
+    assert not any(k == "create" and t == "shop-web-1" for k, t in fresh.calls)
+    led2.close()
+
+
+def test_one_failing_app_does_not_stop_the_others(engine, ledger):
+    engine.images["bad:1"] = "sha256:" + "c" * 64
+    engine.fail_start["bad:1"] = "crash"
+    result = converge(engine, ledger, state(app("a", image="bad:1"), app("b"), app("c")))
+    assert {n: o.ok for n, o in result.outcomes.items()} == {"a": False, "b": True, "c": True}
+
+
+class BarrierRuntime(MemoryRuntime):
+    """start() waits until two starts happen at once: fails if apps run one by one."""
+
+    def __init__(self) -> None:
+        super().__init__(images={"busybox:latest": IMAGE_ID})
+        self.barrier = threading.Barrier(2, timeout=5)
+
+    def start(self, container_id: str) -> None:
+        self.barrier.wait()
+        super().start(container_id)
+
+
+def test_independent_apps_deploy_in_parallel(ledger):
+    engine = BarrierRuntime()
+    assert converge(engine, ledger, state(app("a"), app("b"))).ok
+
+
+def test_prune_removes_containers_and_forgets_the_app(engine, ledger):
+    converge(engine, ledger, state(app("web"), app("old")))
+    result = converge(engine, ledger, state(app("web")), prune=True)
+    assert result.outcomes["old"].ok
+    assert [c.spec.name for c in engine.containers.values()] == ["shop-web-1"]
+    assert "old" not in ledger.snapshot().apps

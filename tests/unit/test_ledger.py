@@ -1,0 +1,87 @@
+"""The ledger against a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from diplo.errors import LedgerError
+from diplo.ledger import MIGRATIONS, Ledger
+from diplo.model import PortAllocation
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    led = Ledger(tmp_path / "state" / "ledger.db")
+    yield led
+    led.close()
+
+
+def test_new_ledger_is_wal_and_at_the_latest_schema(ledger, tmp_path):
+    assert ledger.schema_version == len(MIGRATIONS)
+    db = sqlite3.connect(tmp_path / "state" / "ledger.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_deployment_lifecycle_records_spec_and_revision(ledger):
+    d1 = ledger.start_deployment("web", "shop", "h1")
+    ledger.finish_deployment(
+        d1, "succeeded", image_id="sha256:1", applied=("web", "shop", "h1", {"a": 1})
+    )
+    d2 = ledger.start_deployment("web", "shop", "h2")
+    ledger.finish_deployment(d2, "failed", step="start", error="exited with code 1")
+    deps = ledger.deployments("web")
+    assert [(d.revision, d.result) for d in deps] == [(2, "failed"), (1, "succeeded")]
+    assert deps[0].step == "start" and deps[0].error == "exited with code 1"
+    snap = ledger.snapshot()
+    assert (
+        snap.apps["web"].spec_hash == "h1"
+    )  # a failed deployment does not change the applied spec
+    assert ledger.last_deployments()["web"].id == d2
+    kinds = [e.kind for e in ledger.events("web")]
+    assert kinds == ["deploy.failed", "deploy.started", "deploy.succeeded", "deploy.started"]
+
+
+def test_ports_and_builds_round_trip(ledger):
+    ledger.set_ports("web", [PortAllocation("web", "8080/tcp", "", 21000)])
+    ledger.set_ports("web", [PortAllocation("web", "8080/tcp", "", 21001)])
+    ledger.record_build("shop/web:1", "bh", "sha256:x")
+    snap = ledger.snapshot()
+    assert snap.ports == (PortAllocation("web", "8080/tcp", "", 21001),)
+    assert snap.builds["shop/web:1"].build_hash == "bh"
+
+
+def test_forget_app_keeps_ports_on_request(ledger):
+    ledger.record_applied("web", "shop", "h", {}, None)
+    ledger.set_ports("web", [PortAllocation("web", "8080/tcp", "", 21000)])
+    ledger.forget_app("web", keep_ports=True)
+    assert "web" not in ledger.snapshot().apps and ledger.snapshot().ports
+    ledger.forget_app("web")
+    assert ledger.snapshot().ports == ()
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path):
+    path = tmp_path / "ledger.db"
+    first = Ledger(path)
+    first.record_applied("web", "shop", "h", {"image": "x"}, None)
+    first.close()
+    again = Ledger(path)
+    assert again.snapshot().apps["web"].spec == {"image": "x"}
+    again.close()
+
+
+def test_ledger_from_a_newer_diplo_is_refused(tmp_path):
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 999")
+    db.close()
+    with pytest.raises(LedgerError, match="newer than this Diplo knows"):
+        Ledger(path)
+
+
+def test_unwritable_home_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(LedgerError, match="cannot open the ledger"):
+        Ledger(blocker / "ledger.db")

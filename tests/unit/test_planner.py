@@ -1,0 +1,232 @@
+"""The planner is pure: these tests feed it fixtures and read the plan."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from diplo.model import (
+    AppRecord,
+    BuildImage,
+    BuildRecord,
+    BuildSpec,
+    EnsureVolume,
+    LedgerSnapshot,
+    Mount,
+    Observed,
+    PullImage,
+    RecordApplied,
+    RemoveContainers,
+    ResolvedPort,
+    RunContainer,
+    StartContainer,
+)
+from diplo.planner import diff_specs, normalize_image, plan, topological
+
+from .factories import IMAGE_ID, app, running, state
+
+IMAGES = {"busybox:latest": IMAGE_ID}
+
+
+def ledger_for(*apps, builds=None) -> LedgerSnapshot:
+    return LedgerSnapshot(
+        apps={
+            a.name: AppRecord(a.name, a.project, a.spec_hash, a.public_spec(), "t") for a in apps
+        },
+        builds=builds or {},
+    )
+
+
+def test_new_app_is_created_with_a_network():
+    web = app("web")
+    p = plan(state(web), Observed(images=IMAGES), LedgerSnapshot(), {})
+    (ap,) = p.apps
+    assert ap.kind == "create"
+    assert [type(a) for a in ap.actions] == [RunContainer]
+    run = ap.actions[0]
+    assert run.name == "shop-web-1" and run.network == "diplo-shop" and run.replaces == ()
+    assert [n.name for n in p.networks] == ["diplo-shop"]
+    assert not p.in_sync
+
+
+def test_unchanged_app_plans_no_action():
+    web = app("web")
+    observed = Observed(
+        containers=(running(web),), images=IMAGES, networks=frozenset({"diplo-shop"})
+    )
+    p = plan(state(web), observed, ledger_for(web), {})
+    assert p.in_sync
+    assert p.apps[0].kind == "unchanged" and p.apps[0].actions == ()
+    assert p.networks == ()
+
+
+def test_running_container_without_ledger_record_is_only_recorded():
+    web = app("web")
+    observed = Observed(
+        containers=(running(web),), images=IMAGES, networks=frozenset({"diplo-shop"})
+    )
+    (ap,) = plan(state(web), observed, LedgerSnapshot(), {}).apps
+    assert ap.kind == "unchanged"
+    assert [type(a) for a in ap.actions] == [RecordApplied]
+    assert not ap.mutates
+
+
+def test_changed_env_is_an_update_naming_the_field_without_its_value():
+    old = app("web", env=(("LOG_LEVEL", "info"),))
+    new = app("web", env=(("LOG_LEVEL", "debug"),))
+    observed = Observed(containers=(running(old),), images=IMAGES)
+    (ap,) = plan(state(new), observed, ledger_for(old), {}).apps
+    assert ap.kind == "update"
+    assert [c.path for c in ap.changes] == ["env.LOG_LEVEL"]
+    assert "debug" not in repr(ap.changes) and "info" not in repr(ap.changes)
+    run = ap.actions[-1]
+    assert isinstance(run, RunContainer) and run.replaces == observed.containers
+
+
+def test_only_the_changed_app_is_updated():
+    db, web = app("db"), app("web", depends_on=("db",))
+    web2 = app("web", depends_on=("db",), command=("httpd", "-f"))
+    observed = Observed(containers=(running(db), running(web)), images=IMAGES)
+    p = plan(state(db, web2), observed, ledger_for(db, web), {})
+    kinds = {a.app: a.kind for a in p.apps}
+    assert kinds == {"db": "unchanged", "web": "update"}
+
+
+def test_dependency_change_does_not_recreate_the_dependent():
+    db, web = app("db"), app("web", depends_on=("db",))
+    db2 = app("db", env=(("X", "1"),))
+    observed = Observed(containers=(running(db), running(web)), images=IMAGES)
+    kinds = {a.app: a.kind for a in plan(state(db2, web), observed, ledger_for(db, web), {}).apps}
+    assert kinds == {"db": "update", "web": "unchanged"}
+
+
+def test_stopped_matching_container_is_started_not_recreated():
+    web = app("web")
+    stopped = running(web, state="exited")
+    (ap,) = plan(
+        state(web), Observed(containers=(stopped,), images=IMAGES), ledger_for(web), {}
+    ).apps
+    assert ap.kind == "start"
+    assert ap.actions == (StartContainer("web", stopped),)
+
+
+def test_extra_containers_of_an_app_are_removed():
+    web = app("web")
+    keep = running(web)
+    stray = running(web, id="f" * 64, name="shop-web-1-old", spec_hash="old")
+    (ap,) = plan(
+        state(web), Observed(containers=(keep, stray), images=IMAGES), ledger_for(web), {}
+    ).apps
+    assert ap.kind == "update"
+    assert ap.actions == (RemoveContainers("web", (stray,), "superseded containers"),)
+
+
+def test_image_tag_moved_to_new_image_means_update():
+    web = app("web")
+    observed = Observed(containers=(running(web, image_id="sha256:old"),), images=IMAGES)
+    (ap,) = plan(state(web), observed, ledger_for(web), {}).apps
+    assert ap.kind == "update" and "now points to another image" in ap.reason
+
+
+def test_missing_image_is_pulled_and_pull_policy_never_is_a_problem():
+    web = app("web", image="shop/web:1")
+    (ap,) = plan(state(web), Observed(), LedgerSnapshot(), {}).apps
+    assert ap.actions[0] == PullImage("web", "shop/web:1")
+    never = app("web", image="shop/web:1", pull_policy="never")
+    p = plan(state(never), Observed(), LedgerSnapshot(), {})
+    assert any("pull_policy is never" in x for x in p.problems)
+
+
+def test_build_is_skipped_when_context_is_unchanged_and_image_present():
+    build = BuildSpec("/src", "Dockerfile", (), "h1")
+    web = app("web", image="shop/web:dev", build=build)
+    images = {"shop/web:dev": "sha256:built"}
+    builds = {"shop/web:dev": BuildRecord("shop/web:dev", "h1", "sha256:built")}
+    # the container is gone, so it must be created, but the image is reused
+    (ap,) = plan(state(web), Observed(images=images), LedgerSnapshot(builds=builds), {}).apps
+    assert not any(isinstance(a, BuildImage) for a in ap.actions)
+    # a changed context hash means a build
+    web2 = app("web", image="shop/web:dev", build=replace(build, build_hash="h2"))
+    (ap2,) = plan(state(web2), Observed(images=images), LedgerSnapshot(builds=builds), {}).apps
+    assert isinstance(ap2.actions[0], BuildImage)
+    # and so does a tag that was re-pointed by hand
+    moved = {"shop/web:dev": "sha256:other"}
+    (ap3,) = plan(state(web), Observed(images=moved), LedgerSnapshot(builds=builds), {}).apps
+    assert isinstance(ap3.actions[0], BuildImage)
+
+
+def test_named_volume_is_ensured_only_when_missing():
+    web = app("web", mounts=(Mount("volume", "shop_data", "/data"),))
+    (ap,) = plan(state(web), Observed(images=IMAGES), LedgerSnapshot(), {}).apps
+    assert EnsureVolume("web", "shop", "shop_data") in ap.actions
+    have = Observed(images=IMAGES, volumes=frozenset({"shop_data"}))
+    (ap2,) = plan(state(web), have, LedgerSnapshot(), {}).apps
+    assert not any(isinstance(a, EnsureVolume) for a in ap2.actions)
+
+
+def test_orphan_is_removed_only_with_prune():
+    web, old = app("web"), app("old")
+    observed = Observed(containers=(running(web), running(old)), images=IMAGES)
+    p = plan(state(web), observed, ledger_for(web, old), {})
+    orphan = p.app("old")
+    assert orphan.kind == "remove" and orphan.actions == ()
+    pruned = plan(state(web), observed, ledger_for(web, old), {}, prune=True).app("old")
+    assert pruned.actions == (
+        RemoveContainers("old", (running(old),), "no longer in the manifests"),
+    )
+
+
+def test_other_projects_are_never_pruned():
+    web, other = app("web"), app("api", project="billing")
+    observed = Observed(containers=(running(web), running(other)), images=IMAGES)
+    p = plan(state(web), observed, ledger_for(web, other), {}, prune=True)
+    assert p.app("api") is None
+
+
+def test_app_name_owned_by_another_project_is_a_problem():
+    mine = app("web", project="shop")
+    theirs = running(app("web", project="blog"))
+    p = plan(state(mine), Observed(containers=(theirs,), images=IMAGES), LedgerSnapshot(), {})
+    assert any("taken by project 'blog'" in x for x in p.problems)
+
+
+def test_foreign_container_with_our_name_is_a_problem():
+    web = app("web")
+    observed = Observed(images=IMAGES, foreign_names=frozenset({"shop-web-1"}))
+    p = plan(state(web), observed, LedgerSnapshot(), {})
+    assert any("Diplo does not own" in x for x in p.problems)
+
+
+def test_ports_are_passed_to_the_container():
+    web = app("web")
+    ports = {"web": (ResolvedPort("8080/tcp", "", 20001, True),)}
+    (ap,) = plan(state(web), Observed(images=IMAGES), LedgerSnapshot(), ports).apps
+    assert ap.actions[-1].ports == ports["web"]
+
+
+def test_only_limits_the_plan():
+    a, b = app("a"), app("b")
+    p = plan(state(a, b), Observed(images=IMAGES), LedgerSnapshot(), {}, only=frozenset({"b"}))
+    assert [x.app for x in p.apps] == ["b"]
+
+
+def test_topological_order_puts_dependencies_first():
+    c = app("c", depends_on=("b",))
+    b = app("b", depends_on=("a",))
+    a = app("a")
+    z = app("z")
+    assert [x.name for x in topological((z, c, b, a))] == ["a", "b", "c", "z"]
+
+
+def test_diff_specs_lists_nested_paths():
+    changes = diff_specs(
+        {"env": {"A": "1"}, "ports": ["80"]}, {"env": {"A": "2", "B": "x"}, "ports": ["80"]}
+    )
+    assert [(c.path, c.old, c.new) for c in changes] == [("env.A", "1", "2"), ("env.B", None, "x")]
+    assert diff_specs(None, {"a": 1}) == ()
+
+
+def test_normalize_image():
+    assert normalize_image("busybox") == "busybox:latest"
+    assert normalize_image("localhost:5000/web") == "localhost:5000/web:latest"
+    assert normalize_image("web:1") == "web:1"
+    assert normalize_image("web@sha256:abc") == "web@sha256:abc"
