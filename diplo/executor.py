@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from diplo.model import (
     AppPlan,
     BuildImage,
     ContainerSpec,
+    ContainerState,
     EnsureVolume,
     ObservedContainer,
     Plan,
@@ -42,6 +44,11 @@ log = structlog.get_logger("diplo.executor")
 T = TypeVar("T")
 
 LOG_LINES_ON_FAILURE = 20
+# A new container must stay up this long (no exit, no restart) to count as started.
+# The health issue replaces this with real health checks.
+SETTLE_SECONDS = 1.0
+SETTLE_POLL = 0.25
+MAX_THREADS = 64
 
 
 class Reporter(Protocol):
@@ -98,12 +105,18 @@ class Executor:
         reporter: Reporter | None = None,
         *,
         workers: int = 8,
+        settle: float = SETTLE_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.runtime = runtime
         self.ledger = ledger
         self.reporter = reporter or NullReporter()
         self.workers = max(1, workers)
-        self._lock = threading.Lock()
+        self.settle = settle
+        self._sleep = sleep
+        # `workers` bounds the engine calls in flight; waiting for a new container to
+        # settle holds no slot, so a hundred apps settle at once rather than in batches.
+        self._slots = threading.BoundedSemaphore(self.workers)
 
     def run(self, plan: Plan) -> ApplyResult:
         result = ApplyResult()
@@ -129,7 +142,8 @@ class Executor:
         pending = dict(todo)
         running: dict[Future[AppOutcome], str] = {}
         finished: dict[str, bool] = {}
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="diplo-apply") as pool:
+        threads = min(MAX_THREADS, max(self.workers, len(todo)))
+        with ThreadPoolExecutor(threads, thread_name_prefix="diplo-apply") as pool:
             while pending or running:
                 progressed = False
                 for name in sorted(pending):
@@ -159,6 +173,10 @@ class Executor:
     # --- one app -------------------------------------------------------------------------
 
     def _run_app(self, p: AppPlan) -> AppOutcome:
+        with self._slots:
+            return self._run_app_in_slot(p)
+
+    def _run_app_in_slot(self, p: AppPlan) -> AppOutcome:
         bound = log.bind(app=p.app, kind=p.kind)
         if p.kind == "remove":
             return self._remove_app(p)
@@ -299,9 +317,7 @@ class Executor:
             new_id = self._guard("create", lambda: self.runtime.create(cspec))
             self.reporter.step(app, "start", action.name)
             self._guard("start", lambda: self.runtime.start(new_id))
-            state = self._guard("verify", lambda: self.runtime.state(new_id))
-            if state.status not in ("running", "restarting"):
-                raise _StepFailed("start", self._exit_reason(new_id, state.exit_code, state.error))
+            self._settle(app, new_id)
         except _StepFailed:
             self._roll_back(app, new_id, stopped, renamed)
             raise
@@ -313,16 +329,36 @@ class Executor:
                 log.warning("app.cleanup_failed", app=app, container=old.name, error=exc.message)
         return new_id
 
-    def _exit_reason(self, container_id: str, exit_code: int, error: str) -> str:
+    def _settle(self, app: str, container_id: str) -> None:
+        """Watch the new container for `settle` seconds, holding no engine slot: an exit
+        or a restart in that window fails the start."""
+        self._slots.release()
+        try:
+            waited = 0.0
+            while True:
+                state = self._guard("start", lambda: self.runtime.state(container_id))
+                if state.status != "running" or state.restart_count > 0:
+                    raise _StepFailed("start", self._exit_reason(container_id, state))
+                if waited >= self.settle:
+                    return
+                step = min(SETTLE_POLL, self.settle - waited)
+                self._sleep(step)
+                waited += step
+        finally:
+            self._slots.acquire()
+
+    def _exit_reason(self, container_id: str, state: ContainerState) -> str:
         lines: list[str] = []
         try:
             for chunk in self.runtime.logs(container_id, tail=LOG_LINES_ON_FAILURE, follow=False):
                 lines.extend(chunk.decode("utf-8", "replace").splitlines())
         except DiploError:
             pass
-        text = f"the container exited with code {exit_code}"
-        if error:
-            text += f" ({error})"
+        text = f"the container exited with code {state.exit_code}"
+        if state.restart_count:
+            text += f" and was restarted {state.restart_count} time(s)"
+        if state.error:
+            text += f" ({state.error})"
         if lines:
             shown = "\n      ".join(lines[-LOG_LINES_ON_FAILURE:])
             text += f"; last log lines:\n      {shown}"

@@ -88,8 +88,13 @@ class Sandbox:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
-    def diplo(self, *args: str, check: bool | None = None, timeout: float = 300,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def diplo(
+        self,
+        *args: str,
+        check: bool | None = None,
+        timeout: float = 300,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [*DIPLO, *args],
             cwd=self.dir,
@@ -155,5 +160,5 @@ def site(root: Path, name: str, text: str) -> str:
     """A folder with an index.html, for a busybox httpd to serve; returns its path."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "index.html").write_text(text)
+    (folder / "index.html").write_text(text + "\n")
     return str(folder)

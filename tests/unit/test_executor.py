@@ -30,7 +30,7 @@ def engine():
 def converge(engine, ledger, desired, ports=None, **kw):
     p = plan(desired, engine.observe(), ledger.snapshot(), ports or {}, **kw)
     assert not p.problems, p.problems
-    return Executor(engine, ledger, workers=4).run(p)
+    return Executor(engine, ledger, workers=4, sleep=lambda s: None).run(p)
 
 
 def test_create_labels_the_container_and_records_the_deployment(engine, ledger):
@@ -135,7 +135,7 @@ def test_dependencies_start_first_and_failures_skip_dependents(engine, ledger):
     fresh = MemoryRuntime(images={"busybox:latest": IMAGE_ID, "bad:1": "sha256:" + "c" * 64})
     fresh.fail_start["bad:1"] = "crash"
     led2 = Ledger(ledger.path.with_name("other.db"))
-    result = Executor(fresh, led2).run(
+    result = Executor(fresh, led2, sleep=lambda s: None).run(
         plan(state(app("db", image="bad:1"), web), fresh.observe(), led2.snapshot(), {})
     )
     assert result.outcomes["db"].ok is False
