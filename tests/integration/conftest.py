@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -139,17 +140,24 @@ def sandbox(tmp_path: Path, docker_api: docker.APIClient) -> Iterator[Sandbox]:
         shutil.rmtree(box.home, ignore_errors=True)
 
 
-def http_get(port: int, path: str = "/", timeout: float = 10.0) -> str:
-    """GET http://127.0.0.1:port/path, retrying while the server starts."""
+def http_get(port: int, path: str = "/", timeout: float = 10.0, *, status: int = 200) -> str:
+    """GET http://127.0.0.1:port/path, retrying while the server starts; the body of a
+    response with the expected `status`."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-                return resp.read().decode()
+                if resp.status == status:
+                    return resp.read().decode()
+                last = AssertionError(f"status {resp.status}")
+        except urllib.error.HTTPError as exc:
+            if exc.code == status:
+                return exc.read().decode()
+            last = exc
         except Exception as exc:
             last = exc
-            time.sleep(0.1)
+        time.sleep(0.1)
     raise AssertionError(f"no answer from port {port}{path} within {timeout}s: {last}")
 
 
