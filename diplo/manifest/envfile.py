@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+# A quoted value, then nothing or a comment: "a b" # note
+_QUOTED = re.compile(r"""^(?P<q>["'])(?P<body>(?:\\.|(?!(?P=q)).)*)(?P=q)(?P<rest>.*)$""", re.S)
 _LINE = re.compile(r"^\s*(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(?P<value>.*)$")
 
 
@@ -20,9 +22,13 @@ def parse_env_text(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
             problems.append((number, "expected KEY=value"))
             continue
         value = m.group("value").strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            quote, value = value[0], value[1:-1]
-            if quote == '"':
+        quoted = _QUOTED.match(value)
+        if quoted:
+            if quoted.group("rest") and not quoted.group("rest").lstrip().startswith("#"):
+                problems.append((number, "unexpected text after the closing quote"))
+                continue
+            value = quoted.group("body")
+            if quoted.group("q") == '"':
                 value = value.replace("\\n", "\n").replace('\\"', '"')
         else:
             value = re.sub(r"\s+#.*$", "", value)  # an unquoted value ends at " #"

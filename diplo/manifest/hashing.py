@@ -3,10 +3,10 @@ A change in any of them changes the app's spec hash and so redeploys it."""
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +21,46 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _dockerignore(context: Path) -> list[str]:
+def _dockerignore(context: Path) -> list[tuple[bool, re.Pattern[str]]]:
+    """(negated, regex) per .dockerignore line, in order."""
     path = context / ".dockerignore"
     if not path.is_file():
         return []
-    patterns = []
+    rules = []
     for line in path.read_text().splitlines():
         line = line.strip()
-        if line and not line.startswith("#"):
-            patterns.append(line.strip("/"))
-    return patterns
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = os.path.normpath(line[1:] if negate else line).strip("/")
+        rules.append((negate, _pattern_regex(pattern)))
+    return rules
 
 
-def _ignored(rel: str, patterns: list[str]) -> bool:
-    # Last matching pattern wins; "!" re-includes (the .dockerignore rule).
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's rules: `*` and `?` stop at `/`, `**` crosses folders, and a pattern that
+    names a folder covers everything in it."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            if pattern.startswith("/", i):
+                out[-1] = "(?:.*/)?"
+                i += 1
+            continue
+        out.append({"*": "[^/]*", "?": "[^/]"}.get(ch) or re.escape(ch))
+        i += 1
+    return re.compile("".join(out) + "(?:/.*)?")
+
+
+def _ignored(rel: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    # The last matching rule wins; "!" re-includes.
     ignored = False
-    for pattern in patterns:
-        negate = pattern.startswith("!")
-        pat = pattern[1:] if negate else pattern
-        if fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel, pat + "/*"):
+    for negate, regex in rules:
+        if regex.fullmatch(rel):
             ignored = not negate
     return ignored
 
@@ -49,6 +70,8 @@ def context_digest(context: str | Path) -> str:
     contents, honouring .dockerignore."""
     root = Path(context)
     patterns = _dockerignore(root)
+    # An ignored folder is skipped whole, unless a "!" rule may bring part of it back.
+    prune = not any(negate for negate, _ in patterns)
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -67,7 +90,7 @@ def context_digest(context: str | Path) -> str:
         dirnames[:] = [
             d
             for d in dirnames
-            if not (patterns and _ignored(d if rel_dir == "." else f"{rel_dir}/{d}", patterns))
+            if not (prune and _ignored(d if rel_dir == "." else f"{rel_dir}/{d}", patterns))
         ]
     return h.hexdigest()
 

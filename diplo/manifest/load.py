@@ -45,6 +45,9 @@ class _File:
 
     def issue(self, path: DataPath, message: str, hint: str | None = None, *, key: bool = False):
         pos = self.located.where(path, prefer_key=key)
+        # One problem per place: a value that failed interpolation is not judged again.
+        if any((i.line, i.col) == (pos.line, pos.col) for i in self.issues):
+            return
         self.issues.append(ManifestIssue(str(self.path), pos.line, pos.col, message, hint))
 
 

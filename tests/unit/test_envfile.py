@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from diplo.manifest.envfile import parse_env_text
 
 
@@ -75,11 +73,6 @@ def test_hash_inside_quotes_is_part_of_the_value():
     assert values("A='x # not a comment'") == {"A": "x # not a comment"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="envfile.py:21-27: a quoted value followed by an inline comment keeps its quotes "
-    "(A=\"a b\" # c gives '\"a b\"'); docker compose gives 'a b'",
-)
 def test_inline_comment_after_a_quoted_value():
     assert values('A="a b" # comment') == {"A": "a b"}
 
