@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -15,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from diplo import __version__
-from diplo.errors import DiploError
+from diplo.errors import DiploError, InputError
 from diplo.logconfig import configure
 
 P = ParamSpec("P")
@@ -93,68 +95,75 @@ def main(ctx: click.Context, log_format: str, verbose: bool) -> None:
     "--prune", is_flag=True, help="Remove apps of these projects that are no longer in the files."
 )
 @click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
+@click.option("--no-wait", is_flag=True, help="Return once containers start; skip health gates.")
 @click.option(
     "--parallel",
     default=8,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="Apps deployed at once.",
+    help="Engine operations in flight at once.",
 )
 @click.pass_context
 @handled
 def apply(
-    ctx: click.Context, files: tuple[str, ...], prune: bool, dry_run: bool, parallel: int
+    ctx: click.Context,
+    files: tuple[str, ...],
+    prune: bool,
+    dry_run: bool,
+    no_wait: bool,
+    parallel: int,
 ) -> None:
-    """Converge the host onto the manifests."""
+    """Converge the host onto the manifests; wait until changed apps are healthy."""
     from diplo import service
     from diplo.output import JsonReporter, LiveReporter, PlainReporter, plan_as_json, render_plan
 
     svc = _service(ctx)
     json_mode = ctx.obj["log_format"] == "json"
-    prepared = service.prepare(svc, _files(files), prune=prune)
-    plan = prepared.plan
+    plan = service.prepare(svc, _files(files), prune=prune).plan
     if dry_run:
-        if json_mode:
-            click.echo(json.dumps(plan_as_json(plan)))
-        else:
-            click.echo(render_plan(plan) or "nothing to do")
+        click.echo(
+            json.dumps(plan_as_json(plan)) if json_mode else render_plan(plan) or "nothing to do"
+        )
         return
     from diplo.executor import Executor
 
+    live = (
+        LiveReporter(plan)
+        if not json_mode and sys.stdout.isatty() and any(p.actions for p in plan.apps)
+        else None
+    )
+    reporter = JsonReporter() if json_mode else live or PlainReporter()
+    executor = Executor(svc.runtime, svc.ledger, reporter, workers=parallel, wait=not no_wait)
+    # Ctrl-C cancels the deploys in flight: new containers go, previous revisions stay.
+    previous = signal.signal(signal.SIGINT, lambda *_: executor.cancel("Ctrl-C"))
+    try:
+        if live is not None:
+            with live:
+                result = executor.run(plan)
+        else:
+            result = executor.run(plan)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     orphans = [p.app for p in plan.apps if p.kind == "remove" and not p.actions]
     if json_mode:
-        result = Executor(svc.runtime, svc.ledger, JsonReporter(), workers=parallel).run(plan)
-    elif sys.stdout.isatty() and any(p.actions for p in plan.apps):
-        with LiveReporter(plan) as live:
-            result = Executor(svc.runtime, svc.ledger, live, workers=parallel).run(plan)
+        outcomes = {
+            name: {"change": o.kind, "ok": o.ok, "message": o.message, "step": o.step}
+            for name, o in sorted(result.outcomes.items())
+        }
+        click.echo(json.dumps({"ok": result.ok, "apps": outcomes}))
     else:
-        result = Executor(svc.runtime, svc.ledger, PlainReporter(), workers=parallel).run(plan)
-    if json_mode:
-        click.echo(
-            json.dumps(
-                {
-                    "ok": result.ok,
-                    "apps": {
-                        name: {"change": o.kind, "ok": o.ok, "message": o.message, "step": o.step}
-                        for name, o in sorted(result.outcomes.items())
-                    },
-                }
-            )
-        )
-    else:
-        changed = [o for o in result.outcomes.values() if o.kind != "unchanged"]
         if orphans:
             click.echo(f"not in the manifests (kept; apply --prune removes): {', '.join(orphans)}")
-        if result.ok:
-            n = len(result.outcomes)
-            click.echo(
-                f"converged: {n} app{'s' if n != 1 else ''}, {len(changed)} changed"
-                if changed
-                else f"in sync: {n} apps, nothing to do"
-            )
-        else:
-            for o in result.failed:
-                click.echo(f"error: {o.message}", err=True)
+        n = len(result.outcomes)
+        changed = [o for o in result.outcomes.values() if o.kind != "unchanged"]
+        if result.ok and changed:
+            click.echo(f"converged: {n} app{'s' if n != 1 else ''}, {len(changed)} changed")
+        elif result.ok:
+            click.echo(f"in sync: {n} apps, nothing to do")
+        for o in result.failed:
+            click.echo(f"error: {o.message}", err=True)
+    if executor.cancel_all.is_set():
+        sys.exit(130)
     if not result.ok:
         sys.exit(1)
 
@@ -196,7 +205,17 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("APP", "PROJECT", "STATE", "READY", "IMAGE", "PORTS", "SPEC", "LAST DEPLOY"):
+    for col in (
+        "APP",
+        "PROJECT",
+        "STATE",
+        "HEALTH",
+        "READY",
+        "IMAGE",
+        "PORTS",
+        "SPEC",
+        "LAST DEPLOY",
+    ):
         table.add_column(col, overflow="fold")
     for r in rows:
         d = r.last_deployment
@@ -205,6 +224,7 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
             r.app,
             r.project,
             r.state,
+            r.health,
             f"{r.running}/{r.desired}",
             r.image,
             ", ".join(r.ports) or "-",
@@ -217,8 +237,11 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     for r in rows:
         d = r.last_deployment
-        if d and d["result"] == "failed":
-            click.echo(f"{r.app}: last deployment failed at {d['step']}: {d['error']}")
+        if r.health != "healthy":
+            extra = f", {r.restarts} restarts" if r.restarts else ""
+            click.echo(f"{r.app}: {r.health}: {r.health_detail}{extra}")
+        if d and d["result"] in ("failed", "cancelled", "interrupted"):
+            click.echo(f"{r.app}: last deployment {d['result']} at {d['step']}: {d['error']}")
 
 
 @main.command()
@@ -259,6 +282,74 @@ def logs(ctx: click.Context, app: str, follow: bool, tail: int | None) -> None:
             out.flush()
     except KeyboardInterrupt:
         pass
+
+
+@main.command()
+@click.argument("app")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the deploy to stop.",
+)
+@click.pass_context
+@handled
+def cancel(ctx: click.Context, app: str, wait_s: float) -> None:
+    """Cancel APP's deploy in flight (from any terminal): the new containers are removed
+    and the previous revision keeps running."""
+    svc = _service(ctx)
+    flagged = svc.ledger.request_cancel(app)
+    if not flagged:
+        raise InputError(f"no deploy of {app!r} is in flight; nothing to cancel")
+    deadline = time.monotonic() + wait_s
+    for dep in flagged:
+        while True:
+            now = svc.ledger.deployment(dep.id)
+            if now is None or now.result != "running":
+                click.echo(f"{app}: deployment #{dep.revision} {now.result if now else 'gone'}")
+                break
+            if time.monotonic() > deadline:
+                click.echo(f"{app}: cancel requested; deployment #{dep.revision} still running")
+                sys.exit(1)
+            time.sleep(0.1)
+
+
+@main.command()
+@click.argument("app")
+@click.option("-n", "--last", type=click.IntRange(1, 50), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handled
+def health(ctx: click.Context, app: str, last: int, as_json: bool) -> None:
+    """Probe APP now and print its recent probes."""
+    from diplo import service
+
+    svc = _service(ctx)
+    (row,) = service.status(svc, app)  # probes once and records it
+    probes = svc.ledger.probes(app, last)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "app": app,
+                    "health": row.health,
+                    "detail": row.health_detail,
+                    "restarts": row.restarts,
+                    "probes": [p.__dict__ for p in probes],
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(f"{app}: {row.health} ({row.health_detail})")
+    for p in probes:
+        mark = "ok  " if p.ok else "FAIL"
+        latency = f"{p.latency_ms:.0f}ms" if p.latency_ms is not None else "-"
+        click.echo(f"  {p.at}  {mark}  {p.health:<9}  {latency:>6}  {p.detail}")
+    if not probes:
+        click.echo("  no probes recorded (the app has no http, tcp or cmd health check)")
 
 
 @main.command()

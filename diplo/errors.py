@@ -85,6 +85,10 @@ class BuildFailed(RuntimeFailure):
     pass
 
 
+class BuildStopped(RuntimeFailure):
+    """A build was stopped on request (cancel or deadline)."""
+
+
 class LedgerError(DiploError):
     pass
 

@@ -68,7 +68,24 @@ MIGRATIONS: list[str] = [
         built_at TEXT NOT NULL
     );
     """,
+    # 2: cancellation across processes, the deploying process, health probes
+    """
+    ALTER TABLE deployments ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deployments ADD COLUMN pid INTEGER;
+    CREATE TABLE probes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        app TEXT NOT NULL,
+        at TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        health TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        latency_ms REAL,
+        deployment_id INTEGER
+    );
+    CREATE INDEX probes_app ON probes (app, id);
+    """,
 ]
+PROBES_KEPT = 50  # per app
 
 
 def now() -> str:
@@ -95,6 +112,20 @@ class Deployment:
     result: str  # running | succeeded | failed | cancelled
     step: str | None
     error: str | None
+    cancel_requested: int = 0
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    id: int
+    app: str
+    at: str
+    ok: int
+    health: str
+    detail: str
+    latency_ms: float | None
+    deployment_id: int | None
 
 
 @dataclass(frozen=True)
@@ -224,9 +255,9 @@ class Ledger:
                 "SELECT COALESCE(MAX(revision), 0) + 1 FROM deployments WHERE app = ?", (app,)
             ).fetchone()[0]
             cur = db.execute(
-                "INSERT INTO deployments (app, project, spec_hash, revision, started_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (app, project, spec_hash, revision, now()),
+                "INSERT INTO deployments (app, project, spec_hash, revision, started_at, pid) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (app, project, spec_hash, revision, now(), os.getpid()),
             )
             dep_id = int(cur.lastrowid or 0)
             db.execute(
@@ -316,9 +347,88 @@ class Ledger:
                 (tag, build_hash, image_id, now()),
             )
 
+    # --- cancellation --------------------------------------------------------------------
+
+    def request_cancel(self, app: str) -> list[Deployment]:
+        """Flag the app's in-flight deployments for cancellation; returns them. A
+        deployment whose process is gone is closed as interrupted instead."""
+        flagged = []
+        for dep in self.in_flight(app):
+            if dep.pid is not None and not _alive(dep.pid):
+                self.finish_deployment(dep.id, "interrupted", error="the deploying process died")
+                continue
+            with self._tx() as db:
+                db.execute("UPDATE deployments SET cancel_requested = 1 WHERE id = ?", (dep.id,))
+                db.execute(
+                    "INSERT INTO events (at, app, kind, message, deployment_id) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (now(), app, "deploy.cancel_requested", "cancel requested", dep.id),
+                )
+            flagged.append(dep)
+        return flagged
+
+    def in_flight(self, app: str) -> list[Deployment]:
+        rows = self._query(
+            "SELECT * FROM deployments WHERE app = ? AND result = 'running' ORDER BY id", (app,)
+        )
+        return [Deployment(**dict(r)) for r in rows]
+
+    def cancel_requested(self, dep_ids: list[int]) -> set[int]:
+        if not dep_ids:
+            return set()
+        marks = ",".join("?" * len(dep_ids))
+        rows = self._query(
+            f"SELECT id FROM deployments WHERE cancel_requested = 1 AND id IN ({marks})",
+            tuple(dep_ids),
+        )
+        return {int(r["id"]) for r in rows}
+
+    def deployment(self, dep_id: int) -> Deployment | None:
+        rows = self._query("SELECT * FROM deployments WHERE id = ?", (dep_id,))
+        return Deployment(**dict(rows[0])) if rows else None
+
+    # --- probes --------------------------------------------------------------------------
+
+    def record_probe(
+        self,
+        app: str,
+        ok: bool,
+        health: str,
+        detail: str,
+        latency_ms: float | None,
+        deployment_id: int | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO probes (app, at, ok, health, detail, latency_ms, deployment_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (app, now(), int(ok), health, detail, latency_ms, deployment_id),
+            )
+            db.execute(
+                "DELETE FROM probes WHERE app = ? AND id <= "
+                "(SELECT id FROM probes WHERE app = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (app, app, PROBES_KEPT),
+            )
+
+    def probes(self, app: str, limit: int = 20) -> list[ProbeRecord]:
+        rows = self._query(
+            "SELECT * FROM probes WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit)
+        )
+        return [ProbeRecord(**dict(r)) for r in rows]
+
     def event(self, kind: str, message: str, app: str | None = None) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO events (at, app, kind, message) VALUES (?, ?, ?, ?)",
                 (now(), app, kind, message),
             )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -6,8 +6,9 @@ Nothing here does I/O; the planner is a function from these types to these types
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 LABEL_PROJECT = "diplo.project"
@@ -52,6 +53,19 @@ class BuildSpec:
 
 
 @dataclass(frozen=True)
+class HealthSpec:
+    kind: Literal["http", "tcp", "cmd", "none"] = "none"
+    port: int | None = None  # container port for http/tcp
+    path: str = "/"
+    status: tuple[tuple[int, int], ...] = ((200, 399),)
+    cmd: tuple[str, ...] = ()
+    interval: float = 1.0
+    timeout: float = 2.0
+    retries: int = 3
+    start_period: float = 3.0
+
+
+@dataclass(frozen=True)
 class DesiredApp:
     """An app as the manifest wants it, fully resolved (interpolated, paths absolute,
     env files merged, units parsed). `spec_hash` covers everything that, when changed,
@@ -79,38 +93,50 @@ class DesiredApp:
     working_dir: str | None = None
     pull_policy: PullPolicy = "missing"
     file_hashes: tuple[tuple[str, str], ...] = ()  # host files read (env_file, bind files)
+    health: HealthSpec = HealthSpec()
+    deploy_timeout: float = 120.0
+    strategy: Literal["recreate"] = "recreate"
     spec_hash: str = ""
 
     def public_spec(self) -> dict[str, Any]:
         """The spec as stored in the ledger and shown in diffs: env values are replaced by
-        a short digest so that secrets never leave the process, yet changes still show."""
-        return {
-            "image": self.image,
-            "build": None
-            if self.build is None
-            else {
-                "context": self.build.context,
-                "dockerfile": self.build.dockerfile,
-                "args": {k: redact(v) for k, v in self.build.args},
-                "hash": self.build.build_hash[:12],
-            },
-            "command": list(self.command) if self.command is not None else None,
-            "entrypoint": list(self.entrypoint) if self.entrypoint is not None else None,
-            "env": {k: redact(v) for k, v in self.env},
-            "ports": [_port_text(p) for p in self.ports],
-            "volumes": [_mount_text(m) for m in self.mounts],
-            "restart": self.restart,
-            "depends_on": list(self.depends_on),
-            "memory": self.memory,
-            "nano_cpus": self.nano_cpus,
-            "labels": dict(self.labels),
-            "init": self.init,
-            "stop_signal": self.stop_signal,
-            "stop_grace_period": self.stop_grace_period,
-            "user": self.user,
-            "working_dir": self.working_dir,
-            "files": {path: digest[:12] for path, digest in self.file_hashes},
-        }
+        a short digest so that secrets never leave the process, yet changes still show.
+        Plain JSON types only, so that it compares equal to what the ledger read back."""
+        return _jsonable(
+            {
+                "image": self.image,
+                "build": None
+                if self.build is None
+                else {
+                    "context": self.build.context,
+                    "dockerfile": self.build.dockerfile,
+                    "args": {k: redact(v) for k, v in self.build.args},
+                    "hash": self.build.build_hash[:12],
+                },
+                "command": list(self.command) if self.command is not None else None,
+                "entrypoint": list(self.entrypoint) if self.entrypoint is not None else None,
+                "env": {k: redact(v) for k, v in self.env},
+                "ports": [_port_text(p) for p in self.ports],
+                "volumes": [_mount_text(m) for m in self.mounts],
+                "restart": self.restart,
+                "depends_on": list(self.depends_on),
+                "memory": self.memory,
+                "nano_cpus": self.nano_cpus,
+                "labels": dict(self.labels),
+                "init": self.init,
+                "stop_signal": self.stop_signal,
+                "stop_grace_period": self.stop_grace_period,
+                "user": self.user,
+                "working_dir": self.working_dir,
+                "files": {path: digest[:12] for path, digest in self.file_hashes},
+                "health": {k: v for k, v in asdict(self.health).items() if v not in ((), None)},
+                "deploy": {"timeout": self.deploy_timeout, "strategy": self.strategy},
+            }
+        )
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(data))
 
 
 def redact(value: str) -> str:
@@ -306,6 +332,8 @@ class AppPlan:
     actions: tuple[Action, ...] = ()
     depends_on: tuple[str, ...] = ()
     spec: DesiredApp | None = None
+    current: ObservedContainer | None = None  # the container kept, when there is one
+    ports: tuple[ResolvedPort, ...] = ()
 
     @property
     def mutates(self) -> bool:
@@ -369,3 +397,6 @@ class ContainerState:
     exit_code: int
     error: str
     restart_count: int = 0
+    health: str = ""  # the engine's verdict for an image HEALTHCHECK, "" when none
+    ip: str = ""  # the container's address on its network
+    started_at: float = 0.0  # epoch seconds

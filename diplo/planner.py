@@ -144,14 +144,20 @@ def _plan_app(
     )
     record = ledger.apps.get(app.name)
 
-    base = {"app": app.name, "project": app.project, "depends_on": app.depends_on, "spec": app}
+    base = {
+        "app": app.name,
+        "project": app.project,
+        "depends_on": app.depends_on,
+        "spec": app,
+        "ports": ports,
+    }
     if keep is not None and not image_moved:
         actions: list[Action] = []
         if extras:
             actions.append(RemoveContainers(app.name, extras, "superseded containers"))
         if keep.state not in RUNNING:
             actions.append(StartContainer(app.name, keep))
-        if record is None or record.spec_hash != app.spec_hash:
+        if record is None or record.spec_hash != app.spec_hash or record.spec != app.public_spec():
             actions.append(RecordApplied(app.name, app))
         if keep.state not in RUNNING:
             kind, reason = "start", f"container is {keep.state}"
@@ -159,7 +165,8 @@ def _plan_app(
             kind, reason = "update", f"{len(extras)} superseded container(s) to remove"
         else:
             kind, reason = "unchanged", ""
-        return AppPlan(kind=kind, reason=reason, actions=tuple(actions), **base), problems
+        plan_ = AppPlan(kind=kind, reason=reason, actions=tuple(actions), current=keep, **base)
+        return plan_, problems
 
     actions = []
     if app.build is not None:

@@ -4,23 +4,31 @@ the executor together; the CLI (and later the API) only parse input and render o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from diplo.errors import InputError, PlanError
+from diplo.errors import DiploError, InputError, PlanError
 from diplo.executor import ApplyResult, Executor, Reporter
+from diplo.health import Health, HealthPolicy, observed_health
 from diplo.ledger import Deployment, Ledger
 from diplo.manifest.load import load_manifests
 from diplo.model import (
+    AppRecord,
+    ContainerState,
     DesiredState,
+    HealthSpec,
     LedgerSnapshot,
     Observed,
     ObservedContainer,
     Plan,
+    ResolvedPort,
 )
 from diplo.planner import RUNNING, network_name, plan
 from diplo.ports import assign_ports
+from diplo.probes import probe_address, run_probe
 from diplo.runtime.base import Runtime
 from diplo.runtime.hostports import port_is_free
 
@@ -113,9 +121,73 @@ class AppStatus:
     in_sync: bool | None
     containers: list[dict[str, Any]] = field(default_factory=list)
     last_deployment: dict[str, Any] | None = None
+    health: str = "unknown"
+    health_detail: str = ""
+    restarts: int = 0
+    exit_code: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def health_spec_of(record: AppRecord | None) -> HealthSpec:
+    """The health check an app was deployed with, read back from its public spec."""
+    raw = dict((record.spec.get("health") if record else None) or {})
+    if "status" in raw:
+        raw["status"] = tuple(tuple(r) for r in raw["status"])
+    if "cmd" in raw:
+        raw["cmd"] = tuple(raw["cmd"])
+    try:
+        return HealthSpec(**raw)
+    except TypeError:  # a ledger written by another version: fall back to the defaults
+        return HealthSpec()
+
+
+def check_health(
+    ctx: Context,
+    app: str,
+    container: ObservedContainer | None,
+    health: HealthSpec,
+    ports: tuple[ResolvedPort, ...],
+    *,
+    record: bool = True,
+) -> tuple[Health, str, ContainerState | None]:
+    """Look at the app's container once and probe it once; record the probe."""
+    policy = HealthPolicy(
+        health.interval, health.timeout, health.retries, health.start_period, health.kind != "none"
+    )
+    if container is None:
+        return Health.MISSING, "no container", None
+    state = ctx.runtime.state(container.id)
+    running = state.status == "running"
+    uptime = time.time() - state.started_at if state.started_at else 0.0
+    probe = None
+    if running and policy.probed:
+        probe = run_probe(health, probe_address(health, ports, state.ip), ctx.runtime, container.id)
+    verdict = observed_health(
+        policy,
+        exists=True,
+        running=running,
+        restarting=state.status == "restarting",
+        uptime=uptime,
+        probe=probe,
+        engine_health=state.health,
+    )
+    if probe is not None:
+        detail = f"{probe.detail} in {probe.latency * 1000:.0f}ms"
+        if record:
+            ctx.ledger.record_probe(
+                app, probe.ok, verdict.label, probe.detail, round(probe.latency * 1000, 1)
+            )
+    elif not running:
+        detail = f"{state.status}, exit code {state.exit_code}"
+        if state.restart_count:
+            detail += f", restarted {state.restart_count} times"
+    elif state.health:
+        detail = f"image HEALTHCHECK: {state.health}"
+    else:
+        detail = f"up {uptime:.0f}s, no health check"
+    return verdict, detail, state
 
 
 def status(ctx: Context, app: str | None = None) -> list[AppStatus]:
@@ -174,7 +246,36 @@ def status(ctx: Context, app: str | None = None) -> list[AppStatus]:
                 last_deployment=_deployment_dict(last.get(name)),
             )
         )
+    _fill_health(ctx, out, observed, snapshot)
     return out
+
+
+def _fill_health(
+    ctx: Context, rows: list[AppStatus], observed: Observed, snapshot: LedgerSnapshot
+) -> None:
+    """Health of every app, probed in parallel (each probe has its own timeout)."""
+
+    def one(row: AppStatus) -> None:
+        containers = observed.of_app(row.app)
+        live = [c for c in containers if c.state in RUNNING] or list(containers)
+        current = max(live, key=lambda c: c.created) if live else None
+        ports = tuple(
+            ResolvedPort(a.key, a.host_ip, a.host_port) for a in snapshot.ports if a.app == row.app
+        )
+        try:
+            verdict, detail, state = check_health(
+                ctx, row.app, current, health_spec_of(snapshot.apps.get(row.app)), ports
+            )
+        except DiploError as exc:
+            row.health, row.health_detail = Health.UNKNOWN.label, exc.message
+            return
+        row.health, row.health_detail = verdict.label, detail
+        if state is not None:
+            row.restarts = state.restart_count
+            row.exit_code = state.exit_code if state.status != "running" else None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, rows))
 
 
 def _container_dict(c: ObservedContainer) -> dict[str, Any]:

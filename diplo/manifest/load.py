@@ -23,12 +23,16 @@ from diplo.manifest.spec import (
     PORT,
     AppConfig,
     BuildConfig,
+    DeployConfig,
+    HealthConfig,
+    HttpProbe,
     ManifestConfig,
     Resources,
+    TcpProbe,
 )
 from diplo.manifest.yamlpos import Located, load_located
 from diplo.manifest.yamlpos import Path as DataPath
-from diplo.model import BuildSpec, DesiredApp, DesiredState, Mount, PortSpec
+from diplo.model import BuildSpec, DesiredApp, DesiredState, HealthSpec, Mount, PortSpec
 
 MANIFEST_NAMES = ("diplo.yaml", "diplo.yml")
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -224,11 +228,18 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """Which model a mapping at `loc` is validated by (for near-miss key suggestions)."""
     if len(loc) == 0:
         return ManifestConfig
-    if len(loc) == 2 and loc[0] == "apps":
-        return AppConfig
-    if len(loc) == 3 and loc[0] == "apps":
-        return {"build": BuildConfig, "resources": Resources}.get(str(loc[2]))
-    return None
+    if loc[0] != "apps" or len(loc) < 2:
+        return None
+    nested: dict[tuple[str, ...], type[BaseModel]] = {
+        (): AppConfig,
+        ("build",): BuildConfig,
+        ("resources",): Resources,
+        ("health",): HealthConfig,
+        ("health", "http"): HttpProbe,
+        ("health", "tcp"): TcpProbe,
+        ("deploy",): DeployConfig,
+    }
+    return nested.get(tuple(str(p) for p in loc[2:]))
 
 
 def _report(f: _File, err: Any) -> None:
@@ -377,8 +388,39 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         working_dir=app.working_dir,
         pull_policy=app.pull_policy,
         file_hashes=tuple(sorted(file_hashes.items())),
+        health=_health(app.health),
+        deploy_timeout=app.deploy.timeout,
+        strategy=app.deploy.strategy,
     )
     return with_spec_hash(desired)
+
+
+def _health(cfg: HealthConfig | None) -> HealthSpec:
+    if cfg is None:
+        return HealthSpec()
+    timing = {
+        "interval": cfg.interval,
+        "timeout": cfg.timeout,
+        "retries": cfg.retries,
+        "start_period": cfg.start_period,
+    }
+    if cfg.http is not None:
+        ranges = []
+        for part in cfg.http.status.split(","):
+            lo, _, hi = part.partition("-")
+            ranges.append((int(lo), int(hi or lo)))
+        return HealthSpec(
+            "http",
+            cfg.http.port,
+            cfg.http.path,
+            tuple(ranges),
+            **timing,  # type: ignore[arg-type]
+        )
+    if cfg.tcp is not None:
+        return HealthSpec("tcp", cfg.tcp.port, **timing)  # type: ignore[arg-type]
+    if cfg.cmd is not None:
+        return HealthSpec("cmd", cmd=tuple(cfg.cmd), **timing)  # type: ignore[arg-type]
+    return HealthSpec(**timing)  # type: ignore[arg-type]
 
 
 def with_spec_hash(app: DesiredApp) -> DesiredApp:
@@ -387,7 +429,9 @@ def with_spec_hash(app: DesiredApp) -> DesiredApp:
     data = asdict(app)
     data.pop("source")
     data.pop("spec_hash")
-    data.pop("depends_on")  # ordering only: a new dependency does not need a new container
+    # Ordering and Diplo-side checks: changing them does not need a new container.
+    for key in ("depends_on", "health", "deploy_timeout", "strategy"):
+        data.pop(key)
     return replace(app, spec_hash=spec_digest(data))
 
 

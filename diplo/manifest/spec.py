@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     field_validator,
+    model_validator,
 )
 
 from diplo.units import parse_duration, parse_size
@@ -128,6 +129,64 @@ def _build(value: Any) -> Any:
     return {"context": value} if isinstance(value, str) else value
 
 
+_STATUS = re.compile(r"^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$")
+
+
+class HttpProbe(_Strict):
+    path: str = Field("/", description="Path to GET.")
+    port: int = Field(ge=1, le=65535, description="Container port.")
+    status: Annotated[str, BeforeValidator(_scalar_to_str, json_schema_input_type=str | int)] = (
+        Field("200-399", description='Accepted status codes: "200", "200-399", "200,204".')
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("the path starts with /")
+        return value
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, value: str) -> str:
+        if not _STATUS.match(value.replace(" ", "")):
+            raise ValueError(f"{value!r} is not a status list; use e.g. 200, 200-399 or 200,204")
+        return value.replace(" ", "")
+
+
+class TcpProbe(_Strict):
+    port: int = Field(ge=1, le=65535, description="Container port that must accept.")
+
+
+class HealthConfig(_Strict):
+    """How Diplo decides the app is healthy. Without http/tcp/cmd, the image's own
+    HEALTHCHECK is used, or else the app is healthy once up for start_period."""
+
+    http: HttpProbe | None = None
+    tcp: TcpProbe | None = None
+    cmd: Command = Field(None, description="Run in the container; exit 0 means healthy.")
+    interval: Duration = Field(1.0, description="Time between probes.")
+    timeout: Duration = Field(2.0, description="A probe slower than this failed.")
+    retries: int = Field(3, ge=1, description="Consecutive failures before unhealthy.")
+    start_period: Duration = Field(3.0, description="Failures while starting don't count.")
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> HealthConfig:
+        given = [k for k in ("http", "tcp", "cmd") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one probe, not {' and '.join(given)}")
+        return self
+
+
+class DeployConfig(_Strict):
+    timeout: Duration = Field(
+        120.0, description="Deadline for build, pull, start and health of a deploy."
+    )
+    strategy: Literal["recreate"] = Field(
+        "recreate", description="recreate: stop the old container, then start the new one."
+    )
+
+
 class Resources(_Strict):
     memory: Size | None = Field(None, description="Memory limit, e.g. 256m or 1g.")
     cpus: float | None = Field(None, gt=0, le=1024, description="CPU limit, e.g. 0.5.")
@@ -175,6 +234,8 @@ class AppConfig(_Strict):
     pull_policy: Literal["missing", "never"] = Field(
         "missing", description="missing: pull when the image is not on the host."
     )
+    health: HealthConfig | None = Field(None, description="Health check gating deploys.")
+    deploy: DeployConfig = Field(default_factory=DeployConfig)  # type: ignore[arg-type]
 
     @field_validator("env")
     @classmethod

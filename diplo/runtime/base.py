@@ -8,6 +8,7 @@ from typing import Protocol
 from diplo.model import BuildSpec, ContainerSpec, ContainerState, Observed
 
 LineSink = Callable[[str], None]
+StopCheck = Callable[[], bool]  # True: abandon the operation (cancel or deadline)
 
 
 class Runtime(Protocol):
@@ -20,7 +21,12 @@ class Runtime(Protocol):
     def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None: ...
 
     def build(
-        self, tag: str, build: BuildSpec, labels: Mapping[str, str], on_line: LineSink | None
+        self,
+        tag: str,
+        build: BuildSpec,
+        labels: Mapping[str, str],
+        on_line: LineSink | None,
+        stop: StopCheck | None = None,
     ) -> str: ...
 
     def pull(self, image: str, on_line: LineSink | None) -> str: ...
@@ -42,6 +48,8 @@ class Runtime(Protocol):
     def logs(
         self, container_id: str, *, tail: int | None, follow: bool, timestamps: bool = False
     ) -> Iterator[bytes]: ...
+
+    def exec(self, container_id: str, cmd: list[str], timeout: float) -> tuple[int, str]: ...
 
     def remove_volume(self, name: str) -> None: ...
 

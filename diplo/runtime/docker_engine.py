@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from diplo.errors import (
     BuildFailed,
+    BuildStopped,
     EngineUnavailable,
     ImageUnavailable,
     NotFound,
@@ -33,7 +38,7 @@ from diplo.model import (
     ObservedContainer,
     PublishedPort,
 )
-from diplo.runtime.base import LineSink
+from diplo.runtime.base import LineSink, StopCheck
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -60,18 +65,34 @@ def mapped(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
                 raise EngineUnavailable(str(exc)) from exc
             except requests.exceptions.Timeout as exc:
                 raise RuntimeFailure(f"{what}: the engine did not answer in time") from exc
+            except urllib3.exceptions.HTTPError as exc:
+                raise RuntimeFailure(f"{what}: the connection to the engine broke") from exc
 
         return inner
 
     return wrap
 
 
+class _BuildClient(docker.APIClient):
+    """An API client that keeps the build's HTTP response, so that another thread can
+    cut the connection: the engine then stops the build (and its RUN container)."""
+
+    response: Any = None
+
+    def _stream_helper(self, response: Any, decode: bool = False) -> Any:
+        self.response = response
+        return super()._stream_helper(response, decode)
+
+    def cut(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):
+            self.response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+
+
 class DockerRuntime:
     def __init__(self, timeout: int = 120) -> None:
+        self._kwargs = docker.utils.kwargs_from_env()
         try:
-            self.api = docker.APIClient(
-                version="auto", timeout=timeout, **docker.utils.kwargs_from_env()
-            )
+            self.api = docker.APIClient(version="auto", timeout=timeout, **self._kwargs)
         except docker.errors.DockerException as exc:
             raise EngineUnavailable(str(exc)) from exc
 
@@ -142,36 +163,56 @@ class DockerRuntime:
 
     @mapped("building an image")
     def build(
-        self, tag: str, build: BuildSpec, labels: Mapping[str, str], on_line: LineSink | None
+        self,
+        tag: str,
+        build: BuildSpec,
+        labels: Mapping[str, str],
+        on_line: LineSink | None,
+        stop: StopCheck | None = None,
     ) -> str:
-        stream = self.api.build(
-            path=build.context,
-            dockerfile=build.dockerfile,
-            tag=tag,
-            buildargs=dict(build.args),
-            labels=dict(labels),
-            rm=True,
-            forcerm=True,
-            decode=True,
-        )
+        client = _BuildClient(version=self.api._version, timeout=None, **self._kwargs)
+        done = threading.Event()
+        stopped = threading.Event()
+
+        def watch() -> None:  # cut the connection when asked to stop
+            while stop is not None and not done.wait(0.1):
+                if stop():
+                    stopped.set()
+                    client.cut()
+                    return
+
+        watcher = threading.Thread(target=watch, name="diplo-build-watch", daemon=True)
+        watcher.start()
         tail: list[str] = []
-        for chunk in stream:
-            if "error" in chunk:
-                detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
-                context = "".join(tail[-5:]).strip()
-                raise BuildFailed(
-                    f"build of {tag} failed: {detail.strip()}"
-                    + (
-                        f"\n    last output:\n      {context.replace(chr(10), chr(10) + '      ')}"
-                        if context
-                        else ""
-                    )
-                )
-            line = chunk.get("stream")
-            if line:
-                tail.append(line)
-                if on_line and line.strip():
-                    on_line(line.rstrip())
+        try:
+            stream = client.build(
+                path=build.context,
+                dockerfile=build.dockerfile,
+                tag=tag,
+                buildargs=dict(build.args),
+                labels=dict(labels),
+                rm=True,
+                forcerm=True,
+                decode=True,
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                    raise BuildFailed(f"build of {tag} failed: {detail.strip()}" + _tail(tail))
+                line = chunk.get("stream")
+                if line:
+                    tail.append(line)
+                    if on_line and line.strip():
+                        on_line(line.rstrip())
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+            if stopped.is_set():
+                raise BuildStopped(f"build of {tag} was stopped") from exc
+            raise
+        finally:
+            done.set()
+            client.close()
+        if stopped.is_set():
+            raise BuildStopped(f"build of {tag} was stopped")
         image_id = self.image_id(tag)
         if image_id is None:
             raise BuildFailed(f"build of {tag} produced no image")
@@ -271,12 +312,39 @@ class DockerRuntime:
     def state(self, container_id: str) -> ContainerState:
         info = self.api.inspect_container(container_id)
         st = info.get("State") or {}
+        networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+        ip = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), "")
         return ContainerState(
             status=st.get("Status", "unknown"),
             exit_code=int(st.get("ExitCode") or 0),
             error=st.get("Error") or "",
             restart_count=int(info.get("RestartCount") or 0),
+            health=((st.get("Health") or {}).get("Status") or ""),
+            ip=ip or "",
+            started_at=_epoch(st.get("StartedAt") or ""),
         )
+
+    @mapped("running a command in a container")
+    def exec(self, container_id: str, cmd: list[str], timeout: float) -> tuple[int, str]:
+        exec_id = self.api.exec_create(container_id, cmd, stdout=True, stderr=True)["Id"]
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["output"] = self.api.exec_start(exec_id)
+            except Exception as exc:  # reported below, in the caller's thread
+                result["error"] = exc
+
+        worker = threading.Thread(target=run, name="diplo-exec", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():  # the engine cannot kill an exec; we stop waiting for it
+            raise RuntimeFailure(f"{' '.join(cmd)}: timed out after {timeout:g}s")
+        if "error" in result:
+            raise result["error"]
+        code = self.api.exec_inspect(exec_id).get("ExitCode")
+        output = result.get("output", b"")
+        return int(code if code is not None else -1), output.decode("utf-8", "replace")
 
     @mapped("reading logs")
     def logs(
@@ -318,6 +386,22 @@ def _observed(c: dict[str, Any], labels: dict[str, str], names: list[str]) -> Ob
         ports=ports,
         created=int(c.get("Created") or 0),
     )
+
+
+def _epoch(stamp: str) -> float:
+    """RFC 3339 with nanoseconds (as the engine writes it) to epoch seconds."""
+    if not stamp or stamp.startswith("0001-"):
+        return 0.0
+    base, _, frac = stamp.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(base).replace(tzinfo=UTC).timestamp()
+    return seconds + (float(f"0.{frac}") if frac.isdigit() else 0.0)
+
+
+def _tail(lines: list[str]) -> str:
+    context = "".join(lines[-5:]).strip()
+    if not context:
+        return ""
+    return "\n    last output:\n      " + context.replace("\n", "\n      ")
 
 
 def _split_ref(image: str) -> tuple[str, str | None]:

@@ -5,10 +5,11 @@ Failures are injected per image (`fail_start`) or per build tag (`fail_build`)."
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from diplo.errors import BuildFailed, ImageUnavailable, NotFound, RuntimeFailure
+from diplo.errors import BuildFailed, BuildStopped, ImageUnavailable, NotFound, RuntimeFailure
 from diplo.model import (
     LABEL_APP,
     LABEL_PROJECT,
@@ -21,7 +22,7 @@ from diplo.model import (
     ObservedContainer,
     PublishedPort,
 )
-from diplo.runtime.base import LineSink
+from diplo.runtime.base import LineSink, StopCheck
 
 
 @dataclass
@@ -32,6 +33,7 @@ class _Container:
     exit_code: int = 0
     logs: list[str] = field(default_factory=list)
     created: int = 0
+    started_at: float = 0.0
 
 
 class MemoryRuntime:
@@ -44,6 +46,8 @@ class MemoryRuntime:
         self.calls: list[tuple[str, str]] = []
         self.fail_start: dict[str, str] = {}  # image -> log line of the crash
         self.fail_build: set[str] = set()
+        self.slow_build: set[str] = set()
+        self.exec_results: dict[str, tuple[int, str]] = {}  # image -> (exit code, output)
         self._ids = itertools.count(1)
         self._clock = itertools.count(1)
 
@@ -93,9 +97,18 @@ class MemoryRuntime:
         self.volumes.setdefault(name, dict(labels))
 
     def build(
-        self, tag: str, build: BuildSpec, labels: Mapping[str, str], on_line: LineSink | None
+        self,
+        tag: str,
+        build: BuildSpec,
+        labels: Mapping[str, str],
+        on_line: LineSink | None,
+        stop: StopCheck | None = None,
     ) -> str:
         self._call("build", tag)
+        if tag in self.slow_build:  # a build that runs until stopped
+            while not (stop and stop()):
+                time.sleep(0.01)
+            raise BuildStopped(f"build of {tag} was stopped")
         if tag in self.fail_build:
             raise BuildFailed(f"build of {tag} failed: RUN exited with 1")
         self.images[tag] = f"sha256:{build.build_hash[:12] or next(self._ids)}"
@@ -135,6 +148,7 @@ class MemoryRuntime:
             c.logs.append(crash)
         else:
             c.state = "running"
+            c.started_at = time.time()
 
     def stop(self, container_id: str, timeout: int) -> None:
         self._call("stop", container_id)
@@ -151,7 +165,7 @@ class MemoryRuntime:
 
     def state(self, container_id: str) -> ContainerState:
         c = self._get(container_id)
-        return ContainerState(c.state, c.exit_code, "")
+        return ContainerState(c.state, c.exit_code, "", started_at=c.started_at)
 
     def logs(
         self, container_id: str, *, tail: int | None, follow: bool, timestamps: bool = False
@@ -159,6 +173,10 @@ class MemoryRuntime:
         lines = self._get(container_id).logs
         for line in lines[-tail:] if tail else lines:
             yield (line + "\n").encode()
+
+    def exec(self, container_id: str, cmd: list[str], timeout: float) -> tuple[int, str]:
+        c = self._get(container_id)
+        return self.exec_results.get(c.spec.image, (0, ""))
 
     def remove_volume(self, name: str) -> None:
         self._call("remove_volume", name)

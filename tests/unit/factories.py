@@ -8,6 +8,7 @@ from diplo.manifest.load import with_spec_hash
 from diplo.model import (
     DesiredApp,
     DesiredState,
+    HealthSpec,
     ObservedContainer,
     PortSpec,
     PublishedPort,
@@ -18,6 +19,7 @@ IMAGE_ID = "sha256:" + "a" * 64
 
 def app(name: str, project: str = "shop", **kw: Any) -> DesiredApp:
     kw.setdefault("image", "busybox:latest")
+    kw.setdefault("health", HealthSpec(start_period=0))  # healthy once running
     return with_spec_hash(DesiredApp(name=name, project=project, **kw))
 
 
