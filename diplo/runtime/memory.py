@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from diplo.errors import BuildFailed, BuildStopped, ImageUnavailable, NotFound, RuntimeFailure
@@ -37,7 +37,10 @@ class _Container:
 
 
 class MemoryRuntime:
-    def __init__(self, images: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, images: Mapping[str, str] | None = None, wall: Callable[[], float] = time.time
+    ) -> None:
+        self._wall = wall
         self.containers: dict[str, _Container] = {}
         self.images: dict[str, str] = dict(images or {})
         self.registry: dict[str, str] = {}  # what `pull` can fetch
@@ -148,7 +151,7 @@ class MemoryRuntime:
             c.logs.append(crash)
         else:
             c.state = "running"
-            c.started_at = time.time()
+            c.started_at = self._wall()
 
     def stop(self, container_id: str, timeout: int) -> None:
         self._call("stop", container_id)

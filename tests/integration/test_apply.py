@@ -29,6 +29,7 @@ def web_spec(box: Sandbox, text: str = "v1", **extra) -> dict:
         "init": True,
         "ports": ["8080"],
         "volumes": [f"{site(box.root, 'www-' + text, text)}:/www:ro"],
+        "health": {"http": {"path": "/", "port": 8080}, "interval": "200ms"},
         **extra,
     }
 

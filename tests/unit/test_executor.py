@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import replace
 
 import pytest
 
 from diplo.executor import Executor
 from diplo.ledger import Ledger
-from diplo.model import LABEL_APP, LABEL_PROJECT, LABEL_SPEC_HASH, BuildSpec, ResolvedPort
+from diplo.model import (
+    LABEL_APP,
+    LABEL_PROJECT,
+    LABEL_SPEC_HASH,
+    BuildSpec,
+    HealthSpec,
+    ResolvedPort,
+)
 from diplo.planner import plan
 from diplo.runtime.memory import MemoryRuntime
 
@@ -177,3 +186,142 @@ def test_prune_removes_containers_and_forgets_the_app(engine, ledger):
     assert result.outcomes["old"].ok
     assert [c.spec.name for c in engine.containers.values()] == ["shop-web-1"]
     assert "old" not in ledger.snapshot().apps
+
+
+# --- health gates, deadlines, cancellation --------------------------------------------------
+
+
+class FakeTime:
+    """A clock that only moves when the executor sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def gated(engine, ledger, desired, t: FakeTime, **kw):
+    p = plan(desired, engine.observe(), ledger.snapshot(), {})
+    ex = Executor(engine, ledger, workers=4, sleep=t.sleep, clock=t.clock, wall=t.clock, **kw)
+    return ex, p
+
+
+def cmd_app(name="web", image="busybox:latest", **health):
+    spec = HealthSpec(
+        kind="cmd",
+        cmd=("check",),
+        interval=1,
+        timeout=1,
+        retries=3,
+        start_period=health.pop("start_period", 0),
+    )
+    return app(name, image=image, health=spec, **health)
+
+
+def test_unhealthy_release_is_rolled_back_with_the_probe_error(ledger):
+    t = FakeTime()
+    engine = MemoryRuntime(
+        images={"busybox:latest": IMAGE_ID, "v2:latest": "sha256:" + "2" * 64}, wall=t.clock
+    )
+    ex, p = gated(engine, ledger, state(cmd_app()), t)
+    assert ex.run(p).ok
+    (good_id,) = engine.containers
+    engine.exec_results["v2:latest"] = (1, "db unreachable")
+    ex, p = gated(engine, ledger, state(cmd_app(image="v2:latest")), t)
+    result = ex.run(p)
+    (failed,) = result.failed
+    assert failed.step == "health"
+    assert "unhealthy after 3 failed probes (last: exit 1: db unreachable)" in failed.message
+    (c,) = engine.containers.values()
+    assert c.id == good_id and c.state == "running"
+    probes = ledger.probes("web")
+    assert probes[0].ok == 0 and probes[0].detail == "exit 1: db unreachable"
+
+
+def test_deadline_fails_the_deploy_and_names_the_last_probe(ledger):
+    t = FakeTime()
+    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID}, wall=t.clock)
+    engine.exec_results["busybox:latest"] = (1, "warming up")
+    slow = replace(cmd_app(start_period=600), deploy_timeout=30)
+    ex, p = gated(engine, ledger, state(slow), t)
+    (failed,) = ex.run(p).failed
+    assert failed.step == "health"
+    assert "deploy deadline of 30s exceeded (last probe: exit 1: warming up)" in failed.message
+    assert engine.containers == {}  # a first deploy that fails leaves nothing
+    assert 1030 <= t.now <= 1031
+
+
+def test_cancel_during_health_wait_restores_the_previous_revision(ledger):
+    t = FakeTime()
+    engine = MemoryRuntime(
+        images={"busybox:latest": IMAGE_ID, "v2:latest": "sha256:" + "2" * 64}, wall=t.clock
+    )
+    ex, p = gated(engine, ledger, state(cmd_app()), t)
+    ex.run(p)
+    (good_id,) = engine.containers
+    engine.exec_results["v2:latest"] = (1, "not yet")
+    ex, p = gated(engine, ledger, state(cmd_app(image="v2:latest", start_period=600)), t)
+    real_sleep = t.sleep
+
+    def sleep_then_cancel(seconds: float) -> None:
+        real_sleep(seconds)
+        if t.now > 1005:
+            ex.cancel("Ctrl-C")
+
+    ex._sleep = sleep_then_cancel
+    result = ex.run(p)
+    assert result.cancelled and not result.ok
+    assert "cancelled by Ctrl-C" in result.outcomes["web"].message
+    (c,) = engine.containers.values()
+    assert c.id == good_id and c.state == "running"
+    assert ledger.deployments("web")[0].result == "cancelled"
+
+
+def test_diplo_cancel_through_the_ledger_stops_a_build(ledger):
+    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID})
+    engine.slow_build.add("shop/web:dev")
+    web = app("web", image="shop/web:dev", build=BuildSpec("/src", "Dockerfile", (), "h"))
+    p = plan(state(web), engine.observe(), ledger.snapshot(), {})
+    ex = Executor(engine, ledger)
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("r", ex.run(p)))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not ledger.in_flight("web") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    asked = time.monotonic()
+    assert ledger.request_cancel("web")
+    worker.join(5)
+    assert not worker.is_alive() and time.monotonic() - asked < 2
+    result = outcome["r"]
+    assert result.outcomes["web"].cancelled and result.outcomes["web"].step == "build"
+    assert ledger.deployments("web")[0].result == "cancelled"
+    assert engine.containers == {}
+
+
+def test_dependent_waits_for_an_unchanged_dependency_to_be_healthy(ledger):
+    t = FakeTime()
+    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID}, wall=t.clock)
+    db = cmd_app("db")
+    ex, p = gated(engine, ledger, state(db), t)
+    ex.run(p)
+    engine.exec_results["busybox:latest"] = (1, "db down")
+    web = app("web", depends_on=("db",))
+    ex, p = gated(engine, ledger, state(db, web), t)
+    result = ex.run(p)
+    (failed,) = result.failed
+    assert failed.app == "web" and failed.step == "depends_on"
+    assert "dependency 'db' is not healthy" in failed.message
+    assert [c.spec.name for c in engine.containers.values()] == ["shop-db-1"]
+
+
+def test_no_wait_returns_after_start(ledger):
+    t = FakeTime()
+    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID}, wall=t.clock)
+    engine.exec_results["busybox:latest"] = (1, "never healthy")
+    ex, p = gated(engine, ledger, state(cmd_app()), t, wait=False)
+    assert ex.run(p).ok and t.now == 1000.0
