@@ -54,7 +54,8 @@ log = structlog.get_logger("diplo.executor")
 T = TypeVar("T")
 
 LOG_LINES_ON_FAILURE = 20
-POLL = 0.2  # how often waits look at the container, the clock and cancel requests
+POLL = 0.2  # how often waits look at the clock and at cancel requests
+NO_PROBE_LOOK = 1.0  # without a probe, how often a starting container is inspected
 MAX_THREADS = 64
 
 
@@ -451,21 +452,32 @@ class Executor:
         h = spec.health
         policy = HealthPolicy(h.interval, h.timeout, h.retries, h.start_period, h.kind != "none")
         tracker = Tracker()
-        next_probe = 0.0
+        # Look at the engine only when there is something to learn (a probe is due, or
+        # once a second without probes): a hundred apps waiting at once must not flood
+        # the engine with inspects. Cancel and deadline are checked every POLL.
+        next_look = 0.0
         job.step = "health"
         self._slots.release()
         try:
             while True:
                 last = tracker.last.detail if tracker.last else ""
                 job.check("health", f"last probe: {last}" if last else "")
+                if self._clock() < next_look:
+                    self._sleep(min(POLL, next_look - self._clock()))
+                    continue
                 state = self._guard("health", lambda: self.runtime.state(container_id))
                 running = state.status == "running" and state.restart_count == 0
                 uptime = self._wall() - state.started_at if state.started_at else 0.0
                 probe = None
-                if running and policy.probed and self._clock() >= next_probe:
-                    address = probe_address(h, ports, state.ip)
-                    probe = run_probe(h, address, self.runtime, container_id)
-                    next_probe = self._clock() + h.interval
+                if running and policy.probed:
+                    probe = run_probe(
+                        h, probe_address(h, ports, state.ip), self.runtime, container_id
+                    )
+                    next_look = self._clock() + h.interval
+                elif policy.start_period > uptime:
+                    next_look = self._clock() + min(NO_PROBE_LOOK, policy.start_period - uptime)
+                else:
+                    next_look = self._clock() + NO_PROBE_LOOK
                 tracker = tracker.step(
                     policy,
                     running=running,
@@ -496,7 +508,6 @@ class Executor:
                             f"(last: {tracker.last.detail})"
                         )
                     raise _StepFailed("health", what + self._log_tail(container_id))
-                self._sleep(POLL)
         finally:
             self._slots.acquire()
 
