@@ -115,11 +115,34 @@ def apply(
 ) -> None:
     """Converge the host onto the manifests; wait until changed apps are healthy."""
     from diplo import service
-    from diplo.output import JsonReporter, LiveReporter, PlainReporter, plan_as_json, render_plan
+    from diplo.manifest.load import load_manifests
 
     svc = _service(ctx)
     json_mode = ctx.obj["log_format"] == "json"
-    plan = service.prepare(svc, _files(files), prune=prune).plan
+    desired = load_manifests(_files(files))  # invalid input stops here, before any change
+    names = service.apps_to_lock(svc, desired, prune=prune)
+    with svc.locks.hold(names, waiting=_tell_waiting):
+        _apply_locked(ctx, svc, desired, prune, dry_run, no_wait, parallel, json_mode)
+
+
+def _tell_waiting(app: str) -> None:
+    click.echo(f"{app}: waiting for another Diplo process (diplo serve?) deploying it", err=True)
+
+
+def _apply_locked(
+    ctx: click.Context,
+    svc: Any,
+    desired: Any,
+    prune: bool,
+    dry_run: bool,
+    no_wait: bool,
+    parallel: int,
+    json_mode: bool,
+) -> None:
+    from diplo import service
+    from diplo.output import JsonReporter, LiveReporter, PlainReporter, plan_as_json, render_plan
+
+    plan = service.plan_state(svc, desired, prune=prune).plan
     if dry_run:
         click.echo(
             json.dumps(plan_as_json(plan)) if json_mode else render_plan(plan) or "nothing to do"

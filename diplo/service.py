@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diplo.errors import DiploError, InputError, PlanError
-from diplo.executor import ApplyResult, Executor, Reporter
 from diplo.health import Health, HealthPolicy, observed_health
-from diplo.ledger import Deployment, Ledger
+from diplo.ledger import Deployment, Ledger, default_home
+from diplo.locks import AppLocks
 from diplo.manifest.load import load_manifests
 from diplo.model import (
     AppRecord,
@@ -50,6 +50,10 @@ class Context:
         return self._runtime
 
     @property
+    def locks(self) -> AppLocks:
+        return AppLocks(default_home())
+
+    @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
             self._ledger = Ledger.open_default()
@@ -72,6 +76,23 @@ def prepare(
     ctx: Context, paths: Iterable[str], *, prune: bool, only: frozenset[str] | None = None
 ) -> Prepared:
     desired = load_manifests(paths)  # raises ManifestError before anything else is touched
+    return plan_state(ctx, desired, prune=prune, only=only)
+
+
+def apps_to_lock(ctx: Context, desired: DesiredState, *, prune: bool) -> set[str]:
+    """The apps an apply of `desired` may touch: its own, and with prune the recorded apps
+    of its projects."""
+    names = {a.name for a in desired.apps}
+    if prune:
+        names |= {
+            r.app for r in ctx.ledger.snapshot().apps.values() if r.project in desired.projects
+        }
+    return names
+
+
+def plan_state(
+    ctx: Context, desired: DesiredState, *, prune: bool, only: frozenset[str] | None = None
+) -> Prepared:
     observed = ctx.runtime.observe()
     snapshot = ctx.ledger.snapshot()
     # Ports first (they need the host probe), then the pure plan. Only apps that will get a
@@ -87,22 +108,6 @@ def prepare(
     if problems:
         raise PlanError(problems)
     return Prepared(desired, observed, snapshot, final)
-
-
-def apply(
-    ctx: Context,
-    paths: Iterable[str],
-    *,
-    prune: bool = False,
-    dry_run: bool = False,
-    reporter: Reporter | None = None,
-    workers: int = 8,
-) -> tuple[Plan, ApplyResult | None]:
-    prepared = prepare(ctx, paths, prune=prune)
-    if dry_run:
-        return prepared.plan, None
-    result = Executor(ctx.runtime, ctx.ledger, reporter, workers=workers).run(prepared.plan)
-    return prepared.plan, result
 
 
 # --- status ------------------------------------------------------------------------------

@@ -359,6 +359,40 @@ class DockerRuntime:
         )
         yield from result
 
+    def events(self, stop: StopCheck) -> Iterator[tuple[str, str]]:
+        """Container events of Diplo's containers, as one long stream; a watcher closes it
+        when `stop()` turns true. A broken stream raises EngineUnavailable."""
+        client = docker.APIClient(version=self.api._version, timeout=None, **self._kwargs)
+        try:
+            stream = client.events(filters={"type": "container", "label": LABEL_APP}, decode=True)
+        except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+            client.close()
+            raise EngineUnavailable(str(exc)) from exc
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.1):
+                if stop():
+                    with contextlib.suppress(Exception):
+                        stream.close()
+                    return
+
+        threading.Thread(target=watch, name="diplo-events-watch", daemon=True).start()
+        try:
+            for event in stream:
+                attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                app = attrs.get(LABEL_APP)
+                if app:
+                    yield app, str(event.get("Action", ""))
+        except Exception as exc:
+            if not stop():
+                raise EngineUnavailable(f"the event stream broke: {exc}") from exc
+        finally:
+            done.set()
+            client.close()
+        if not stop():
+            raise EngineUnavailable("the event stream ended")
+
 
 def _observed(c: dict[str, Any], labels: dict[str, str], names: list[str]) -> ObservedContainer:
     ports = tuple(

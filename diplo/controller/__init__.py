@@ -1,0 +1,1 @@
+"""`diplo serve`: the long-running controller (work queue, triggers, reconcile loop)."""

@@ -1,0 +1,96 @@
+"""A work queue of app names, after client-go's: a key queued many times is handed out
+once; a key being worked on is never handed to a second worker, and if it is queued
+meanwhile it comes back once the first worker is done (level-based: the worker re-reads
+everything). Delayed adds carry retry backoff."""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Callable
+
+
+class WorkQueue:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._queue: list[str] = []  # FIFO of keys ready to hand out
+        self._dirty: set[str] = set()  # queued (waiting to be handed out or re-queued)
+        self._processing: set[str] = set()
+        self._delayed: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._shut = False
+
+    def add(self, key: str) -> None:
+        with self._cond:
+            if self._shut or key in self._dirty:
+                return
+            self._dirty.add(key)
+            if key not in self._processing:
+                self._queue.append(key)
+                self._cond.notify()
+
+    def add_after(self, key: str, delay: float) -> None:
+        if delay <= 0:
+            self.add(key)
+            return
+        with self._cond:
+            if self._shut:
+                return
+            self._seq += 1
+            heapq.heappush(self._delayed, (self._clock() + delay, self._seq, key))
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> str | None:
+        """The next key, or None on shutdown or timeout. Call done(key) when finished."""
+        deadline = None if timeout is None else self._clock() + timeout
+        with self._cond:
+            while True:
+                self._promote()
+                if self._queue:
+                    key = self._queue.pop(0)
+                    self._dirty.discard(key)
+                    self._processing.add(key)
+                    return key
+                if self._shut:
+                    return None
+                wait = None if deadline is None else deadline - self._clock()
+                if self._delayed:
+                    due = self._delayed[0][0] - self._clock()
+                    wait = due if wait is None else min(wait, due)
+                if wait is not None and wait <= 0:
+                    if deadline is not None and self._clock() >= deadline:
+                        return None
+                    continue
+                self._cond.wait(wait)
+
+    def done(self, key: str) -> None:
+        with self._cond:
+            self._processing.discard(key)
+            if key in self._dirty:  # queued again while being worked on
+                self._queue.append(key)
+                self._cond.notify()
+
+    def _promote(self) -> None:
+        now = self._clock()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, key = heapq.heappop(self._delayed)
+            if key not in self._dirty:
+                self._dirty.add(key)
+                if key not in self._processing:
+                    self._queue.append(key)
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._shut = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._queue) + len(self._delayed)
+
+    @property
+    def processing(self) -> frozenset[str]:
+        with self._cond:
+            return frozenset(self._processing)
