@@ -300,6 +300,7 @@ class Executor:
                         "volume", lambda a=action, lb=labels: self.runtime.ensure_volume(a.name, lb)
                     )
                 elif isinstance(action, RunContainer):
+                    image_id = image_id or action.image_id
                     if image_id is None:
                         image_id = self._guard(
                             "image", lambda a=action: self.runtime.image_id(a.spec.image)
@@ -473,7 +474,9 @@ class Executor:
                     probe = run_probe(
                         h, probe_address(h, ports, state.ip), self.runtime, container_id
                     )
-                    next_look = self._clock() + h.interval
+                    # Probe fast until the first success, then at the normal interval.
+                    fast = not tracker.ever_healthy
+                    next_look = self._clock() + (h.start_interval if fast else h.interval)
                 elif policy.start_period > uptime:
                     next_look = self._clock() + min(NO_PROBE_LOOK, policy.start_period - uptime)
                 else:

@@ -63,6 +63,7 @@ class HealthSpec:
     timeout: float = 2.0
     retries: int = 3
     start_period: float = 3.0
+    start_interval: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class DesiredApp:
     health: HealthSpec = HealthSpec()
     deploy_timeout: float = 120.0
     strategy: Literal["recreate"] = "recreate"
+    prune: bool = True  # diplo serve removes the app when it leaves the manifests
     spec_hash: str = ""
 
     def public_spec(self) -> dict[str, Any]:
@@ -278,6 +280,7 @@ class RunContainer:
     network: str
     name: str
     replaces: tuple[ObservedContainer, ...] = ()
+    image_id: str | None = None  # the image's id when it is already on the host
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,7 @@ def _plan_app(
             network=network_name(app.project),
             name=name,
             replaces=tuple(containers),
+            image_id=image_id if app.build is None else None,
         )
     )
     if not containers:

