@@ -376,6 +376,50 @@ def health(ctx: click.Context, app: str, last: int, as_json: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--manifests",
+    "manifests",
+    required=True,
+    type=click.Path(file_okay=False, path_type=str),
+    help="The folder of manifests to keep the host converged onto.",
+)
+@click.option(
+    "--listen", default="127.0.0.1:7700", show_default=True, help="HOST:PORT of the REST API."
+)
+@click.option(
+    "--resync",
+    default="60s",
+    show_default=True,
+    help="Full resync period (also heals what events missed).",
+)
+@click.option(
+    "--workers",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 32),
+    help="Apps reconciled at once.",
+)
+@click.pass_context
+@handled
+def serve(ctx: click.Context, manifests: str, listen: str, resync: str, workers: int) -> None:
+    """Run the controller: watch the folder, heal drift, serve the API. Stops cleanly on
+    SIGTERM or Ctrl-C, leaving the apps running."""
+    from pathlib import Path
+
+    from diplo.serve import run_server
+    from diplo.units import parse_duration
+
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InputError(f"--listen {listen!r}: use HOST:PORT, e.g. 127.0.0.1:7700")
+    try:
+        period = parse_duration(resync)
+    except ValueError as exc:
+        raise InputError(f"--resync: {exc}") from exc
+    run_server(_service(ctx), Path(manifests), host.strip("[]"), int(port_text), period, workers)
+
+
+@main.command()
 def schema() -> None:
     """Print the manifest's JSON Schema."""
     from diplo.manifest.spec import json_schema

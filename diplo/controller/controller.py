@@ -323,6 +323,22 @@ class Controller:
         self.failed_release.pop(app, None)  # an explicit sync retries a failed release
         self.queue.add(app)
 
+    def restart(self, app: str) -> bool:
+        """Restart the app's container in place (under its lock)."""
+        with self.ctx.locks.hold([app], timeout=60):
+            containers = [c for c in self.ctx.runtime.observe().of_app(app)]
+            if not containers:
+                return False
+            current = max(containers, key=lambda c: c.created)
+            spec = self.desired.app(app)
+            grace = int(spec.stop_grace_period) if spec else 10
+            self.ctx.runtime.stop(current.id, grace)
+            self.ctx.runtime.start(current.id)
+        self.ctx.ledger.event("app.restarted", "restarted through the API", app)
+        self.bus.publish("app.restarted", app)
+        self.refresh_views([app])
+        return True
+
     def cancel(self, app: str) -> bool:
         executor = self.inflight.get(app)
         if executor is None:

@@ -1,0 +1,77 @@
+"""Wiring of `diplo serve`: the token, the controller and the API server."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+from pathlib import Path
+
+import structlog
+import uvicorn
+
+from diplo.api.app import create_app
+from diplo.controller.controller import Controller
+from diplo.errors import InputError
+from diplo.ledger import default_home
+from diplo.service import Context
+
+log = structlog.get_logger("diplo.serve")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_token(home: Path) -> tuple[str, bool]:
+    """DIPLO_TOKEN, or a token generated once into $DIPLO_HOME/token (mode 0600).
+    The bool says whether the operator chose it (DIPLO_TOKEN)."""
+    if token := os.environ.get("DIPLO_TOKEN"):
+        return token, True
+    path = home / "token"
+    if path.is_file():
+        return path.read_text().strip(), False
+    home.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token, False
+
+
+def run_server(
+    ctx: Context, manifests: Path, host: str, port: int, resync: float, workers: int
+) -> None:
+    home = default_home()
+    token, chosen = api_token(home)
+    if not is_loopback(host) and not chosen:
+        raise InputError(
+            f"refusing to serve the API on {host} without a token of your choosing",
+            hint="set DIPLO_TOKEN, or listen on 127.0.0.1",
+        )
+    controller = Controller(manifests, ctx, resync=resync, workers=workers)
+    app = create_app(controller, token)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    info = home / "serve.json"
+    controller.start()
+    try:
+        info.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{host}:{port}"}))
+        log.info("serve.listening", url=f"http://{host}:{port}", manifests=str(manifests))
+        server.run()  # returns on SIGTERM / SIGINT
+    finally:
+        controller.stop()
+        info.unlink(missing_ok=True)
