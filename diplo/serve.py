@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import secrets
+import signal
 from pathlib import Path
 
 import structlog
@@ -71,6 +72,10 @@ def run_server(
     try:
         info.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{host}:{port}"}))
         log.info("serve.listening", url=f"http://{host}:{port}", manifests=str(manifests))
+        # uvicorn handles SIGTERM/SIGINT itself, then re-raises the signal to the handler it
+        # found: make that a no-op so that a requested stop exits 0, after cleanup.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         server.run()  # returns on SIGTERM / SIGINT
     finally:
         controller.stop()

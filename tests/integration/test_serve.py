@@ -1,0 +1,248 @@
+"""`diplo serve` as a subprocess over a temp folder, against the real engine."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import DIPLO, HTTPD, Sandbox, http_get, site
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, box: Sandbox) -> None:
+        self.box = box
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Server:
+        self.proc = subprocess.Popen(
+            [
+                *DIPLO,
+                "serve",
+                "--manifests",
+                str(self.box.dir),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--resync",
+                "5s",
+            ],
+            env=self.box.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.get("/healthz") is not None, 30, "the API to answer")
+        return self
+
+    def get(self, path: str) -> Any:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as resp:
+                return json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def post(self, path: str, token: str | None) -> tuple[int, Any]:
+        req = urllib.request.Request(self.url + path, method="POST")
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def app(self, name: str) -> dict[str, Any] | None:
+        return self.get(f"/apps/{name}")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
+        finally:
+            self.proc.kill()
+
+    @property
+    def output(self) -> str:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            return "(still running)"
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def server(sandbox: Sandbox) -> Iterator[Server]:
+    srv = Server(sandbox)
+    try:
+        yield srv
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.stop()
+
+
+def web(box: Sandbox, text: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "image": "busybox:latest",
+        "command": HTTPD,
+        "init": True,
+        "ports": ["8080"],
+        "volumes": [f"{site(box.root, 'www-' + text, text)}:/www:ro"],
+        "health": {"http": {"path": "/", "port": 8080}, "interval": "500ms"},
+        **extra,
+    }
+
+
+def healthy(srv: Server, app: str, revision: int = 1) -> Callable[[], bool]:
+    def check() -> bool:
+        row = srv.app(app)
+        dep = (row or {}).get("last_deployment") or {}
+        return bool(
+            row
+            and row.get("health") == "healthy"
+            and dep.get("revision") == revision
+            and dep.get("result") == "succeeded"
+        )
+
+    return check
+
+
+def test_folder_edits_converge_by_themselves(sandbox: Sandbox, server: Server):
+    server.start()
+    app = sandbox.name("web")
+    sandbox.manifest({app: web(sandbox, "one")})
+    wait_for(healthy(server, app), 30, "the new app to be healthy")
+    assert http_get(sandbox.host_port(app)) == "one\n"
+
+    sandbox.manifest({app: web(sandbox, "two")})
+    wait_for(healthy(server, app, revision=2), 30, "the edit to be deployed")
+    assert http_get(sandbox.host_port(app)) == "two\n"
+    assert len(sandbox.containers(app)) == 1
+
+    (sandbox.dir / "diplo.yaml").unlink()
+    wait_for(lambda: not sandbox.containers(app), 30, "the removed app to be pruned")
+    wait_for(lambda: server.app(app) is None, 10, "the API to forget the app")
+    assert server.stop() == 0
+
+
+def test_drift_is_healed(sandbox: Sandbox, server: Server, capsys):
+    app = sandbox.name("web")
+    sandbox.manifest({app: web(sandbox, "steady")})
+    server.start()
+    wait_for(healthy(server, app), 30, "the app")
+    (c,) = sandbox.containers(app)
+    removed = time.monotonic()
+    sandbox.api.remove_container(c["Id"], force=True)
+    wait_for(lambda: sandbox.containers(app, all=False), 30, "the container to come back")
+    back = time.monotonic() - removed
+    with capsys.disabled():
+        print(f"\n[drift] container back {back:.2f}s after docker rm -f")
+    assert http_get(sandbox.host_port(app)) == "steady\n"
+
+    (c,) = sandbox.containers(app)
+    sandbox.api.stop(c["Id"], timeout=1)
+    wait_for(lambda: sandbox.containers(app, all=False), 30, "the stopped container to run")
+    assert len(sandbox.containers(app)) == 1
+
+
+def test_invalid_manifest_never_hurts_running_apps(sandbox: Sandbox, server: Server):
+    app = sandbox.name("web")
+    path = sandbox.manifest({app: web(sandbox, "good")})
+    server.start()
+    wait_for(healthy(server, app), 30, "the app")
+    (before,) = sandbox.containers(app)
+    path.write_text(path.read_text() + "  broken: [unclosed\n")
+    listing = wait_for(
+        lambda: (r := server.get("/apps")) and not r["manifest"]["ok"] and r,
+        10,
+        "the error to show",
+    )
+    assert f"{path}:" in listing["manifest"]["error"]
+    time.sleep(2)
+    (after,) = sandbox.containers(app)
+    assert after["Id"] == before["Id"] and after["State"] == "running"
+    assert [a["app"] for a in listing["apps"]] == [app]
+
+
+def test_sigterm_stops_cleanly_and_a_restart_recreates_nothing(sandbox: Sandbox, server: Server):
+    app = sandbox.name("web")
+    sandbox.manifest({app: web(sandbox, "kept")})
+    server.start()
+    wait_for(healthy(server, app), 30, "the app")
+    (before,) = sandbox.containers(app)
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 5
+    (still,) = sandbox.containers(app, all=False)
+    assert still["Id"] == before["Id"]
+
+    again = Server(sandbox).start()
+    try:
+        wait_for(lambda: (a := again.app(app)) and a.get("health") == "healthy", 30, "status")
+        time.sleep(2)
+        (after,) = sandbox.containers(app)
+        assert after["Id"] == before["Id"]
+    finally:
+        again.stop()
+
+
+def test_post_needs_the_token_and_sync_works(sandbox: Sandbox, server: Server):
+    app = sandbox.name("web")
+    sandbox.manifest({app: web(sandbox, "x")})
+    server.start()
+    wait_for(healthy(server, app), 30, "the app")
+    token = (sandbox.home / "token").read_text().strip()
+    assert (sandbox.home / "token").stat().st_mode & 0o777 == 0o600
+    assert server.post(f"/apps/{app}/sync", None)[0] == 401
+    assert server.post(f"/apps/{app}/sync", "wrong")[0] == 403
+    status, body = server.post(f"/apps/{app}/sync", token)
+    assert status == 200 and body["accepted"] is True
+    status, body = server.post(f"/apps/{app}/restart", token)
+    assert status == 200 and body["accepted"] is True
+    assert server.post("/apps/nope-nope/sync", token)[0] == 404
+
+
+def test_apply_while_serve_runs_makes_no_duplicates(sandbox: Sandbox, server: Server):
+    app = sandbox.name("web")
+    server.start()
+    sandbox.manifest({app: web(sandbox, "race")})
+    proc = sandbox.diplo("apply")  # races the controller's own deploy of the new file
+    assert proc.returncode == 0, proc.stderr
+    wait_for(healthy(server, app), 30, "the app")
+    time.sleep(2)
+    assert len(sandbox.containers(app)) == 1
+    deps = server.get(f"/apps/{app}/deployments")["deployments"]
+    assert all(d["result"] in ("succeeded", "running") for d in deps)
+
+
+def test_non_loopback_listen_without_a_token_is_refused(sandbox: Sandbox):
+    proc = sandbox.diplo(
+        "serve", "--manifests", str(sandbox.dir), "--listen", "0.0.0.0:7790", timeout=30
+    )
+    assert proc.returncode == 2
+    assert "without a token of your choosing" in proc.stderr
