@@ -219,10 +219,16 @@ def diff(ctx: click.Context, files: tuple[str, ...], as_json: bool) -> None:
 def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
     """Apps on this host: desired vs running, state, image, ports, last deployment."""
     from diplo import service
+    from diplo.serve import running_server
 
-    rows = service.status(_service(ctx), app)
+    manifest_error = None
+    server = running_server()
+    if server is not None:  # the controller's view: no engine calls of our own
+        rows, manifest_error = server.status(app)
+    else:
+        rows = [r.as_dict() for r in service.status(_service(ctx), app)]
     if as_json:
-        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+        click.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -241,30 +247,36 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
     ):
         table.add_column(col, overflow="fold")
     for r in rows:
-        d = r.last_deployment
+        d = r["last_deployment"]
         last = f"#{d['revision']} {d['result']} {d['finished_at'] or d['started_at']}" if d else "-"
         table.add_row(
-            r.app,
-            r.project,
-            r.state,
-            r.health,
-            f"{r.running}/{r.desired}",
-            r.image,
-            ", ".join(r.ports) or "-",
-            r.spec_hash or "-",
+            r["app"],
+            r["project"],
+            r["state"],
+            r["health"],
+            f"{r['running']}/{r['desired']}",
+            r["image"],
+            ", ".join(r["ports"]) or "-",
+            r["spec_hash"] or "-",
             last,
         )
-    if not rows:
+    if server is not None:
+        click.echo(f"from diplo serve at {server.url}")
+    if rows:
+        Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    else:
         click.echo("no apps on this host")
-        return
-    Console(width=200 if not sys.stdout.isatty() else None).print(table)
     for r in rows:
-        d = r.last_deployment
-        if r.health != "healthy":
-            extra = f", {r.restarts} restarts" if r.restarts else ""
-            click.echo(f"{r.app}: {r.health}: {r.health_detail}{extra}")
+        d = r["last_deployment"]
+        if r["health"] != "healthy":
+            extra = f", {r['restarts']} restarts" if r["restarts"] else ""
+            click.echo(f"{r['app']}: {r['health']}: {r['health_detail']}{extra}")
         if d and d["result"] in ("failed", "cancelled", "interrupted"):
-            click.echo(f"{r.app}: last deployment {d['result']} at {d['step']}: {d['error']}")
+            click.echo(f"{r['app']}: last deployment {d['result']} at {d['step']}: {d['error']}")
+        if r.get("last_error"):
+            click.echo(f"{r['app']}: {r['last_error']}")
+    if manifest_error:
+        click.echo(f"manifest error (the last good manifest stays in force):\n{manifest_error}")
 
 
 @main.command()

@@ -7,7 +7,10 @@ import json
 import os
 import secrets
 import signal
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import structlog
 import uvicorn
@@ -80,3 +83,36 @@ def run_server(
     finally:
         controller.stop()
         info.unlink(missing_ok=True)
+
+
+class RunningServer:
+    """A `diplo serve` found through $DIPLO_HOME/serve.json."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def status(self, app: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        listing = self.get("/apps")
+        rows = [r for r in listing["apps"] if app is None or r["app"] == app]
+        if app is not None and not rows:
+            raise InputError(
+                f"no app named {app!r} on this host", hint="`diplo status` lists the apps"
+            )
+        return rows, listing["manifest"].get("error")
+
+
+def running_server() -> RunningServer | None:
+    """The controller serving this DIPLO_HOME, if one runs and answers."""
+    info = default_home() / "serve.json"
+    try:
+        data = json.loads(info.read_text())
+        os.kill(int(data["pid"]), 0)
+        server = RunningServer(str(data["url"]))
+        server.get("/healthz")
+        return server
+    except (OSError, ValueError, KeyError, urllib.error.URLError):
+        return None

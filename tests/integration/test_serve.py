@@ -187,6 +187,9 @@ def test_invalid_manifest_never_hurts_running_apps(sandbox: Sandbox, server: Ser
     (after,) = sandbox.containers(app)
     assert after["Id"] == before["Id"] and after["State"] == "running"
     assert [a["app"] for a in listing["apps"]] == [app]
+    shown = sandbox.diplo("status", check=True).stdout  # answered by the running controller
+    assert f"from diplo serve at {server.url}" in shown
+    assert "manifest error" in shown and f"{path}:" in shown and app in shown
 
 
 def test_sigterm_stops_cleanly_and_a_restart_recreates_nothing(sandbox: Sandbox, server: Server):
