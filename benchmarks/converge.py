@@ -235,8 +235,8 @@ class Bench:
                 "init": True,
                 "ports": ["8080"],
                 "labels": self.labels,
-                # A real deploy is health-gated: diplo waits for httpd to answer.
-                "health": {"http": {"path": "/", "port": 8080}},
+                # A real deploy is health-gated: diplo waits for httpd to accept.
+                "health": {"tcp": {"port": 8080}},
             }
             if app == changed:
                 spec["env"] = {"BENCH_CHANGE": "1"}

@@ -107,7 +107,11 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         spec = controller.desired.app(app)
         if row is None and spec is None:
             raise Problem(404, "no such app", f"no app named {app!r} on this host")
-        out: dict[str, Any] = row.as_dict() if row is not None else {"app": app, "state": "missing"}
+        out: dict[str, Any] = (
+            row.as_dict()
+            if row is not None
+            else {"app": app, "state": "missing", "health": "missing", "running": 0}
+        )
         out["spec"] = spec.public_spec() if spec is not None else None
         out["last_error"] = controller.errors.get(app)
         out["reconciling"] = app in controller.queue.processing

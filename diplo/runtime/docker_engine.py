@@ -91,6 +91,7 @@ class _BuildClient(docker.APIClient):
 class DockerRuntime:
     def __init__(self, timeout: int = 120) -> None:
         self._kwargs = docker.utils.kwargs_from_env()
+        self._network_lock = threading.Lock()
         try:
             self.api = docker.APIClient(version="auto", timeout=timeout, **self._kwargs)
         except docker.errors.DockerException as exc:
@@ -132,10 +133,20 @@ class DockerRuntime:
 
     @mapped("creating a network")
     def ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
-        if not self.api.networks(names=[name]):
-            self.api.create_network(
-                name, driver="bridge", labels=dict(labels), check_duplicate=True
-            )
+        # The engine allows two networks of one name (its duplicate check is best effort):
+        # one lock per process, and a tidy-up of what another process created meanwhile.
+        def exact() -> list[dict[str, Any]]:  # the engine's name filter matches substrings
+            return [n for n in self.api.networks(names=[name]) if n["Name"] == name]
+
+        with self._network_lock:
+            if not exact():
+                self.api.create_network(
+                    name, driver="bridge", labels=dict(labels), check_duplicate=True
+                )
+            same = exact()
+            for extra in sorted(same, key=lambda n: n.get("Created", ""))[1:]:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.api.remove_network(extra["Id"])
 
     @mapped("creating a volume")
     def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None:
