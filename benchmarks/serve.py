@@ -128,7 +128,9 @@ def bare_start(api: docker.APIClient, repeat: int = 5) -> float:
                 ]
             )
             wait(
-                lambda p=port: urllib.request.urlopen(f"http://127.0.0.1:{p}/", timeout=1),
+                lambda p=port: (
+                    socket.create_connection(("127.0.0.1", p), timeout=1).close() or True
+                ),
                 30,
                 "bare httpd",
                 every=0.005,

@@ -195,11 +195,16 @@ def check_health(
     return verdict, detail, state
 
 
-def status(ctx: Context, app: str | None = None) -> list[AppStatus]:
+def status(
+    ctx: Context, app: str | None = None, *, only: set[str] | None = None
+) -> list[AppStatus]:
+    """Status rows of every app (or of `app`, or of the apps in `only` that exist)."""
     observed = ctx.runtime.observe()
     snapshot = ctx.ledger.snapshot()
     last = ctx.ledger.last_deployments()
     names = {c.app for c in observed.containers} | set(snapshot.apps)
+    if only is not None:
+        names &= only
     if app is not None:
         if app not in names:
             raise InputError(

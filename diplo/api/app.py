@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -103,17 +103,9 @@ def create_app(controller: Controller, token: str) -> FastAPI:
             raise Problem(429, "too many requests", f"at most {RATE[0]} per {RATE[1]:g}s")
 
     def view(app: str) -> dict[str, Any]:
-        row = controller.views.get(app)
-        spec = controller.desired.app(app)
-        if row is None and spec is None:
+        out = controller.view(app)
+        if out is None:
             raise Problem(404, "no such app", f"no app named {app!r} on this host")
-        out: dict[str, Any] = (
-            row.as_dict()
-            if row is not None
-            else {"app": app, "state": "missing", "health": "missing", "running": 0}
-        )
-        out["spec"] = spec.public_spec() if spec is not None else None
-        out["last_error"] = controller.errors.get(app)
         out["reconciling"] = app in controller.queue.processing
         return out
 
@@ -128,17 +120,8 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         }
 
     @api.get("/apps", summary="Every app: desired vs observed, health, ports, deployments")
-    def apps() -> dict[str, Any]:
-        names = sorted(set(controller.views) | {a.name for a in controller.desired.apps})
-        return {
-            "apps": [view(n) for n in names],
-            "manifest": {
-                "ok": controller.manifest.ok,
-                "error": controller.manifest.error,
-                "issues": controller.manifest.issues,
-                "files": controller.manifest.files,
-            },
-        }
+    def apps() -> Response:
+        return Response(controller.listing(), media_type="application/json")
 
     @api.get("/apps/{app}", summary="One app")
     def one_app(app: AppName) -> dict[str, Any]:

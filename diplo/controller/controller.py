@@ -9,6 +9,7 @@ the others. An invalid manifest leaves the last good desired state in force."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -29,7 +30,8 @@ from diplo.service import AppStatus, Context, plan_state, status
 
 log = structlog.get_logger("diplo.controller")
 
-ALL = "*"  # queue key: reload the manifests and look at every app
+ALL = "*"  # queue key: reload the manifests and look at every app (resync)
+RELOAD = "~"  # queue key: reload the manifests and look at the apps that changed
 DEBOUNCE = 0.3
 
 
@@ -50,7 +52,7 @@ class Controller:
         *,
         resync: float = 60.0,
         workers: int = 4,
-        health_every: float = 2.0,
+        health_every: float = 5.0,
     ) -> None:
         self.manifests = manifests
         self.ctx = ctx
@@ -76,6 +78,7 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._reload_at: float | None = None
+        self._listing: bytes | None = None
         self._observer: Any = None
 
     # --- life cycle ----------------------------------------------------------------------
@@ -143,7 +146,7 @@ class Controller:
                 if due:
                     self._reload_at = None
             if due:
-                self.queue.add(ALL)
+                self.queue.add(RELOAD)
 
     def _resync_loop(self) -> None:
         while not self._stop.wait(self.resync):
@@ -176,6 +179,7 @@ class Controller:
                 delay = min(delay * 2, 30.0)
 
     def _health_loop(self) -> None:
+        self.refresh_views()
         while not self._stop.wait(self.health_every):
             self.refresh_views()
 
@@ -187,9 +191,10 @@ class Controller:
             if key is None:
                 return
             try:
-                if key == ALL:
-                    self._reload()
-                    for name in sorted(set(self.known) | set(self.views)):
+                if key in (ALL, RELOAD):
+                    changed = self._reload()
+                    names = set(self.known) | set(self.views) if key == ALL else changed
+                    for name in sorted(names):
                         self.queue.add(name)
                 else:
                     self.reconcile(key)
@@ -198,26 +203,32 @@ class Controller:
             finally:
                 self.queue.done(key)
 
-    def _reload(self) -> None:
+    def _reload(self) -> set[str]:
+        """Load the folder; returns the apps whose desired state changed."""
         try:
             desired = load_manifests([str(self.manifests)])
         except ManifestError as exc:
             self._manifest_failed(exc.message, [i.__dict__ for i in exc.issues])
-            return
+            return set()
         except InputError as exc:  # an empty folder: nothing is desired
             if "no manifest files" not in exc.message:
                 self._manifest_failed(exc.message, [])
-                return
+                return set()
             desired = DesiredState()
         if not self.manifest.ok:
             log.info("manifest.valid_again")
             self.bus.publish("manifest.valid")
+        before = {a.name: a for a in self.desired.apps}
+        after = {a.name: a for a in desired.apps}
+        changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
         self.manifest = ManifestState(True, None, [], time.time(), list(desired.files))
         self.desired = desired
         self.projects |= set(desired.projects)
         for app in desired.apps:
             self.known[app.name] = app
         self.last_resync = time.time()
+        self.changed()
+        return changed
 
     def _manifest_failed(self, message: str, issues: list[dict[str, Any]]) -> None:
         if message != self.manifest.error:  # logged once per distinct error, not in a loop
@@ -271,6 +282,7 @@ class Controller:
         outcome = result.outcomes.get(app)
         if outcome is None or outcome.ok:
             self.errors.pop(app, None)
+            self.changed()
             self.failed_release.pop(app, None)
             self.backoffs[app] = self.backoffs.get(app, Backoff()).healthy(time.monotonic())
             kind = "drift.healed" if drift else f"app.{app_plan.kind}"
@@ -292,14 +304,16 @@ class Controller:
             bound.warning("reconcile.failed", error=message, retry_in=delay if retry else None)
             self.bus.publish("app.error", app, error=message)
         self.errors[app] = message
+        self.changed()
         if retry:
             self.queue.add_after(app, delay)
 
     # --- the in-memory view --------------------------------------------------------------
 
     def refresh_views(self, apps: list[str] | None = None) -> None:
+        """Recompute the status rows of `apps` (all when None) into the in-memory view."""
         try:
-            rows = status(self.ctx)
+            rows = status(self.ctx, only=None if apps is None else set(apps))
         except EngineUnavailable:
             self.engine_ok = False
             return
@@ -307,17 +321,61 @@ class Controller:
             log.warning("status.failed", error=exc.message)
             return
         fresh = {r.app: r for r in rows}
-        for name, row in fresh.items():
-            old = self.views.get(name)
-            if old is not None and old.health != row.health:
-                self.bus.publish(
-                    "health.changed",
-                    name,
-                    health=row.health,
-                    was=old.health,
-                    detail=row.health_detail,
-                )
-        self.views = fresh
+        with self._lock:
+            views = dict(self.views)
+            for name in apps if apps is not None else list(views):
+                if name not in fresh:
+                    views.pop(name, None)
+            for name, row in fresh.items():
+                old = views.get(name)
+                if old is not None and old.health != row.health:
+                    self.bus.publish(
+                        "health.changed",
+                        name,
+                        health=row.health,
+                        was=old.health,
+                        detail=row.health_detail,
+                    )
+                views[name] = row
+            self.views = views
+            self._listing = None
+
+    def listing(self) -> bytes:
+        """GET /apps, serialised once per change rather than once per request."""
+        with self._lock:
+            if self._listing is None:
+                names = sorted(set(self.views) | {a.name for a in self.desired.apps})
+                body = {
+                    "apps": [self.view(n) for n in names],
+                    "manifest": {
+                        "ok": self.manifest.ok,
+                        "error": self.manifest.error,
+                        "issues": self.manifest.issues,
+                        "files": self.manifest.files,
+                    },
+                }
+                self._listing = json.dumps(body).encode()
+            return self._listing
+
+    def view(self, app: str) -> dict[str, Any] | None:
+        """One app as the API shows it, or None when there is no such app."""
+        row = self.views.get(app)
+        spec = self.desired.app(app)
+        if row is None and spec is None:
+            return None
+        out: dict[str, Any] = (
+            row.as_dict()
+            if row is not None
+            else {"app": app, "state": "missing", "health": "missing", "running": 0}
+        )
+        out["spec"] = spec.public_spec() if spec is not None else None
+        out["last_error"] = self.errors.get(app)
+        return out
+
+    def changed(self) -> None:
+        """Something the API shows changed outside refresh_views."""
+        with self._lock:
+            self._listing = None
 
     def sync(self, app: str) -> None:
         self.failed_release.pop(app, None)  # an explicit sync retries a failed release
