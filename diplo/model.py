@@ -63,7 +63,7 @@ class HealthSpec:
     timeout: float = 2.0
     retries: int = 3
     start_period: float = 3.0
-    start_interval: float = 0.25
+    start_interval: float = 0.1
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         }
 
     @api.get("/apps", summary="Every app: desired vs observed, health, ports, deployments")
-    def apps() -> Response:
+    async def apps() -> Response:  # cached bytes: no thread hop needed
         return Response(controller.listing(), media_type="application/json")
 
     @api.get("/apps/{app}", summary="One app")

@@ -32,7 +32,7 @@ log = structlog.get_logger("diplo.controller")
 
 ALL = "*"  # queue key: reload the manifests and look at every app (resync)
 RELOAD = "~"  # queue key: reload the manifests and look at the apps that changed
-DEBOUNCE = 0.3
+DEBOUNCE = 0.15  # an editor's save or a checkout arrives within this
 
 
 @dataclass
@@ -346,7 +346,7 @@ class Controller:
             if self._listing is None:
                 names = sorted(set(self.views) | {a.name for a in self.desired.apps})
                 body = {
-                    "apps": [self.view(n) for n in names],
+                    "apps": [self.summary(n) for n in names],
                     "manifest": {
                         "ok": self.manifest.ok,
                         "error": self.manifest.error,
@@ -356,6 +356,13 @@ class Controller:
                 }
                 self._listing = json.dumps(body).encode()
             return self._listing
+
+    def summary(self, app: str) -> dict[str, Any]:
+        """An app's line in GET /apps: its view without the spec and container details."""
+        out = self.view(app) or {}
+        for key in ("spec", "containers"):
+            out.pop(key, None)
+        return out
 
     def view(self, app: str) -> dict[str, Any] | None:
         """One app as the API shows it, or None when there is no such app."""

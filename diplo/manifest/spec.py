@@ -167,7 +167,7 @@ class HealthConfig(_Strict):
     cmd: Command = Field(None, description="Run in the container; exit 0 means healthy.")
     interval: Duration = Field(1.0, description="Time between probes.")
     start_interval: Duration = Field(
-        0.25, description="Time between probes until the first success (a fast first gate)."
+        0.1, description="Time between probes until the first success (a fast first gate)."
     )
     timeout: Duration = Field(2.0, description="A probe slower than this failed.")
     retries: int = Field(3, ge=1, description="Consecutive failures before unhealthy.")
