@@ -164,6 +164,19 @@ def http_get(port: int, path: str = "/", timeout: float = 10.0, *, status: int =
 HTTPD = ["httpd", "-f", "-p", "8080", "-h", "/www"]
 
 
+def web_spec(box: Sandbox, text: str = "v1", **extra: Any) -> dict[str, Any]:
+    """A busybox httpd app serving `text` at /, health-checked over HTTP."""
+    return {
+        "image": "busybox:latest",
+        "command": HTTPD,
+        "init": True,
+        "ports": ["8080"],
+        "volumes": [f"{site(box.root, 'www-' + text, text)}:/www:ro"],
+        "health": {"http": {"path": "/", "port": 8080}, "interval": "200ms"},
+        **extra,
+    }
+
+
 def site(root: Path, name: str, text: str) -> str:
     """A folder with an index.html, for a busybox httpd to serve; returns its path."""
     folder = root / name

@@ -6,7 +6,7 @@ import json
 import socket
 import time
 
-from .conftest import HTTPD, Sandbox, http_get, site
+from .conftest import Sandbox, http_get, web_spec
 
 MUTATING = {"create", "start", "stop", "die", "kill", "destroy", "rename", "restart"}
 
@@ -20,18 +20,6 @@ def engine_events(box: Sandbox, since: float) -> list[dict]:
         decode=True,
     )
     return [e for e in stream if e.get("time", 0) >= int(since)]
-
-
-def web_spec(box: Sandbox, text: str = "v1", **extra) -> dict:
-    return {
-        "image": "busybox:latest",
-        "command": HTTPD,
-        "init": True,
-        "ports": ["8080"],
-        "volumes": [f"{site(box.root, 'www-' + text, text)}:/www:ro"],
-        "health": {"http": {"path": "/", "port": 8080}, "interval": "200ms"},
-        **extra,
-    }
 
 
 def test_apply_serves_and_a_second_apply_changes_nothing(sandbox: Sandbox):

@@ -10,24 +10,12 @@ import time
 import urllib.request
 from datetime import datetime
 
-from .conftest import DIPLO, HTTPD, Sandbox, http_get, site
-
-
-def serving(box: Sandbox, text: str, **extra) -> dict:
-    return {
-        "image": "busybox:latest",
-        "command": HTTPD,
-        "init": True,
-        "ports": ["8080"],
-        "volumes": [f"{site(box.root, 'www-' + text, text)}:/www:ro"],
-        "health": {"http": {"path": "/", "port": 8080}, "interval": "200ms"},
-        **extra,
-    }
+from .conftest import DIPLO, Sandbox, http_get, web_spec
 
 
 def broken(box: Sandbox, **health) -> dict:
     """Serves, but its health endpoint answers 404: never healthy."""
-    spec = serving(box, "broken")
+    spec = web_spec(box, "broken")
     spec["health"] = {
         "http": {"path": "/healthz", "port": 8080},
         "interval": "200ms",
@@ -68,7 +56,7 @@ class Poller:
 
 def test_http_health_check_gates_the_deploy_and_is_shown(sandbox: Sandbox):
     web = sandbox.name("web")
-    sandbox.manifest({web: serving(sandbox, "v1")})
+    sandbox.manifest({web: web_spec(sandbox, "v1")})
     out = sandbox.diplo("apply", check=True).stdout
     assert f"{web}: health healthy: HTTP 200" in out
     row = sandbox.status()[web]
@@ -79,7 +67,7 @@ def test_http_health_check_gates_the_deploy_and_is_shown(sandbox: Sandbox):
 
 def test_release_that_never_turns_healthy_is_rolled_back(sandbox: Sandbox, capsys):
     web = sandbox.name("web")
-    sandbox.manifest({web: serving(sandbox, "good")})
+    sandbox.manifest({web: web_spec(sandbox, "good")})
     sandbox.diplo("apply", check=True)
     port = sandbox.host_port(web)
     (good,) = sandbox.containers()
@@ -161,7 +149,7 @@ def _wait_for_health_wait(box: Sandbox, app: str) -> None:
 
 def test_diplo_cancel_keeps_the_previous_revision(sandbox: Sandbox, capsys):
     web = sandbox.name("web")
-    sandbox.manifest({web: serving(sandbox, "good")})
+    sandbox.manifest({web: web_spec(sandbox, "good")})
     sandbox.diplo("apply", check=True)
     port = sandbox.host_port(web)
     (good,) = sandbox.containers()
@@ -188,7 +176,7 @@ def test_diplo_cancel_keeps_the_previous_revision(sandbox: Sandbox, capsys):
 
 def test_ctrl_c_cancels_without_leaving_anything_half_made(sandbox: Sandbox):
     web = sandbox.name("web")
-    sandbox.manifest({web: serving(sandbox, "good")})
+    sandbox.manifest({web: web_spec(sandbox, "good")})
     sandbox.diplo("apply", check=True)
     port = sandbox.host_port(web)
     (good,) = sandbox.containers()
@@ -234,9 +222,9 @@ def test_cancel_stops_a_running_build(sandbox: Sandbox):
 
 def test_depends_on_waits_for_the_dependency_to_be_healthy(sandbox: Sandbox):
     db, web = sandbox.name("db"), sandbox.name("web")
-    slow_db = serving(sandbox, "db")
+    slow_db = web_spec(sandbox, "db")
     slow_db["command"] = ["sh", "-c", "sleep 2; exec httpd -f -p 8080 -h /www"]
-    sandbox.manifest({db: slow_db, web: {**serving(sandbox, "web"), "depends_on": [db]}})
+    sandbox.manifest({db: slow_db, web: {**web_spec(sandbox, "web"), "depends_on": [db]}})
     sandbox.diplo("apply", check=True)
     probes = sandbox.diplo("health", db, "--json", "-n", "50", check=True).stdout
     first_ok = min(p["at"] for p in json.loads(probes)["probes"] if p["ok"])
@@ -247,7 +235,7 @@ def test_depends_on_waits_for_the_dependency_to_be_healthy(sandbox: Sandbox):
 
 def test_one_failing_app_does_not_stop_another(sandbox: Sandbox):
     good, bad = sandbox.name("good"), sandbox.name("bad")
-    sandbox.manifest({good: serving(sandbox, "ok"), bad: broken(sandbox)})
+    sandbox.manifest({good: web_spec(sandbox, "ok"), bad: broken(sandbox)})
     proc = sandbox.diplo("apply")
     assert proc.returncode == 1
     assert f"{good}: ok: created" in proc.stdout

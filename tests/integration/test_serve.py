@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import DIPLO, HTTPD, Sandbox, http_get, site
+from .conftest import DIPLO, Sandbox, http_get, web_spec
 
 
 def free_port() -> int:
@@ -106,18 +106,6 @@ def server(sandbox: Sandbox) -> Iterator[Server]:
             srv.stop()
 
 
-def web(box: Sandbox, text: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "image": "busybox:latest",
-        "command": HTTPD,
-        "init": True,
-        "ports": ["8080"],
-        "volumes": [f"{site(box.root, 'www-' + text, text)}:/www:ro"],
-        "health": {"http": {"path": "/", "port": 8080}, "interval": "500ms"},
-        **extra,
-    }
-
-
 def healthy(srv: Server, app: str, revision: int = 1) -> Callable[[], bool]:
     def check() -> bool:
         row = srv.app(app)
@@ -135,11 +123,11 @@ def healthy(srv: Server, app: str, revision: int = 1) -> Callable[[], bool]:
 def test_folder_edits_converge_by_themselves(sandbox: Sandbox, server: Server):
     server.start()
     app = sandbox.name("web")
-    sandbox.manifest({app: web(sandbox, "one")})
+    sandbox.manifest({app: web_spec(sandbox, "one")})
     wait_for(healthy(server, app), 30, "the new app to be healthy")
     assert http_get(sandbox.host_port(app)) == "one\n"
 
-    sandbox.manifest({app: web(sandbox, "two")})
+    sandbox.manifest({app: web_spec(sandbox, "two")})
     wait_for(healthy(server, app, revision=2), 30, "the edit to be deployed")
     assert http_get(sandbox.host_port(app)) == "two\n"
     assert len(sandbox.containers(app)) == 1
@@ -152,7 +140,7 @@ def test_folder_edits_converge_by_themselves(sandbox: Sandbox, server: Server):
 
 def test_drift_is_healed(sandbox: Sandbox, server: Server, capsys):
     app = sandbox.name("web")
-    sandbox.manifest({app: web(sandbox, "steady")})
+    sandbox.manifest({app: web_spec(sandbox, "steady")})
     server.start()
     wait_for(healthy(server, app), 30, "the app")
     (c,) = sandbox.containers(app)
@@ -172,7 +160,7 @@ def test_drift_is_healed(sandbox: Sandbox, server: Server, capsys):
 
 def test_invalid_manifest_never_hurts_running_apps(sandbox: Sandbox, server: Server):
     app = sandbox.name("web")
-    path = sandbox.manifest({app: web(sandbox, "good")})
+    path = sandbox.manifest({app: web_spec(sandbox, "good")})
     server.start()
     wait_for(healthy(server, app), 30, "the app")
     (before,) = sandbox.containers(app)
@@ -194,7 +182,7 @@ def test_invalid_manifest_never_hurts_running_apps(sandbox: Sandbox, server: Ser
 
 def test_sigterm_stops_cleanly_and_a_restart_recreates_nothing(sandbox: Sandbox, server: Server):
     app = sandbox.name("web")
-    sandbox.manifest({app: web(sandbox, "kept")})
+    sandbox.manifest({app: web_spec(sandbox, "kept")})
     server.start()
     wait_for(healthy(server, app), 30, "the app")
     (before,) = sandbox.containers(app)
@@ -216,7 +204,7 @@ def test_sigterm_stops_cleanly_and_a_restart_recreates_nothing(sandbox: Sandbox,
 
 def test_post_needs_the_token_and_sync_works(sandbox: Sandbox, server: Server):
     app = sandbox.name("web")
-    sandbox.manifest({app: web(sandbox, "x")})
+    sandbox.manifest({app: web_spec(sandbox, "x")})
     server.start()
     wait_for(healthy(server, app), 30, "the app")
     token = (sandbox.home / "token").read_text().strip()
@@ -233,7 +221,7 @@ def test_post_needs_the_token_and_sync_works(sandbox: Sandbox, server: Server):
 def test_apply_while_serve_runs_makes_no_duplicates(sandbox: Sandbox, server: Server):
     app = sandbox.name("web")
     server.start()
-    sandbox.manifest({app: web(sandbox, "race")})
+    sandbox.manifest({app: web_spec(sandbox, "race")})
     proc = sandbox.diplo("apply")  # races the controller's own deploy of the new file
     assert proc.returncode == 0, proc.stderr
     wait_for(healthy(server, app), 30, "the app")
