@@ -394,8 +394,9 @@ def test_secret_values_never_reach_the_output_or_the_ledger(sandbox: Sandbox):
     ]
     for proc in outputs:
         assert secret not in proc.stdout + proc.stderr
-    for path in sandbox.home.iterdir():
-        assert secret.encode() not in path.read_bytes()
+    for path in sandbox.home.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes()
     (c,) = sandbox.containers()
     env_in_container = sandbox.api.inspect_container(c["Id"])["Config"]["Env"]
     assert f"API_TOKEN={secret}" in env_in_container

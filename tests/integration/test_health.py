@@ -75,7 +75,12 @@ def test_release_that_never_turns_healthy_is_rolled_back(sandbox: Sandbox, capsy
     sandbox.manifest({web: broken(sandbox)})
     with Poller(port) as poller:
         proc = sandbox.diplo("apply")
-        time.sleep(0.5)
+        returned = time.time()
+        deadline = time.monotonic() + 10  # bounded: until the good revision answers again
+        while time.monotonic() < deadline and not any(
+            ok and body == "good" and at > returned for at, ok, body in poller.samples[:]
+        ):
+            time.sleep(0.05)
     assert proc.returncode == 1
     assert f"{web}: health failed: unhealthy after 3 failed probes (last: HTTP 404)" in proc.stderr
     (now,) = sandbox.containers()
