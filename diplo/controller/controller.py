@@ -69,6 +69,7 @@ class Controller:
         self.errors: dict[str, str] = {}  # app -> last reconcile error
         self.backoffs: dict[str, Backoff] = {}
         self.failed_release: dict[str, str] = {}  # app -> spec hash whose deploy failed
+        self.restart_after: dict[str, float] = {}  # app -> monotonic time of the next restart
         self.inflight: dict[str, Executor] = {}
         self.started_at = time.time()
         self.last_resync: float | None = None
@@ -182,6 +183,34 @@ class Controller:
         self.refresh_views()
         while not self._stop.wait(self.health_every):
             self.refresh_views()
+            self._restart_unhealthy()
+
+    def _restart_unhealthy(self) -> None:
+        """An app that turns unhealthy after a good deploy is restarted, with backoff
+        (1 s doubling to 5 min; reset after 10 min healthy). Exits are Docker's restart
+        policy's to handle; a crash loop shows in status with its restart count."""
+        now = time.monotonic()
+        for name, row in list(self.views.items()):
+            backoff = self.backoffs.get(name, Backoff())
+            if row.health == "healthy":
+                self.backoffs[name] = backoff.healthy(now)
+                continue
+            if row.health != "unhealthy" or name in self.inflight or self.desired.app(name) is None:
+                continue
+            if now < self.restart_after.get(name, 0.0):
+                continue
+            self.restart_after[name] = now + backoff.delay()
+            self.backoffs[name] = backoff.failed()
+            log.warning(
+                "app.unhealthy_restart",
+                app=name,
+                restarts=backoff.restarts + 1,
+                next_wait=backoff.failed().delay(),
+            )
+            try:
+                self.restart(name, reason=f"unhealthy: {row.health_detail}")
+            except DiploError as exc:
+                log.warning("app.restart_failed", app=name, error=exc.message)
 
     # --- work ----------------------------------------------------------------------------
 
@@ -388,7 +417,7 @@ class Controller:
         self.failed_release.pop(app, None)  # an explicit sync retries a failed release
         self.queue.add(app)
 
-    def restart(self, app: str) -> bool:
+    def restart(self, app: str, reason: str = "restarted through the API") -> bool:
         """Restart the app's container in place (under its lock)."""
         with self.ctx.locks.hold([app], timeout=60):
             containers = [c for c in self.ctx.runtime.observe().of_app(app)]
@@ -399,8 +428,8 @@ class Controller:
             grace = int(spec.stop_grace_period) if spec else 10
             self.ctx.runtime.stop(current.id, grace)
             self.ctx.runtime.start(current.id)
-        self.ctx.ledger.event("app.restarted", "restarted through the API", app)
-        self.bus.publish("app.restarted", app)
+        self.ctx.ledger.event("app.restarted", reason, app)
+        self.bus.publish("app.restarted", app, reason=reason)
         self.refresh_views([app])
         return True
 

@@ -1,0 +1,56 @@
+"""The controller's work queue: dedupe, one worker per key, delayed retries."""
+
+from __future__ import annotations
+
+import threading
+
+from diplo.controller.workqueue import WorkQueue
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_key_queued_many_times_is_handed_out_once():
+    q = WorkQueue()
+    for _ in range(5):
+        q.add("web")
+    q.add("db")
+    assert [q.get(0), q.get(0), q.get(0)] == ["web", "db", None]
+
+
+def test_a_key_in_progress_is_not_handed_to_a_second_worker_but_comes_back_after():
+    q = WorkQueue()
+    q.add("web")
+    assert q.get(0) == "web"
+    q.add("web")  # an event while the worker is busy
+    assert q.get(0) is None  # not to a second worker
+    q.done("web")
+    assert q.get(0) == "web"  # once more, after the first is done
+    q.done("web")
+    assert q.get(0) is None
+
+
+def test_delayed_add_waits_for_its_time():
+    clock = Clock()
+    q = WorkQueue(clock)
+    q.add_after("web", 5)
+    assert q.get(0) is None
+    clock.now = 5.0
+    assert q.get(0) == "web"
+
+
+def test_shutdown_wakes_waiting_workers():
+    q = WorkQueue()
+    got: list[str | None] = []
+    t = threading.Thread(target=lambda: got.append(q.get()))
+    t.start()
+    q.shutdown()
+    t.join(2)
+    assert not t.is_alive() and got == [None]
+    q.add("late")
+    assert q.get(0) is None
