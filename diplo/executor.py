@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -44,8 +44,10 @@ from diplo.model import (
     RecordApplied,
     RemoveContainers,
     ResolvedPort,
+    Revision,
     RunContainer,
     StartContainer,
+    app_record,
 )
 from diplo.probes import probe_address, run_probe
 from diplo.runtime.base import Runtime
@@ -166,8 +168,12 @@ class Executor:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        revision: Revision | None = None,
+        rollback_of: Mapping[str, int] | None = None,
     ) -> None:
         self.runtime = runtime
+        self.revision = revision  # where the desired state came from, for the ledger
+        self.rollback_of = dict(rollback_of or {})  # app -> the deployment it restores
         self.ledger = ledger
         self.reporter = reporter or NullReporter()
         self.workers = max(1, workers)
@@ -267,7 +273,16 @@ class Executor:
         assert spec is not None
         mutating = any(isinstance(a, RunContainer) for a in p.actions)
         dep_id = (
-            self.ledger.start_deployment(p.app, p.project, spec.spec_hash) if mutating else None
+            self.ledger.start_deployment(
+                p.app,
+                p.project,
+                spec.spec_hash,
+                revision=self.revision,
+                record=app_record(spec),
+                rollback_of=self.rollback_of.get(p.app),
+            )
+            if mutating
+            else None
         )
         bound = log.bind(app=p.app, kind=p.kind, deployment=dep_id)
         bound.info("app.apply", reason=p.reason)
@@ -345,6 +360,8 @@ class Executor:
                 image_id=image_id,
                 applied=(p.app, p.project, spec.spec_hash, spec.public_spec()),
             )
+            if image_id:
+                self._keep_image(p.app, dep_id, image_id, spec.keep_images, bound)
         bound.info("app.done", result="succeeded")
         return AppOutcome(
             p.app,
@@ -354,6 +371,20 @@ class Executor:
             deployment_id=dep_id,
             container_id=container_id,
         )
+
+    def _keep_image(self, app: str, dep_id: int, image_id: str, keep: int, bound: Any) -> None:
+        """Tag the image this deployment runs so that a rollback needs no rebuild or pull,
+        and drop the tags of older deployments beyond `keep` (Docker deletes an image once
+        no tag and no container holds it). A failure here never fails the deploy."""
+        try:
+            tag = kept_image_ref(app, dep_id)
+            self.runtime.tag_image(image_id, tag)
+            self.ledger.keep_image(dep_id, tag)
+            for old_id, old_tag in self.ledger.kept_images(app)[keep:]:
+                self.runtime.untag_image(old_tag)
+                self.ledger.drop_kept_image(old_id)
+        except DiploError as exc:
+            bound.warning("image.keep_failed", error=exc.message)
 
     def _guard(self, step: str, fn: Callable[[], T]) -> T:
         try:
@@ -569,6 +600,10 @@ class Executor:
             )
         self.ledger.forget_app(p.app)
         return AppOutcome(p.app, p.kind, True, "removed (named volumes kept)")
+
+
+def kept_image_ref(app: str, dep_id: int) -> str:
+    return f"diplo-kept/{app}:d{dep_id}"
 
 
 def container_spec(action: RunContainer, stop_timeout: int) -> ContainerSpec:

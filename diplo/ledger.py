@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from diplo.errors import LedgerError
-from diplo.model import AppRecord, BuildRecord, LedgerSnapshot, PortAllocation
+from diplo.model import AppRecord, BuildRecord, LedgerSnapshot, PortAllocation, Revision
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -84,6 +84,24 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX probes_app ON probes (app, id);
     """,
+    # 3: where each deployment came from, what it ran (for rollbacks), and rollback pins
+    """
+    ALTER TABLE deployments ADD COLUMN source TEXT;
+    ALTER TABLE deployments ADD COLUMN commit_sha TEXT;
+    ALTER TABLE deployments ADD COLUMN commit_subject TEXT;
+    ALTER TABLE deployments ADD COLUMN commit_author TEXT;
+    ALTER TABLE deployments ADD COLUMN commit_time TEXT;
+    ALTER TABLE deployments ADD COLUMN dirty INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deployments ADD COLUMN record_json TEXT;
+    ALTER TABLE deployments ADD COLUMN rollback_of INTEGER;
+    ALTER TABLE deployments ADD COLUMN kept_image TEXT;
+    CREATE TABLE pins (
+        app TEXT PRIMARY KEY,
+        deployment_id INTEGER NOT NULL,
+        pinned_at TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    """,
 ]
 PROBES_KEPT = 50  # per app
 
@@ -114,6 +132,31 @@ class Deployment:
     error: str | None
     cancel_requested: int = 0
     pid: int | None = None
+    source: str | None = None
+    commit_sha: str | None = None
+    commit_subject: str | None = None
+    commit_author: str | None = None
+    commit_time: str | None = None
+    dirty: int = 0
+    record_json: str | None = None  # the app as deployed (env digests only), for rollbacks
+    rollback_of: int | None = None  # the deployment this one restored
+    kept_image: str | None = None  # the tag that keeps this deployment's image for rollbacks
+
+    def public(self) -> dict[str, Any]:
+        """As the API and `diplo history` show it."""
+        out = dict(self.__dict__)
+        for key in ("record_json", "cancel_requested", "pid"):
+            out.pop(key)
+        out["dirty"] = bool(self.dirty)
+        return out
+
+
+@dataclass(frozen=True)
+class Pin:
+    app: str
+    deployment_id: int
+    pinned_at: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -249,20 +292,46 @@ class Ledger:
 
     # --- writes --------------------------------------------------------------------------
 
-    def start_deployment(self, app: str, project: str, spec_hash: str) -> int:
+    def start_deployment(
+        self,
+        app: str,
+        project: str,
+        spec_hash: str,
+        *,
+        revision: Revision | None = None,
+        record: dict[str, Any] | None = None,
+        rollback_of: int | None = None,
+    ) -> int:
+        rev = revision or Revision(source="")
         with self._tx() as db:
-            revision = db.execute(
+            number = db.execute(
                 "SELECT COALESCE(MAX(revision), 0) + 1 FROM deployments WHERE app = ?", (app,)
             ).fetchone()[0]
             cur = db.execute(
-                "INSERT INTO deployments (app, project, spec_hash, revision, started_at, pid) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (app, project, spec_hash, revision, now(), os.getpid()),
+                "INSERT INTO deployments (app, project, spec_hash, revision, started_at, pid,"
+                " source, commit_sha, commit_subject, commit_author, commit_time, dirty,"
+                " record_json, rollback_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    app,
+                    project,
+                    spec_hash,
+                    number,
+                    now(),
+                    os.getpid(),
+                    rev.source or None,
+                    rev.commit,
+                    rev.subject,
+                    rev.author,
+                    rev.time,
+                    int(rev.dirty),
+                    None if record is None else json.dumps(record, sort_keys=True),
+                    rollback_of,
+                ),
             )
             dep_id = int(cur.lastrowid or 0)
             db.execute(
                 "INSERT INTO events (at, app, kind, message, deployment_id) VALUES (?,?,?,?,?)",
-                (now(), app, "deploy.started", f"revision {revision}", dep_id),
+                (now(), app, "deploy.started", f"revision {number}", dep_id),
             )
             return dep_id
 
@@ -346,6 +415,51 @@ class Ledger:
                 " image_id = excluded.image_id, built_at = excluded.built_at",
                 (tag, build_hash, image_id, now()),
             )
+
+    def keep_image(self, dep_id: int, tag: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE deployments SET kept_image = ? WHERE id = ?", (tag, dep_id))
+
+    def kept_images(self, app: str) -> list[tuple[int, str]]:
+        """(deployment id, tag) of the app's kept images, newest first."""
+        rows = self._query(
+            "SELECT id, kept_image FROM deployments WHERE app = ? AND kept_image IS NOT NULL "
+            "ORDER BY id DESC",
+            (app,),
+        )
+        return [(int(r["id"]), str(r["kept_image"])) for r in rows]
+
+    def drop_kept_image(self, dep_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE deployments SET kept_image = NULL WHERE id = ?", (dep_id,))
+
+    # --- rollback pins -------------------------------------------------------------------
+
+    def pin(self, app: str, deployment_id: int, reason: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO pins (app, deployment_id, pinned_at, reason) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (app) DO UPDATE SET deployment_id = excluded.deployment_id,"
+                " pinned_at = excluded.pinned_at, reason = excluded.reason",
+                (app, deployment_id, now(), reason),
+            )
+            db.execute(
+                "INSERT INTO events (at, app, kind, message, deployment_id) VALUES (?,?,?,?,?)",
+                (now(), app, "app.pinned", reason, deployment_id),
+            )
+
+    def unpin(self, app: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM pins WHERE app = ?", (app,))
+            if cur.rowcount:
+                db.execute(
+                    "INSERT INTO events (at, app, kind, message) VALUES (?, ?, ?, ?)",
+                    (now(), app, "app.resumed", "following the source again"),
+                )
+            return bool(cur.rowcount)
+
+    def pins(self) -> dict[str, Pin]:
+        return {r["app"]: Pin(**dict(r)) for r in self._query("SELECT * FROM pins")}
 
     # --- cancellation --------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ class DesiredApp:
     deploy_timeout: float = 120.0
     strategy: Literal["recreate"] = "recreate"
     prune: bool = True  # diplo serve removes the app when it leaves the manifests
+    keep_images: int = 5  # images of this many recent deployments are kept for rollbacks
     spec_hash: str = ""
 
     def public_spec(self) -> dict[str, Any]:
@@ -135,6 +136,75 @@ class DesiredApp:
                 "deploy": {"timeout": self.deploy_timeout, "strategy": self.strategy},
             }
         )
+
+
+def app_record(app: DesiredApp) -> dict[str, Any]:
+    """Everything needed to deploy the app again later (a rollback), as plain JSON: the
+    full spec with env and build-arg values replaced by their digests, since Diplo never
+    stores a secret. `restore_app` puts the values back from a current manifest."""
+    data = asdict(app)
+    data["env"] = [[k, redact(v)] for k, v in app.env]
+    if data["build"] is not None:
+        data["build"]["args"] = [[k, redact(v)] for k, v in app.build.args] if app.build else []
+    return _jsonable(data)
+
+
+def restore_app(
+    record: Mapping[str, Any], values: Mapping[str, str], image: str
+) -> tuple[DesiredApp | None, list[str]]:
+    """The app of `record` again, running `image` (no build), with env values taken from
+    `values` where their digest matches the recorded one. Returns (app, []) or (None, the
+    env keys whose recorded value is not known any more)."""
+    env: list[tuple[str, str]] = []
+    missing: list[str] = []
+    for key, digest in record["env"]:
+        value = values.get(key)
+        if value is None or redact(value) != digest:
+            missing.append(key)
+        else:
+            env.append((key, value))
+    if missing:
+        return None, missing
+    data = dict(record)
+    data.update(
+        image=image,
+        build=None,
+        pull_policy="never",
+        command=None if data["command"] is None else tuple(data["command"]),
+        entrypoint=None if data["entrypoint"] is None else tuple(data["entrypoint"]),
+        env=tuple(env),
+        ports=tuple(PortSpec(**p) for p in data["ports"]),
+        mounts=tuple(Mount(**m) for m in data["mounts"]),
+        depends_on=tuple(data["depends_on"]),
+        labels=tuple((k, v) for k, v in data["labels"]),
+        file_hashes=tuple((k, v) for k, v in data["file_hashes"]),
+        health=HealthSpec(
+            **{
+                **data["health"],
+                "status": tuple(tuple(r) for r in data["health"]["status"]),
+                "cmd": tuple(data["health"]["cmd"]),
+            }
+        ),
+    )
+    return DesiredApp(**data), []
+
+
+@dataclass(frozen=True)
+class Revision:
+    """Where a deployment's desired state came from: a folder or a repository, and the
+    commit when there is one."""
+
+    source: str  # "folder:/abs/path", or a repository URL with credentials redacted
+    commit: str | None = None
+    subject: str | None = None
+    author: str | None = None
+    time: str | None = None
+    dirty: bool = False
+
+    def short(self) -> str:
+        if self.commit is None:
+            return "-"
+        return self.commit[:10] + ("+dirty" if self.dirty else "")
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:

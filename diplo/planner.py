@@ -132,6 +132,8 @@ def _plan_app(
 
     image = normalize_image(app.image)
     image_id = observed.images.get(image)
+    if image.startswith("sha256:"):  # an image by ID: a rollback to a kept image
+        image_id = image if image in observed.images.values() else None
     matching = [c for c in containers if c.spec_hash == app.spec_hash]
     live = next((c for c in matching if c.state in RUNNING), None)
     keep = live or (matching[0] if matching else None)

@@ -393,6 +393,7 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         health=_health(app.health),
         deploy_timeout=app.deploy.timeout,
         strategy=app.deploy.strategy,
+        keep_images=app.deploy.keep_images,
         prune=f.prune,
     )
     return with_spec_hash(desired)
@@ -434,7 +435,7 @@ def with_spec_hash(app: DesiredApp) -> DesiredApp:
     data.pop("source")
     data.pop("spec_hash")
     # Ordering and Diplo-side checks: changing them does not need a new container.
-    for key in ("depends_on", "health", "deploy_timeout", "strategy", "prune"):
+    for key in ("depends_on", "health", "deploy_timeout", "strategy", "prune", "keep_images"):
         data.pop(key)
     return replace(app, spec_hash=spec_digest(data))
 

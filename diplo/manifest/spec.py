@@ -188,6 +188,12 @@ class DeployConfig(_Strict):
     strategy: Literal["recreate"] = Field(
         "recreate", description="recreate: stop the old container, then start the new one."
     )
+    keep_images: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Images of this many recent deployments are kept for rollbacks.",
+    )
 
 
 class Resources(_Strict):

@@ -252,6 +252,22 @@ class DockerRuntime:
         except docker.errors.NotFound:
             return None
 
+    @mapped("tagging an image")
+    def tag_image(self, image_id: str, ref: str) -> None:
+        repo, _, tag = ref.rpartition(":")
+        self.api.tag(image_id, repo, tag, force=True)
+
+    @mapped("removing an image")
+    def untag_image(self, ref: str) -> None:
+        try:
+            self.api.remove_image(ref, noprune=False)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # still used by a container: the tag is gone anyway
+                return
+            raise
+
     # --- containers ----------------------------------------------------------------------
 
     @mapped("creating a container")

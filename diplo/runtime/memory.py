@@ -127,6 +127,14 @@ class MemoryRuntime:
     def image_id(self, image: str) -> str | None:
         return self.images.get(image)
 
+    def tag_image(self, image_id: str, ref: str) -> None:
+        self._call("tag", ref)
+        self.images[ref] = image_id
+
+    def untag_image(self, ref: str) -> None:
+        self._call("untag", ref)
+        self.images.pop(ref, None)
+
     def create(self, spec: ContainerSpec) -> str:
         self._call("create", spec.name)
         if any(c.spec.name == spec.name for c in self.containers.values()):

@@ -74,8 +74,9 @@ def test_update_stops_old_starts_new_then_removes_old(engine, ledger):
     new = app("web", env=(("A", "1"),))
     assert converge(engine, ledger, state(new)).ok
     kinds = [k for k, _ in engine.calls]
-    assert kinds == ["stop", "rename", "create", "start", "remove"]
-    assert engine.calls[-1] == ("remove", old_id)
+    # ...then tags the image it runs, so that a rollback needs no rebuild
+    assert kinds == ["stop", "rename", "create", "start", "remove", "tag"]
+    assert engine.calls[-2] == ("remove", old_id)
     (c,) = engine.containers.values()
     assert c.spec.labels[LABEL_SPEC_HASH] == new.spec_hash and c.spec.name == "shop-web-1"
 
