@@ -122,7 +122,9 @@ def apply(
     desired = load_manifests(_files(files))  # invalid input stops here, before any change
     names = service.apps_to_lock(svc, desired, prune=prune)
     with svc.locks.hold(names, waiting=_tell_waiting):
-        _apply_locked(ctx, svc, desired, prune, dry_run, no_wait, parallel, json_mode)
+        _apply_locked(
+            ctx, svc, desired, _files(files), prune, dry_run, no_wait, parallel, json_mode
+        )
 
 
 def _tell_waiting(app: str) -> None:
@@ -133,16 +135,28 @@ def _apply_locked(
     ctx: click.Context,
     svc: Any,
     desired: Any,
+    paths: list[str],
     prune: bool,
     dry_run: bool,
     no_wait: bool,
     parallel: int,
     json_mode: bool,
+    only: frozenset[str] | None = None,
 ) -> None:
-    from diplo import service
+    from diplo import revisions, service
     from diplo.output import JsonReporter, LiveReporter, PlainReporter, plan_as_json, render_plan
 
-    plan = service.plan_state(svc, desired, prune=prune).plan
+    pinned = revisions.apply_pins(svc, desired)
+    if pinned.blocked:
+        raise InputError("; ".join(pinned.blocked.values()))
+    for name, dep_id in sorted(pinned.rollback_of.items()):
+        if only is None or name in only:
+            click.echo(
+                f"{name}: pinned to deployment {dep_id} by a rollback; "
+                f"`diplo sync {name} --resume` follows the manifest again",
+                err=True,
+            )
+    plan = service.plan_state(svc, pinned.desired, prune=prune, only=only).plan
     if dry_run:
         click.echo(
             json.dumps(plan_as_json(plan)) if json_mode else render_plan(plan) or "nothing to do"
@@ -156,7 +170,16 @@ def _apply_locked(
         else None
     )
     reporter = JsonReporter() if json_mode else live or PlainReporter()
-    executor = Executor(svc.runtime, svc.ledger, reporter, workers=parallel, wait=not no_wait)
+    executor = Executor(
+        svc.runtime,
+        svc.ledger,
+        reporter,
+        workers=parallel,
+        wait=not no_wait,
+        revision=revisions.folder_revision(paths),
+        rollback_of=pinned.rollback_of,
+        revisions=pinned.revisions,
+    )
     # Ctrl-C cancels the deploys in flight: new containers go, previous revisions stay.
     previous = signal.signal(signal.SIGINT, lambda *_: executor.cancel("Ctrl-C"))
     try:
@@ -243,6 +266,8 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
         "IMAGE",
         "PORTS",
         "SPEC",
+        "SYNC",
+        "REVISION",
         "LAST DEPLOY",
     ):
         table.add_column(col, overflow="fold")
@@ -258,6 +283,8 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
             r["image"],
             ", ".join(r["ports"]) or "-",
             r["spec_hash"] or "-",
+            _sync_text(r),
+            _revision_text(r),
             last,
         )
     if server is not None:
@@ -277,6 +304,27 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
             click.echo(f"{r['app']}: {r['last_error']}")
     if manifest_error:
         click.echo(f"manifest error (the last good manifest stays in force):\n{manifest_error}")
+
+
+def _sync_text(row: dict[str, Any]) -> str:
+    """Argo CD's sync column; only the controller knows the source's newest revision."""
+    sync = row.get("sync")
+    if not sync:
+        return "-"
+    pin = row.get("pinned")
+    return sync["status"] + (f" (pinned to #{pin['deployment']})" if pin else "")
+
+
+def _revision_text(row: dict[str, Any]) -> str:
+    rev = row.get("revision") or row.get("last_deployment") or {}
+    commit = rev.get("commit")
+    if not commit:
+        return "-"
+    text = commit[:10] + ("+dirty" if rev.get("dirty") else "")
+    newest = row.get("source_revision")
+    if newest and newest != commit:
+        text += f" (source at {newest[:10]})"
+    return text
 
 
 @main.command()
@@ -388,12 +436,131 @@ def health(ctx: click.Context, app: str, last: int, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("app")
+@click.option("-n", "--last", type=click.IntRange(1, 200), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handled
+def history(ctx: click.Context, app: str, last: int, as_json: bool) -> None:
+    """APP's deployments, newest first: revision, commit, result and why."""
+    deps = _service(ctx).ledger.deployments(app, last)
+    if as_json:
+        click.echo(json.dumps([d.public() for d in deps], indent=2))
+        return
+    if not deps:
+        raise InputError(f"no deployments of {app!r} recorded", hint="`diplo status` lists apps")
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("ID", "REV", "STARTED", "RESULT", "COMMIT", "MESSAGE", "NOTE"):
+        table.add_column(col, overflow="fold")
+    for d in deps:
+        commit = (d.commit_sha or "-")[:10] + ("+dirty" if d.dirty else "")
+        note = f"rollback to #{d.rollback_of}" if d.rollback_of else ""
+        if d.error:
+            note = (note + "; " if note else "") + f"{d.step}: {d.error}"
+        table.add_row(
+            str(d.id),
+            str(d.revision),
+            d.started_at[:19].replace("T", " "),
+            d.result,
+            commit,
+            d.commit_subject or "",
+            note,
+        )
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+@main.command()
+@click.argument("app")
+@click.option("--to", "to", type=int, default=None, help="Deployment ID (see diplo history).")
+@click.option("-f", "--file", "files", multiple=True, type=str, help=FILES_HELP)
+@click.pass_context
+@handled
+def rollback(ctx: click.Context, app: str, to: int | None, files: tuple[str, ...]) -> None:
+    """Redeploy an earlier deployment's exact spec and image (default: the last good one
+    before the current), health-gated, and pin APP there until `diplo sync APP --resume`."""
+    from diplo.serve import running_server
+
+    server = running_server()
+    if server is not None:
+        answer = server.post(f"/apps/{app}/rollback", {"to": to} if to is not None else {})
+        click.echo(f"{app}: {answer['detail']}")
+        sys.exit(0 if answer.get("accepted") else 1)
+    from diplo import revisions
+    from diplo.manifest.load import load_manifests
+
+    svc = _service(ctx)
+    paths = _files(files)
+    desired = load_manifests(paths) if files or os.path.exists(paths[0]) else None
+    from diplo.model import DesiredState
+
+    desired = desired or DesiredState()
+    with svc.locks.hold([app], waiting=_tell_waiting):
+        dep = revisions.target(svc, app, to)
+        restored = revisions.restore(svc, dep.id, desired.app(app))
+        svc.ledger.pin(app, dep.id, f"rolled back to deployment {dep.id}")
+        click.echo(f"{app}: rolling back to deployment {dep.id} (revision {dep.revision})")
+        scope = DesiredState(
+            (*(a for a in desired.apps if a.name != app), restored),
+            desired.files,
+            tuple(sorted({*desired.projects, restored.project})),
+        )
+        try:
+            _apply_locked(ctx, svc, scope, paths, False, False, False, 8, False, frozenset({app}))
+        except SystemExit as exc:
+            if exc.code:  # the restored revision did not come up: follow the source again
+                svc.ledger.unpin(app)
+                click.echo(f"{app}: rollback failed; {app} is not pinned", err=True)
+            raise
+
+
+@main.command()
+@click.argument("app")
+@click.option("--resume", is_flag=True, help="Undo a rollback's pin: follow the source again.")
+@click.option("-f", "--file", "files", multiple=True, type=str, help=FILES_HELP)
+@click.pass_context
+@handled
+def sync(ctx: click.Context, app: str, resume: bool, files: tuple[str, ...]) -> None:
+    """Reconcile APP now (through the running diplo serve, else from the manifest files)."""
+    from diplo.serve import running_server
+
+    server = running_server()
+    if server is not None:
+        answer = server.post(f"/apps/{app}/sync" + ("?resume=true" if resume else ""), None)
+        click.echo(f"{app}: {answer['detail']}")
+        return
+    from diplo.manifest.load import load_manifests
+
+    svc = _service(ctx)
+    desired = load_manifests(_files(files))
+    if desired.app(app) is None:
+        raise InputError(f"no app named {app!r} in {', '.join(_files(files))}")
+    with svc.locks.hold([app], waiting=_tell_waiting):
+        if resume and svc.ledger.unpin(app):
+            click.echo(f"{app}: following the manifest again")
+        _apply_locked(
+            ctx, svc, desired, _files(files), False, False, False, 8, False, frozenset({app})
+        )
+
+
+@main.command()
 @click.option(
     "--manifests",
     "manifests",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False, path_type=str),
-    help="The folder of manifests to keep the host converged onto.",
+    help="A folder of manifests to keep the host converged onto.",
+)
+@click.option("--repo", default=None, help="A git repository (path, file://, https://, ssh://).")
+@click.option("--branch", default="main", show_default=True, help="The branch of --repo.")
+@click.option("--path", "repo_path", default="", help="The manifests' folder in --repo.")
+@click.option(
+    "--interval",
+    default="60s",
+    show_default=True,
+    help="How often --repo is polled (webhooks at POST /hooks/git come in between).",
 )
 @click.option(
     "--listen", default="127.0.0.1:7700", show_default=True, help="HOST:PORT of the REST API."
@@ -413,22 +580,53 @@ def health(ctx: click.Context, app: str, last: int, as_json: bool) -> None:
 )
 @click.pass_context
 @handled
-def serve(ctx: click.Context, manifests: str, listen: str, resync: str, workers: int) -> None:
-    """Run the controller: watch the folder, heal drift, serve the API. Stops cleanly on
-    SIGTERM or Ctrl-C, leaving the apps running."""
+def serve(
+    ctx: click.Context,
+    manifests: str | None,
+    repo: str | None,
+    branch: str,
+    repo_path: str,
+    interval: str,
+    listen: str,
+    resync: str,
+    workers: int,
+) -> None:
+    """Run the controller: watch the folder and/or poll the repository, heal drift, serve
+    the API. Stops cleanly on SIGTERM or Ctrl-C, leaving the apps running."""
     from pathlib import Path
 
+    from diplo.controller.sources import FolderSource, GitSource, Source
+    from diplo.ledger import default_home
     from diplo.serve import run_server
     from diplo.units import parse_duration
 
+    if manifests is None and repo is None:
+        raise click.UsageError("give --manifests DIR, --repo URL, or both")
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise InputError(f"--listen {listen!r}: use HOST:PORT, e.g. 127.0.0.1:7700")
-    try:
-        period = parse_duration(resync)
-    except ValueError as exc:
-        raise InputError(f"--resync: {exc}") from exc
-    run_server(_service(ctx), Path(manifests), host.strip("[]"), int(port_text), period, workers)
+    periods = {}
+    for name, text in (("--resync", resync), ("--interval", interval)):
+        try:
+            periods[name] = parse_duration(text)
+        except ValueError as exc:
+            raise InputError(f"{name}: {exc}") from exc
+    if ".." in Path(repo_path).parts or Path(repo_path).is_absolute():
+        raise InputError(f"--path {repo_path!r}: give a folder inside the repository")
+    sources: list[Source] = []
+    if manifests is not None:
+        sources.append(FolderSource(Path(manifests)))
+    if repo is not None:
+        sources.append(GitSource(repo, branch, repo_path, default_home()))
+    run_server(
+        _service(ctx),
+        sources,
+        host.strip("[]"),
+        int(port_text),
+        periods["--resync"],
+        workers,
+        periods["--interval"],
+    )
 
 
 @main.command()

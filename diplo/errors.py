@@ -101,3 +101,11 @@ class DeployFailed(DiploError):
         self.app = app
         self.step = step
         self.cause = cause
+
+
+class GitError(DiploError):
+    """A git repository could not be fetched or read."""
+
+
+class WebhookError(DiploError):
+    """A push webhook with a missing or wrong signature, or an unreadable body."""

@@ -170,10 +170,12 @@ class Executor:
         wall: Callable[[], float] = time.time,
         revision: Revision | None = None,
         rollback_of: Mapping[str, int] | None = None,
+        revisions: Mapping[str, Revision] | None = None,
     ) -> None:
         self.runtime = runtime
         self.revision = revision  # where the desired state came from, for the ledger
         self.rollback_of = dict(rollback_of or {})  # app -> the deployment it restores
+        self.revisions = dict(revisions or {})  # per-app revisions (a rollback's own commit)
         self.ledger = ledger
         self.reporter = reporter or NullReporter()
         self.workers = max(1, workers)
@@ -277,7 +279,7 @@ class Executor:
                 p.app,
                 p.project,
                 spec.spec_hash,
-                revision=self.revision,
+                revision=self.revisions.get(p.app, self.revision),
                 record=app_record(spec),
                 rollback_of=self.rollback_of.get(p.app),
             )
@@ -380,11 +382,19 @@ class Executor:
             tag = kept_image_ref(app, dep_id)
             self.runtime.tag_image(image_id, tag)
             self.ledger.keep_image(dep_id, tag)
+        except DiploError as exc:
+            bound.warning("image.keep_failed", error=exc.message)
+        self._drop_kept_images(app, keep)
+
+    def _drop_kept_images(self, app: str, keep: int) -> None:
+        """Untag the kept images of all but the `keep` newest deployments (an app that is
+        removed keeps none)."""
+        try:
             for old_id, old_tag in self.ledger.kept_images(app)[keep:]:
                 self.runtime.untag_image(old_tag)
                 self.ledger.drop_kept_image(old_id)
         except DiploError as exc:
-            bound.warning("image.keep_failed", error=exc.message)
+            log.warning("image.prune_failed", app=app, error=exc.message)
 
     def _guard(self, step: str, fn: Callable[[], T]) -> T:
         try:
@@ -557,7 +567,20 @@ class Executor:
         return "; last log lines:\n      " + "\n      ".join(lines[-LOG_LINES_ON_FAILURE:])
 
     def _exit_reason(self, container_id: str, state: ContainerState) -> str:
-        text = f"the container exited with code {state.exit_code}"
+        # A restart policy may have started the container again, which resets its exit
+        # code to 0: catch it between restarts (the engine backs off from 100 ms).
+        for _ in range(20):
+            if state.status != "running" or state.exit_code or not state.restart_count:
+                break
+            self._sleep(0.05)
+            try:
+                state = self.runtime.state(container_id)
+            except DiploError:
+                break
+        if state.status == "running" and not state.exit_code and state.restart_count:
+            text = "the container exited"
+        else:
+            text = f"the container exited with code {state.exit_code}"
         if state.restart_count:
             text += f" and was restarted {state.restart_count} time(s)"
         if state.error:
@@ -599,6 +622,7 @@ class Executor:
                 p.app, p.kind, False, str(DeployFailed(p.app, exc.step, exc.cause)), exc.step
             )
         self.ledger.forget_app(p.app)
+        self._drop_kept_images(p.app, keep=0)
         return AppOutcome(p.app, p.kind, True, "removed (named volumes kept)")
 
 

@@ -281,6 +281,14 @@ class Ledger:
         )
         return {r["app"]: Deployment(**dict(r)) for r in rows}
 
+    def deployed(self) -> dict[str, Deployment]:
+        """Each app's newest successful deployment: the revision that runs."""
+        rows = self._query(
+            "SELECT * FROM deployments WHERE id IN (SELECT MAX(id) FROM deployments "
+            "WHERE result = 'succeeded' GROUP BY app)"
+        )
+        return {r["app"]: Deployment(**dict(r)) for r in rows}
+
     def events(self, app: str | None = None, limit: int = 50) -> list[Event]:
         if app is None:
             rows = self._query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))

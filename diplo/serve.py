@@ -17,6 +17,7 @@ import uvicorn
 
 from diplo.api.app import create_app
 from diplo.controller.controller import Controller
+from diplo.controller.sources import Source
 from diplo.errors import InputError
 from diplo.ledger import default_home
 from diplo.service import Context
@@ -50,7 +51,13 @@ def api_token(home: Path) -> tuple[str, bool]:
 
 
 def run_server(
-    ctx: Context, manifests: Path, host: str, port: int, resync: float, workers: int
+    ctx: Context,
+    sources: list[Source],
+    host: str,
+    port: int,
+    resync: float,
+    workers: int,
+    poll_every: float = 60.0,
 ) -> None:
     home = default_home()
     token, chosen = api_token(home)
@@ -59,8 +66,8 @@ def run_server(
             f"refusing to serve the API on {host} without a token of your choosing",
             hint="set DIPLO_TOKEN, or listen on 127.0.0.1",
         )
-    controller = Controller(manifests, ctx, resync=resync, workers=workers)
-    app = create_app(controller, token)
+    controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
+    app = create_app(controller, token, webhook_secret=os.environ.get("DIPLO_WEBHOOK_SECRET"))
     config = uvicorn.Config(
         app,
         host=host,
@@ -74,7 +81,7 @@ def run_server(
     controller.start()
     try:
         info.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{host}:{port}"}))
-        log.info("serve.listening", url=f"http://{host}:{port}", manifests=str(manifests))
+        log.info("serve.listening", url=f"http://{host}:{port}")
         # uvicorn handles SIGTERM/SIGINT itself, then re-raises the signal to the handler it
         # found: make that a no-op so that a requested stop exits 0, after cleanup.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,6 +101,27 @@ class RunningServer:
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=5) as resp:
             return json.loads(resp.read())
+
+    def post(self, path: str, body: dict[str, Any] | None) -> Any:
+        """A POST with this host's API token; a problem answer becomes an InputError."""
+        token, _ = api_token(default_home())
+        data = json.dumps(body).encode() if body is not None else b""
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                problem = json.loads(exc.read())
+                message = f"{problem.get('title')}: {problem.get('detail')}"
+            except ValueError:
+                message = str(exc)
+            raise InputError(f"diplo serve at {self.url} answered {exc.code}: {message}") from exc
 
     def status(self, app: str | None) -> tuple[list[dict[str, Any]], str | None]:
         listing = self.get("/apps")

@@ -310,6 +310,9 @@ def _deployment_dict(d: Deployment | None) -> dict[str, Any] | None:
         "finished_at": d.finished_at,
         "step": d.step,
         "error": d.error,
+        "commit": d.commit_sha,
+        "dirty": bool(d.dirty),
+        "rollback_of": d.rollback_of,
     }
 
 

@@ -23,6 +23,8 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from diplo import __version__
+from diplo.api.gitops import add_gitops_routes
+from diplo.api.problems import READ_ERRORS, WRITE_ERRORS, problem_doc
 from diplo.controller.controller import Controller
 from diplo.errors import DiploError
 from diplo.manifest.spec import APP_NAME
@@ -36,6 +38,14 @@ class Problem(Exception):
 
     def __init__(self, status: int, title: str, detail: str = "", **extra: Any) -> None:
         self.status, self.title, self.detail, self.extra = status, title, detail, extra
+
+
+class TextStream(StreamingResponse):
+    media_type = "text/plain"
+
+
+class EventStream(EventSourceResponse):
+    media_type = "text/event-stream"
 
 
 class Accepted(BaseModel):
@@ -69,7 +79,7 @@ class RateLimiter:
             return True
 
 
-def create_app(controller: Controller, token: str) -> FastAPI:
+def create_app(controller: Controller, token: str, webhook_secret: str | None = None) -> FastAPI:
     api = FastAPI(
         title="Diplo",
         version=__version__,
@@ -84,7 +94,9 @@ def create_app(controller: Controller, token: str) -> FastAPI:
 
     @api.exception_handler(StarletteHTTPException)
     async def http_handler(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _problem(exc.status_code, str(exc.detail))
+        answer = _problem(exc.status_code, str(exc.detail))
+        answer.headers.update(exc.headers or {})  # e.g. the Allow header of a 405
+        return answer
 
     @api.exception_handler(RequestValidationError)
     async def validation_handler(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -92,15 +104,15 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         return _problem(422, "invalid request", "see errors", errors=errors)
 
     def authorized(request: Request) -> None:
+        client = request.client.host if request.client else "?"
+        if not limiter.allow(client):  # before the token check: guesses count too
+            raise Problem(429, "too many requests", f"at most {RATE[0]} per {RATE[1]:g}s")
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise Problem(401, "authentication required", "send Authorization: Bearer <token>")
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise Problem(403, "invalid token")
-        client = request.client.host if request.client else "?"
-        if not limiter.allow(client):
-            raise Problem(429, "too many requests", f"at most {RATE[0]} per {RATE[1]:g}s")
 
     def view(app: str) -> dict[str, Any]:
         out = controller.view(app)
@@ -123,11 +135,11 @@ def create_app(controller: Controller, token: str) -> FastAPI:
     async def apps() -> Response:  # cached bytes: no thread hop needed
         return Response(controller.listing(), media_type="application/json")
 
-    @api.get("/apps/{app}", summary="One app")
+    @api.get("/apps/{app}", summary="One app", responses=READ_ERRORS)
     def one_app(app: AppName) -> dict[str, Any]:
         return view(app)
 
-    @api.get("/apps/{app}/health", summary="Recent health probes")
+    @api.get("/apps/{app}/health", summary="Recent health probes", responses=READ_ERRORS)
     def app_health(app: AppName, last: Annotated[int, Query(ge=1, le=50)] = 20) -> dict[str, Any]:
         row = view(app)
         probes = [p.__dict__ for p in controller.ctx.ledger.probes(app, last)]
@@ -138,15 +150,20 @@ def create_app(controller: Controller, token: str) -> FastAPI:
             "probes": probes,
         }
 
-    @api.get("/apps/{app}/deployments", summary="Deployments, newest first")
+    @api.get("/apps/{app}/deployments", summary="Deployments, newest first", responses=READ_ERRORS)
     def deployments(
         app: AppName, limit: Annotated[int, Query(ge=1, le=200)] = 20
     ) -> dict[str, Any]:
         view(app)
         deps = controller.ctx.ledger.deployments(app, limit)
-        return {"app": app, "deployments": [d.__dict__ for d in deps]}
+        return {"app": app, "deployments": [d.public() for d in deps]}
 
-    @api.get("/apps/{app}/logs", summary="Container output, like docker logs")
+    @api.get(
+        "/apps/{app}/logs",
+        summary="Container output, like docker logs",
+        response_class=TextStream,
+        responses=READ_ERRORS,
+    )
     def logs(
         app: AppName,
         tail: Annotated[int, Query(ge=0, le=100000)] = 100,
@@ -168,7 +185,11 @@ def create_app(controller: Controller, token: str) -> FastAPI:
 
         return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
 
-    @api.get("/events", summary="Server-sent events: deployments, health, drift, errors")
+    @api.get(
+        "/events",
+        summary="Server-sent events: deployments, health, drift, errors",
+        response_class=EventStream,
+    )
     async def events(request: Request) -> EventSourceResponse:
         sub = controller.bus.subscribe()
 
@@ -204,13 +225,27 @@ def create_app(controller: Controller, token: str) -> FastAPI:
             "last_resync": controller.last_resync,
         }
 
-    @api.post("/apps/{app}/sync", dependencies=[Depends(authorized)], response_model=Accepted)
-    def sync(app: AppName) -> Accepted:
+    @api.post(
+        "/apps/{app}/sync",
+        dependencies=[Depends(authorized)],
+        response_model=Accepted,
+        responses=WRITE_ERRORS,
+    )
+    def sync(
+        app: AppName,
+        resume: Annotated[bool, Query(description="Drop a rollback's pin first.")] = False,
+    ) -> Accepted:
         view(app)
-        controller.sync(app)
-        return Accepted(app=app, accepted=True, detail="reconcile queued")
+        resumed = controller.sync(app, resume=resume)
+        detail = "following the source again; " if resumed else ""
+        return Accepted(app=app, accepted=True, detail=detail + "reconcile queued")
 
-    @api.post("/apps/{app}/restart", dependencies=[Depends(authorized)], response_model=Accepted)
+    @api.post(
+        "/apps/{app}/restart",
+        dependencies=[Depends(authorized)],
+        response_model=Accepted,
+        responses={**WRITE_ERRORS, 409: problem_doc("The engine refused the restart")},
+    )
     def restart(app: AppName) -> Accepted:
         view(app)
         try:
@@ -223,7 +258,12 @@ def create_app(controller: Controller, token: str) -> FastAPI:
             detail="restarted" if restarted else "no container to restart",
         )
 
-    @api.post("/apps/{app}/cancel", dependencies=[Depends(authorized)], response_model=Accepted)
+    @api.post(
+        "/apps/{app}/cancel",
+        dependencies=[Depends(authorized)],
+        response_model=Accepted,
+        responses=WRITE_ERRORS,
+    )
     def cancel(app: AppName) -> Accepted:
         view(app)
         cancelled = controller.cancel(app)
@@ -233,4 +273,5 @@ def create_app(controller: Controller, token: str) -> FastAPI:
             detail="cancel requested" if cancelled else "no deploy in flight",
         )
 
+    add_gitops_routes(api, controller, authorized, Problem, webhook_secret)
     return api

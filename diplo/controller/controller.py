@@ -20,12 +20,14 @@ from typing import Any
 import structlog
 
 from diplo.controller.bus import Bus
+from diplo.controller.sources import FolderSource, GitSource, Loaded, Source, merge
 from diplo.controller.workqueue import WorkQueue
 from diplo.errors import DiploError, EngineUnavailable, InputError, ManifestError
 from diplo.executor import Executor
 from diplo.health import Backoff
-from diplo.manifest.load import load_manifests
-from diplo.model import DesiredApp, DesiredState
+from diplo.model import DesiredApp, DesiredState, Revision
+from diplo.planner import diff_specs
+from diplo.revisions import apply_pins, restore, target
 from diplo.service import AppStatus, Context, plan_state, status
 
 log = structlog.get_logger("diplo.controller")
@@ -47,21 +49,33 @@ class ManifestState:
 class Controller:
     def __init__(
         self,
-        manifests: Path,
+        sources: Path | Source | list[Source],
         ctx: Context,
         *,
         resync: float = 60.0,
         workers: int = 4,
         health_every: float = 5.0,
+        poll_every: float = 60.0,
     ) -> None:
-        self.manifests = manifests
+        if isinstance(sources, Path):
+            sources = [FolderSource(sources)]
+        self.sources: list[Source] = sources if isinstance(sources, list) else [sources]
+        folders = [s.folder for s in self.sources if isinstance(s, FolderSource)]
+        self.manifests: Path | None = folders[0] if folders else None
+        self.poll_every = poll_every
         self.ctx = ctx
         self.resync = resync
         self.workers = workers
         self.health_every = health_every
         self.queue = WorkQueue()
         self.bus = Bus()
-        self.desired = DesiredState()
+        self.desired = DesiredState()  # what is deployed: the source's, with pins applied
+        self.source_desired = DesiredState()  # what the sources ask for
+        self.loaded: Loaded = Loaded(DesiredState(), Revision(""))
+        self.rollback_of: dict[str, int] = {}  # pinned app -> the deployment it restores
+        self.blocked: dict[str, str] = {}  # pinned apps that cannot be restored, and why
+        self.pinned_revisions: dict[str, Revision] = {}
+        self.sync_status: dict[str, dict[str, Any]] = {}
         self.known: dict[str, DesiredApp] = {}  # every app seen in the folder, last spec
         self.projects: set[str] = set()  # projects seen in the folder during this run
         self.manifest = ManifestState()
@@ -92,9 +106,16 @@ class Controller:
         self._spawn("diplo-resync", self._resync_loop)
         self._spawn("diplo-health", self._health_loop)
         self._spawn("diplo-debounce", self._debounce_loop)
-        self._watch_files()
+        if any(isinstance(s, GitSource) for s in self.sources):
+            self._spawn("diplo-git-poll", self._poll_loop)
+        if self.manifests is not None:
+            self._watch_files()
         self.queue.add(ALL)
-        log.info("controller.started", manifests=str(self.manifests), workers=self.workers)
+        log.info(
+            "controller.started",
+            sources=[s.describe().get("path") or s.describe().get("url") for s in self.sources],
+            workers=self.workers,
+        )
 
     def stop(self, timeout: float = 4.0) -> None:
         """Stop watching and working; apps keep running. Deploys in flight are cancelled
@@ -129,6 +150,7 @@ class Controller:
                     return
                 controller.file_changed()
 
+        assert self.manifests is not None
         self.manifests.mkdir(parents=True, exist_ok=True)
         self._observer = Observer()
         self._observer.schedule(Handler(), str(self.manifests), recursive=True)
@@ -148,6 +170,15 @@ class Controller:
                     self._reload_at = None
             if due:
                 self.queue.add(RELOAD)
+
+    def _poll_loop(self) -> None:
+        """Polling keeps working where webhooks cannot reach the host."""
+        while not self._stop.wait(self.poll_every):
+            self.queue.add(RELOAD)
+
+    def poll_now(self) -> None:
+        """A push webhook: fetch and reconcile what changed, now."""
+        self.queue.add(RELOAD)
 
     def _resync_loop(self) -> None:
         while not self._stop.wait(self.resync):
@@ -233,29 +264,48 @@ class Controller:
                 self.queue.done(key)
 
     def _reload(self) -> set[str]:
-        """Load the folder; returns the apps whose desired state changed."""
+        """Load the sources; returns the apps whose desired state changed."""
         try:
-            desired = load_manifests([str(self.manifests)])
+            loaded = merge([s.load() for s in self.sources])
         except ManifestError as exc:
             self._manifest_failed(exc.message, [i.__dict__ for i in exc.issues])
             return set()
-        except InputError as exc:  # an empty folder: nothing is desired
-            if "no manifest files" not in exc.message:
-                self._manifest_failed(exc.message, [])
-                return set()
-            desired = DesiredState()
-        if not self.manifest.ok:
+        except InputError as exc:
+            self._manifest_failed(exc.message, [])
+            return set()
+        except DiploError as exc:  # a repository out of reach: the last good state stays
+            if self.manifest.error != exc.message:
+                log.warning("source.unreachable", error=exc.message)
+                self.bus.publish("source.unreachable", error=exc.message)
+            self.manifest = ManifestState(
+                self.manifest.ok, exc.message, [], self.manifest.loaded_at, self.manifest.files
+            )
+            self.changed()
+            return set()
+        if not self.manifest.ok or self.manifest.error:
             log.info("manifest.valid_again")
             self.bus.publish("manifest.valid")
-        before = {a.name: a for a in self.desired.apps}
-        after = {a.name: a for a in desired.apps}
-        changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
-        self.manifest = ManifestState(True, None, [], time.time(), list(desired.files))
-        self.desired = desired
-        self.projects |= set(desired.projects)
-        for app in desired.apps:
+        self.manifest = ManifestState(True, None, [], time.time(), list(loaded.desired.files))
+        self.loaded, self.source_desired = loaded, loaded.desired
+        self.projects |= set(loaded.desired.projects)
+        for app in loaded.desired.apps:
             self.known[app.name] = app
         self.last_resync = time.time()
+        return self._repin()
+
+    def _repin(self) -> set[str]:
+        """Apply rollback pins to the sources' state; returns the apps that changed."""
+        pinned = apply_pins(self.ctx, self.source_desired)
+        before = {a.name: a for a in self.desired.apps}
+        after = {a.name: a for a in pinned.desired.apps}
+        changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+        self.desired, self.rollback_of, self.blocked = (
+            pinned.desired,
+            pinned.rollback_of,
+            pinned.blocked,
+        )
+        self.pinned_revisions = pinned.revisions
+        self._compute_sync()
         self.changed()
         return changed
 
@@ -266,6 +316,8 @@ class Controller:
         self.manifest = ManifestState(
             False, message, issues, self.manifest.loaded_at, self.manifest.files
         )
+        self._compute_sync()
+        self.changed()
 
     def reconcile(self, app: str) -> None:
         rid = uuid.uuid4().hex[:8]
@@ -280,6 +332,9 @@ class Controller:
     def _reconcile_locked(self, app: str, bound: Any) -> None:
         desired = self.desired
         spec = desired.app(app)
+        if app in self.blocked:
+            self._failed(app, self.blocked[app], bound, retry=False)
+            return
         if spec is None:
             last = self.known.get(app)
             if last is not None and not last.prune:
@@ -302,7 +357,15 @@ class Controller:
             if running or app_plan.kind == "update":
                 return  # a release that failed is not retried until it changes
         drift = app_plan.kind in ("create", "start") and app in self.views
-        executor = Executor(self.ctx.runtime, self.ctx.ledger, _BusReporter(self.bus), workers=1)
+        executor = Executor(
+            self.ctx.runtime,
+            self.ctx.ledger,
+            _BusReporter(self.bus),
+            workers=1,
+            revision=self.loaded.of(app),
+            rollback_of=self.rollback_of,
+            revisions=self.pinned_revisions,
+        )
         self.inflight[app] = executor
         try:
             result = executor.run(prepared.plan)
@@ -323,6 +386,12 @@ class Controller:
             return
         if spec is not None and app_plan.kind in ("create", "update"):
             self.failed_release[app] = spec.spec_hash
+        if app in self.rollback_of and app_plan.kind == "update" and not outcome.cancelled:
+            # The restored deployment did not come up (the previous one was kept): the app
+            # follows its source again rather than staying pinned to a broken state.
+            self.ctx.ledger.unpin(app)
+            self._repin()
+            self.bus.publish("rollback.failed", app, error=outcome.message)
         self._failed(app, outcome.message, bound, retry=app_plan.kind in ("create", "start"))
 
     def _failed(self, app: str, message: str, bound: Any, *, retry: bool) -> None:
@@ -368,6 +437,7 @@ class Controller:
                 views[name] = row
             self.views = views
             self._listing = None
+        self._compute_sync()
 
     def listing(self) -> bytes:
         """GET /apps, serialised once per change rather than once per request."""
@@ -382,6 +452,7 @@ class Controller:
                         "issues": self.manifest.issues,
                         "files": self.manifest.files,
                     },
+                    "sources": [s.describe() for s in self.sources],
                 }
                 self._listing = json.dumps(body).encode()
             return self._listing
@@ -406,16 +477,89 @@ class Controller:
         )
         out["spec"] = spec.public_spec() if spec is not None else None
         out["last_error"] = self.errors.get(app)
+        out.update(self.sync_status.get(app, {}))
         return out
+
+    def _compute_sync(self) -> None:
+        """Each app's sync status (Argo CD's column): Synced when what runs is what the
+        source's newest valid revision asks for; OutOfSync with what differs; Unknown when
+        the newest revision could not be read."""
+        try:
+            snapshot = self.ctx.ledger.snapshot()
+            deployed = self.ctx.ledger.deployed()
+        except DiploError:
+            return
+        out: dict[str, dict[str, Any]] = {}
+        names = set(self.views) | {a.name for a in self.source_desired.apps} | set(self.known)
+        for name in names:
+            want = self.source_desired.app(name)
+            record = snapshot.apps.get(name)
+            row = self.views.get(name)
+            differs: list[str] = []
+            if not self.manifest.ok:
+                sync = "Unknown"
+                differs = ["the source's newest revision is refused: see manifest.error"]
+            elif name in self.rollback_of:
+                sync, differs = "OutOfSync", [f"pinned to deployment {self.rollback_of[name]}"]
+            elif want is None:
+                sync, differs = "OutOfSync", ["not in the source (to be pruned)"]
+            elif record is None:
+                sync, differs = "OutOfSync", ["not deployed"]
+            else:
+                changes = diff_specs(record.spec, want.public_spec())
+                differs = [c.path for c in changes]
+                if record.spec_hash != want.spec_hash and not differs:
+                    differs = ["file contents"]
+                if row is not None and row.in_sync is False:
+                    differs.append("running container differs (drift)")
+                sync = "OutOfSync" if differs else "Synced"
+            dep = deployed.get(name)
+            pin = self.rollback_of.get(name)
+            out[name] = {
+                "sync": {"status": sync, "differs": differs},
+                "revision": None
+                if dep is None
+                else {
+                    "deployment": dep.id,
+                    "commit": dep.commit_sha,
+                    "subject": dep.commit_subject,
+                    "dirty": bool(dep.dirty),
+                },
+                "source_revision": self.loaded.of(name).commit if want is not None else None,
+                "pinned": None if pin is None else {"deployment": pin},
+            }
+        self.sync_status = out
 
     def changed(self) -> None:
         """Something the API shows changed outside refresh_views."""
         with self._lock:
             self._listing = None
 
-    def sync(self, app: str) -> None:
-        self.failed_release.pop(app, None)  # an explicit sync retries a failed release
+    def sync(self, app: str, resume: bool = False) -> bool:
+        """Reconcile now (an explicit sync retries a failed release); `resume` drops a
+        rollback's pin first. Returns whether a pin was dropped."""
+        resumed = False
+        if resume:
+            with self.ctx.locks.hold([app], timeout=60):
+                resumed = self.ctx.ledger.unpin(app)
+                self._repin()
+        self.failed_release.pop(app, None)
         self.queue.add(app)
+        return resumed
+
+    def rollback(self, app: str, to: int | None = None) -> int:
+        """Pin the app to an earlier deployment (default: the last good one with another
+        spec) and reconcile it there; returns the deployment ID. Raises InputError when it
+        cannot be restored (nothing is changed then)."""
+        with self.ctx.locks.hold([app], timeout=60):
+            dep = target(self.ctx, app, to)
+            restore(self.ctx, dep.id, self.source_desired.app(app))  # fails before the pin
+            self.ctx.ledger.pin(app, dep.id, f"rolled back to deployment {dep.id}")
+            self._repin()
+        self.bus.publish("rollback.started", app, deployment=dep.id)
+        self.failed_release.pop(app, None)
+        self.queue.add(app)
+        return dep.id
 
     def restart(self, app: str, reason: str = "restarted through the API") -> bool:
         """Restart the app's container in place (under its lock)."""

@@ -53,7 +53,10 @@ def _closing_brace(text: str, start: int) -> int:
             depth -= 1
             if depth == 0:
                 return j
-    raise InterpolationError(f"unclosed substitution in {text!r}; close it with }}")
+    # The value is not quoted: it may hold a secret next to the typo.
+    raise InterpolationError(
+        f"unclosed substitution: the ${{ at character {start - 1} of the value has no }}"
+    )
 
 
 def _substitute(expr: str, lookup: Lookup) -> str:

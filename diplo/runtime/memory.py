@@ -72,7 +72,7 @@ class MemoryRuntime:
                     state=c.state,
                     status=c.state,
                     image=c.spec.image,
-                    image_id=self.images.get(c.spec.image, ""),
+                    image_id=self.image_id(c.spec.image) or "",
                     ports=tuple(
                         PublishedPort(p.key, p.host_ip or "0.0.0.0", p.host_port)
                         for p in c.spec.ports
@@ -125,6 +125,8 @@ class MemoryRuntime:
         return self.images[image]
 
     def image_id(self, image: str) -> str | None:
+        if image.startswith("sha256:"):  # by ID, as a rollback runs a kept image
+            return image if image in self.images.values() else None
         return self.images.get(image)
 
     def tag_image(self, image_id: str, ref: str) -> None:
@@ -139,7 +141,7 @@ class MemoryRuntime:
         self._call("create", spec.name)
         if any(c.spec.name == spec.name for c in self.containers.values()):
             raise RuntimeFailure(f"creating a container: name {spec.name} is in use")
-        if spec.image not in self.images:
+        if self.image_id(spec.image) is None:
             raise NotFound(f"creating a container: no such image: {spec.image}")
         cid = f"{next(self._ids):064x}"
         self.containers[cid] = _Container(cid, spec, created=next(self._clock))

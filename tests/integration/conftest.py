@@ -60,6 +60,15 @@ def remove_by_label(api: docker.APIClient, label: str) -> None:
             api.remove_image(img["Id"], force=True)
 
 
+def remove_kept_images(api: docker.APIClient, test_id: str) -> None:
+    """The tags Diplo keeps for rollbacks (`diplo-kept/APP:dN`) of this test's apps."""
+    for img in api.images(name="diplo-kept/*"):
+        for tag in img.get("RepoTags") or []:
+            if test_id in tag:
+                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                    api.remove_image(tag)
+
+
 class Sandbox:
     """A folder for manifests, a DIPLO_HOME, a unique project, and the CLI to run."""
 
@@ -137,6 +146,7 @@ def sandbox(tmp_path: Path, docker_api: docker.APIClient) -> Iterator[Sandbox]:
     finally:
         remove_by_label(docker_api, f"diplo.project={box.project}")
         remove_by_label(docker_api, f"{TEST_LABEL}={box.id}")
+        remove_kept_images(docker_api, box.id)
         shutil.rmtree(box.home, ignore_errors=True)
 
 

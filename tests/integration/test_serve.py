@@ -24,8 +24,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, box: Sandbox) -> None:
+    def __init__(
+        self, box: Sandbox, source: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.box = box
+        self.source = source or ["--manifests", str(box.dir)]
+        self.env = {**box.env, **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
@@ -35,14 +39,13 @@ class Server:
             [
                 *DIPLO,
                 "serve",
-                "--manifests",
-                str(self.box.dir),
+                *self.source,
                 "--listen",
                 f"127.0.0.1:{self.port}",
                 "--resync",
                 "5s",
             ],
-            env=self.box.env,
+            env=self.env,
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -57,10 +60,18 @@ class Server:
         except (urllib.error.URLError, OSError, ValueError):
             return None
 
-    def post(self, path: str, token: str | None) -> tuple[int, Any]:
-        req = urllib.request.Request(self.url + path, method="POST")
+    def post(
+        self,
+        path: str,
+        token: str | None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        req = urllib.request.Request(self.url + path, data=body, method="POST")
         if token is not None:
             req.add_header("Authorization", f"Bearer {token}")
+        for key, value in (headers or {}).items():
+            req.add_header(key, value)
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
                 return resp.status, json.loads(resp.read())

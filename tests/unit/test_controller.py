@@ -98,3 +98,61 @@ def test_prune_false_keeps_a_removed_app(controller: Controller):
     controller._reload()
     controller.reconcile("web")
     assert len(engine.containers) == 1
+
+
+def _write(controller: Controller, **web: object) -> None:
+    assert controller.manifests is not None
+    spec = {"image": "busybox:latest", "health": {"start_period": "0s"}, **web}
+    (controller.manifests / "diplo.yaml").write_text(
+        yaml.safe_dump({"project": "shop", "apps": {"web": spec}})
+    )
+
+
+def test_sync_status_follows_the_source(controller: Controller):
+    assert controller.sync_status["web"]["sync"]["status"] == "OutOfSync"  # not deployed
+    controller.reconcile("web")
+    assert controller.view("web")["sync"] == {"status": "Synced", "differs": []}
+    _write(controller, command=["sleep", "100"])
+    controller._reload()
+    assert controller.view("web")["sync"] == {"status": "OutOfSync", "differs": ["command"]}
+    (controller.manifests / "diplo.yaml").write_text("apps: [broken")
+    controller._reload()
+    assert controller.view("web")["sync"]["status"] == "Unknown"
+
+
+def test_rollback_pins_until_resume(controller: Controller):
+    engine = controller.ctx.runtime
+    controller.reconcile("web")
+    _write(controller, command=["sleep", "100"])
+    controller._reload()
+    controller.reconcile("web")
+    (c,) = engine.containers.values()
+    assert c.spec.command == ("sleep", "100")
+
+    assert controller.rollback("web") == 1
+    controller.reconcile("web")
+    (c,) = engine.containers.values()
+    assert c.spec.command is None
+    view = controller.view("web")
+    assert view["pinned"] == {"deployment": 1} and view["sync"]["status"] == "OutOfSync"
+    controller._reload()  # the source still says v2: the pin holds
+    engine.calls.clear()
+    controller.reconcile("web")
+    assert engine.calls == []
+    deps = controller.ctx.ledger.deployments("web")
+    assert deps[0].rollback_of == 1 and deps[0].result == "succeeded"
+
+    assert controller.sync("web", resume=True) is True
+    controller.reconcile("web")
+    (c,) = engine.containers.values()
+    assert c.spec.command == ("sleep", "100")
+    assert controller.view("web")["pinned"] is None
+
+
+def test_rollback_with_nothing_to_restore_changes_nothing(controller: Controller):
+    from diplo.errors import InputError
+
+    controller.reconcile("web")
+    with pytest.raises(InputError, match="no earlier successful deployment"):
+        controller.rollback("web")
+    assert controller.ctx.ledger.pins() == {}

@@ -1,0 +1,178 @@
+"""Where `diplo serve` reads its desired state from: a folder, or a path in a git
+repository at a branch. Each load returns the desired state and the revision it came from;
+a repository's commit is checked out into a stable folder only once its manifests are
+valid, so that the last good commit's build contexts and env files stay in force."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from diplo.errors import DiploError, InputError, ManifestError, ManifestIssue
+from diplo.gitsource import Commit, GitRepo, cache_path, redact_url, worktree_revision
+from diplo.manifest.load import load_manifests
+from diplo.model import DesiredState, Revision
+
+
+@dataclass(frozen=True)
+class Loaded:
+    desired: DesiredState
+    revision: Revision
+    revisions: dict[str, Revision] = field(default_factory=dict)  # per app, after a merge
+
+    def of(self, app: str) -> Revision:
+        return self.revisions.get(app, self.revision)
+
+
+class Source(Protocol):
+    kind: str
+
+    def describe(self) -> dict[str, object]: ...
+
+    def load(self) -> Loaded:
+        """Raises ManifestError for invalid manifests, DiploError when unreachable."""
+        ...
+
+
+def _load_folder(folder: Path) -> DesiredState:
+    try:
+        return load_manifests([str(folder)])
+    except InputError as exc:  # an empty folder: nothing is desired
+        if "no manifest files" not in exc.message:
+            raise
+        return DesiredState()
+
+
+class FolderSource:
+    kind = "folder"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder.resolve()
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": self.kind, "path": str(self.folder)}
+
+    def load(self) -> Loaded:
+        desired = _load_folder(self.folder)
+        tree = worktree_revision(self.folder)
+        source = f"folder:{self.folder}"
+        if tree is None:
+            return Loaded(desired, Revision(source))
+        c = tree.commit
+        return Loaded(desired, Revision(source, c.sha, c.subject, c.author, c.time, tree.dirty))
+
+
+@dataclass
+class BadCommit:
+    sha: str
+    subject: str
+    error: str
+    issues: list[dict[str, object]]
+
+
+class GitSource:
+    """A path in a repository at a branch, fetched shallowly into $DIPLO_HOME/git."""
+
+    kind = "git"
+
+    def __init__(self, url: str, branch: str, path: str, home: Path) -> None:
+        self.url, self.branch, self.path = url, branch, path.strip("/")
+        self.cache = cache_path(home, url)
+        self.repo = GitRepo(url, branch, self.cache / "repo")
+        self.tree = self.cache / "tree"  # the last good commit's files, at a stable path
+        self.head: Commit | None = None  # the branch head at the last successful poll
+        self.good: Commit | None = None  # the commit whose manifests are in force
+        self.bad: BadCommit | None = None  # a newer commit that was refused
+        self.last_poll: float | None = None
+        self.last_poll_ok: float | None = None
+        self.poll_error: str | None = None
+        self._desired: DesiredState | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, object]:
+        def commit(c: Commit | None) -> dict[str, str] | None:
+            return None if c is None else {"sha": c.sha, "subject": c.subject, "time": c.time}
+
+        return {
+            "kind": self.kind,
+            "url": redact_url(self.url),
+            "branch": self.branch,
+            "path": self.path or ".",
+            "head": commit(self.head),
+            "applied": commit(self.good),
+            "refused": None if self.bad is None else self.bad.__dict__,
+            "last_poll": self.last_poll,
+            "last_poll_ok": self.last_poll_ok,
+            "poll_error": self.poll_error,
+        }
+
+    def revision(self, c: Commit) -> Revision:
+        return Revision(redact_url(self.url), c.sha, c.subject, c.author, c.time)
+
+    def load(self) -> Loaded:
+        with self._lock:
+            self.last_poll = time.time()
+            try:
+                head = self.repo.fetch()
+            except Exception as exc:
+                self.poll_error = getattr(exc, "message", str(exc))
+                raise
+            self.head, self.poll_error, self.last_poll_ok = head, None, time.time()
+            if self.good is not None and head.sha == self.good.sha and self._desired is not None:
+                return Loaded(self._desired, self.revision(head))
+            if self.bad is not None and head.sha == self.bad.sha:  # refused already
+                raise ManifestError([ManifestIssue(**i) for i in self.bad.issues])  # type: ignore[arg-type]
+            staging = self.cache / "staging"
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                folder = self.repo.materialize(head.sha, self.path, staging)
+                _load_folder(folder)  # validated before it replaces the good tree
+            except ManifestError as exc:
+                where = f"{head.sha[:10]}:"
+                issues = [
+                    replace(i, file=i.file.replace(str(staging) + "/", where)) for i in exc.issues
+                ]
+                raise self._refuse(head, ManifestError(issues)) from exc
+            except DiploError as exc:
+                issue = ManifestIssue(f"{head.sha[:10]}:{self.path or '.'}", 0, 0, exc.message)
+                raise self._refuse(head, ManifestError([issue])) from exc
+            old = self.cache / "tree.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if self.tree.exists():
+                self.tree.rename(old)
+            staging.rename(self.tree)
+            shutil.rmtree(old, ignore_errors=True)
+            desired = _load_folder(self.tree / self.path if self.path else self.tree)
+            self.good, self.bad, self._desired = head, None, desired
+            return Loaded(desired, self.revision(head))
+
+    def _refuse(self, head: Commit, exc: ManifestError) -> ManifestError:
+        """Remember a commit whose manifests are invalid; it is not applied."""
+        text = f"commit {head.sha[:10]} ({head.subject}) refused: {exc.message}"
+        self.bad = BadCommit(head.sha, head.subject, text, [dict(i.__dict__) for i in exc.issues])
+        shutil.rmtree(self.cache / "staging", ignore_errors=True)
+        return exc
+
+
+def merge(loads: list[Loaded]) -> Loaded:
+    """Several sources at once: their apps side by side; one app name in two is an error."""
+    if len(loads) == 1:
+        return loads[0]
+    apps, files, projects = [], [], []
+    seen: set[str] = set()
+    for part in loads:
+        for app in part.desired.apps:
+            if app.name in seen:
+                issue = ManifestIssue(app.source or app.name, 0, 0, "defined by two sources")
+                raise ManifestError([issue])
+            seen.add(app.name)
+            apps.append(app)
+        files += part.desired.files
+        projects += part.desired.projects
+    revisions = {a.name: p.revision for p in loads for a in p.desired.apps}
+    desired = DesiredState(tuple(apps), tuple(files), tuple(dict.fromkeys(projects)))
+    return Loaded(desired, loads[0].revision, revisions)

@@ -1,0 +1,144 @@
+"""Rollbacks: the restorable record of an app, kept images, pins, over the in-memory
+engine and a real SQLite ledger."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from diplo.errors import InputError
+from diplo.executor import Executor, kept_image_ref
+from diplo.ledger import Ledger
+from diplo.model import LABEL_SPEC_HASH, BuildSpec, Revision, app_record, restore_app
+from diplo.planner import plan
+from diplo.revisions import apply_pins, restore, target
+from diplo.runtime.memory import MemoryRuntime
+from diplo.service import Context
+
+from .factories import IMAGE_ID, app, port, state
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    yield Context(_runtime=MemoryRuntime(images={"busybox:latest": IMAGE_ID}), _ledger=ledger)
+    ledger.close()
+
+
+def deploy(ctx, desired):
+    p = plan(desired, ctx.runtime.observe(), ctx.ledger.snapshot(), {})
+    assert not p.problems, p.problems
+    return Executor(ctx.runtime, ctx.ledger, workers=2, sleep=lambda s: None).run(p)
+
+
+def test_record_round_trip_restores_the_app_with_values_from_the_manifest():
+    web = app(
+        "web",
+        env=(("TOKEN", "s3cret"), ("MODE", "prod")),
+        ports=(port(8080),),
+        command=("httpd", "-f"),
+        labels=(("team", "shop"),),
+        build=BuildSpec("/src", "Dockerfile", (("V", "1"),), "abc"),
+    )
+    record = app_record(web)
+    assert "s3cret" not in json.dumps(record)  # digests only, never a value
+    back, missing = restore_app(json.loads(json.dumps(record)), dict(web.env), IMAGE_ID)
+    assert missing == [] and back is not None
+    assert back == replace(web, image=IMAGE_ID, build=None, pull_policy="never")
+
+
+def test_restore_names_env_keys_whose_value_changed():
+    web = app("web", env=(("TOKEN", "old"), ("MODE", "prod")))
+    back, missing = restore_app(app_record(web), {"TOKEN": "new", "MODE": "prod"}, IMAGE_ID)
+    assert back is None and missing == ["TOKEN"]
+
+
+def test_each_deployment_keeps_its_image_and_old_ones_are_dropped(ctx):
+    for n in range(4):
+        assert deploy(ctx, state(app("web", env=(("N", str(n)),), keep_images=2))).ok
+    kept = ctx.ledger.kept_images("web")
+    assert [tag for _, tag in kept] == [kept_image_ref("web", 4), kept_image_ref("web", 3)]
+    images = ctx.runtime.images
+    assert kept_image_ref("web", 4) in images and kept_image_ref("web", 1) not in images
+    assert ("untag", kept_image_ref("web", 1)) in ctx.runtime.calls
+
+
+def test_deployments_record_their_revision(ctx):
+    rev = Revision("folder:/x", "a" * 40, "Add web", "Ann <a@x>", "2026-11-29T00:00:00Z", True)
+    p = plan(state(app("web")), ctx.runtime.observe(), ctx.ledger.snapshot(), {})
+    assert Executor(ctx.runtime, ctx.ledger, sleep=lambda s: None, revision=rev).run(p).ok
+    (dep,) = ctx.ledger.deployments("web")
+    assert (dep.source, dep.commit_sha, dep.commit_subject, dep.dirty) == (
+        "folder:/x",
+        "a" * 40,
+        "Add web",
+        1,
+    )
+    assert "record_json" not in dep.public()
+
+
+def test_rollback_target_is_the_last_good_other_spec(ctx):
+    v1, v2 = app("web", env=(("V", "1"),)), app("web", env=(("V", "2"),))
+    deploy(ctx, state(v1))
+    deploy(ctx, state(v2))
+    assert target(ctx, "web", None).spec_hash == v1.spec_hash
+    with pytest.raises(InputError, match="no deployment 99"):
+        target(ctx, "web", 99)
+
+
+def test_a_pin_keeps_the_app_on_the_restored_deployment_until_resumed(ctx):
+    v1 = app("web", env=(("V", "1"),))
+    v2 = app("web", env=(("V", "1"),), command=("sleep", "1000"))
+    deploy(ctx, state(v1))
+    deploy(ctx, state(v2))
+    dep = target(ctx, "web", None)
+    assert dep.spec_hash == v1.spec_hash
+    ctx.ledger.pin("web", dep.id, "test")
+    pinned = apply_pins(ctx, state(v2))
+    assert pinned.rollback_of == {"web": dep.id} and not pinned.blocked
+    assert deploy(ctx, pinned.desired).ok
+    (c,) = ctx.runtime.containers.values()
+    assert c.spec.labels[LABEL_SPEC_HASH] == v1.spec_hash and c.spec.command is None
+    assert c.spec.image == IMAGE_ID  # the kept image, by ID: no build, no pull
+    # Pinned: the manifest applied again changes nothing.
+    ctx.runtime.calls.clear()
+    assert deploy(ctx, apply_pins(ctx, state(v2)).desired).ok
+    assert ctx.runtime.calls == []
+    ctx.ledger.unpin("web")
+    assert deploy(ctx, apply_pins(ctx, state(v2)).desired).ok
+    (c,) = ctx.runtime.containers.values()
+    assert c.spec.labels[LABEL_SPEC_HASH] == v2.spec_hash
+
+
+def test_restore_refuses_when_an_env_value_changed_since(ctx):
+    v1, v2 = app("web", env=(("V", "1"),)), app("web", env=(("V", "2"),))
+    deploy(ctx, state(v1))
+    deploy(ctx, state(v2))
+    dep = target(ctx, "web", None)
+    with pytest.raises(InputError, match="env V"):
+        restore(ctx, dep.id, v2)
+
+
+def test_a_pin_whose_image_is_gone_blocks_the_app_and_keeps_it(ctx):
+    v1, v2 = app("web"), app("web", command=("sleep", "1"))
+    deploy(ctx, state(v1))
+    deploy(ctx, state(v2))
+    dep = target(ctx, "web", None)
+    ctx.ledger.pin("web", dep.id, "test")
+    ctx.runtime.images.clear()
+    pinned = apply_pins(ctx, state(v2))
+    assert "no longer kept" in pinned.blocked["web"]
+    assert pinned.desired.app("web") == v2
+
+
+def test_a_removed_app_keeps_no_images(ctx):
+    deploy(ctx, state(app("web"), app("api")))
+    ((_, tag),) = ctx.ledger.kept_images("web")
+    assert tag in ctx.runtime.images
+    p = plan(state(app("api")), ctx.runtime.observe(), ctx.ledger.snapshot(), {}, prune=True)
+    assert Executor(ctx.runtime, ctx.ledger, sleep=lambda s: None).run(p).ok
+    assert ctx.ledger.kept_images("web") == []
+    assert not [t for t in ctx.runtime.images if t.startswith("diplo-kept/web:")]
+    assert [t for t in ctx.runtime.images if t.startswith("diplo-kept/api:")]
