@@ -8,6 +8,7 @@
 set -euo pipefail
 
 log=${DIPLO_DOCKERD_LOG:-/var/log/diplo-dockerd.log}
+pidfile=${DIPLO_DOCKERD_PIDFILE:-/run/diplo-dockerd.pid}  # only for an engine started here
 
 answers() { timeout 10 docker info >/dev/null 2>&1; }
 
@@ -31,6 +32,7 @@ if ! answers; then
   fi
   echo "engine: starting dockerd (log: $log)" >&2
   nohup dockerd >"$log" 2>&1 &
+  echo $! >"$pidfile"
   for _ in $(seq 1 120); do
     answers && break
     sleep 0.5
