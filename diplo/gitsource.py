@@ -1,26 +1,79 @@
 """The git command line, wrapped for a GitOps controller: shallow fetches of one branch
-into a bare cache, checking a commit's folder out, and reading a work tree's HEAD.
+into a bare cache, writing a commit's folder out, and reading a work tree's HEAD.
 
-Credentials come only from the environment (git's credential helpers, SSH config);
-nothing here ever prompts, and every call has a timeout."""
+Credentials come only from the environment (git's credential helpers, SSH keys and
+config); nothing here ever prompts, and every git process has a timeout after which it
+is killed together with its helpers (ssh, git-remote-https)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import os
 import re
 import shutil
+import signal
+import stat
 import subprocess
 import tarfile
+import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import IO
+from urllib.parse import unquote
 
 from diplo.errors import GitError
 
 _SEP = "\x1f"
-_FORMAT = _SEP.join(["%H", "%s", "%an <%ae>", "%cI"])
+# Subject last and taken from %B: the brief's "first line", which %s is not (it joins
+# the first paragraph).
+_FORMAT = "%H%x1f%an <%ae>%x1f%cI%x1f%B"
+_SHA = re.compile(r"[0-9a-f]{4,64}")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#\s'\"]*)@")
+# Variables that would point git at some other repository than the one we mean
+# (set, for example, when Diplo runs from inside a git hook).
+_LOCATION_VARS = frozenset(
+    {
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_NAMESPACE",
+        "GIT_SHALLOW_FILE",
+        "GIT_PREFIX",
+        "GIT_IMPLICIT_WORK_TREE",
+        "GIT_GRAFT_FILE",
+    }
+)
+# git's complaint -> what to do about it; the first match wins (an ssh failure to connect
+# ends in "Could not read from remote repository", which is not about credentials).
+_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("host key verification failed",),
+        "add the server's key to ~/.ssh/known_hosts of the user running diplo",
+    ),
+    (
+        ("could not resolve", "failed to connect", "connection refused", "timed out",
+         "network is unreachable", "no route to host"),
+        "check the URL and that this host can reach the server (DNS, firewall, proxy)",
+    ),
+    (
+        ("authentication failed", "permission denied", "could not read username",
+         "could not read password", "terminal prompts disabled", " 401", " 403"),
+        "give git credentials for the user running diplo (a credential helper, an SSH key "
+        "or ~/.ssh/config); diplo never prompts",
+    ),
+    (
+        ("does not appear to be a git repository", "not found", "no such file"),
+        "check the repository URL (a path, file://, https://, ssh:// or user@host:path)",
+    ),
+)  # fmt: skip
+# What an upload-pack says when it will not (or cannot) send a commit asked for by SHA.
+_NO_SUCH_OBJECT = ("not our ref", "unadvertised object", "no such remote ref", "remote ref")
 
 
 @dataclass(frozen=True)
@@ -37,153 +90,457 @@ class WorkTreeRevision:
     dirty: bool
 
 
+def _redact_match(m: re.Match[str]) -> str:
+    scheme, info = m.group(1), m.group(2)
+    # An ssh user name ("git@") is not a secret and helps reading errors; a password,
+    # or any user part of an http(s) URL (often a bare token), is.
+    if scheme.lower().rstrip(":/") in ("ssh", "git+ssh", "ssh+git") and ":" not in info:
+        return m.group(0)
+    return f"{scheme}***@"
+
+
 def redact_url(url: str) -> str:
     """https://user:token@host/x -> https://***@host/x; other forms are unchanged."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]+@", r"\1***@", url)
+    m = _USERINFO.match(url)
+    return url if m is None else _redact_match(m) + url[m.end() :]
+
+
+def _scrub(text: str, url: str) -> str:
+    """Text from git with every credential-looking part of any URL, and the pieces of
+    `url`'s own user part, replaced (git may print them decoded or reformatted)."""
+    text = _USERINFO.sub(_redact_match, text)
+    m = _USERINFO.match(url)
+    if m is not None and _redact_match(m) != m.group(0):
+        for piece in m.group(2).split(":"):
+            for form in {piece, unquote(piece)}:
+                if len(form) >= 3:
+                    text = text.replace(form, "***")
+    return text
 
 
 def cache_path(home: Path, url: str) -> Path:
     return home / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _LOCATION_VARS}
+    # LC_ALL=C: errors are read for hints, so they must be in English.
+    env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", LANGUAGE="", **extra)
+    if "GIT_SSH_COMMAND" not in env and "GIT_SSH" not in env:
+        env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
     return env
 
 
+def _spawn(
+    args: list[str], cwd: Path | None, stdout: int | IO[bytes], stderr: int | IO[bytes], **env: str
+) -> subprocess.Popen[bytes]:
+    # A new session: no controlling terminal to prompt on, and one process group to
+    # kill on timeout, so ssh or git-remote-https cannot outlive git holding our pipes.
+    return subprocess.Popen(
+        ["git", *args],
+        cwd=cwd,
+        env=_env(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+    )
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _missing(cwd: Path | None, what: str) -> GitError:
+    if cwd is not None and not cwd.is_dir():
+        return GitError(f"{what}: {cwd} does not exist")
+    return GitError(f"{what}: git is not installed", hint="install git (apt-get install git)")
+
+
+def _timeout(what: str, timeout: float) -> GitError:
+    return GitError(
+        f"{what}: git did not finish within {timeout:g}s",
+        hint="check the network and the repository URL; a large first fetch may need a "
+        "longer timeout",
+    )
+
+
+def _detail(stderr: bytes, returncode: int, url: str) -> str:
+    """git's complaint as one line: boilerplate dropped, credentials scrubbed."""
+    lines: list[str] = []
+    for raw in stderr.decode(errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("hint:", "warning:", "Please make sure", "and the rep")):
+            continue
+        for prefix in ("fatal: ", "error: ", "remote: "):
+            line = line.removeprefix(prefix)
+        if line and line not in lines:
+            lines.append(line)
+    text = "; ".join(lines) or f"git exited with status {returncode}"
+    text = _scrub(text, url)
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+class _Failed(GitError):
+    """A git process that exited non-zero; `detail` is its scrubbed stderr."""
+
+    def __init__(self, message: str, detail: str, hint: str | None) -> None:
+        super().__init__(message, hint=hint)
+        self.detail = detail
+
+
 def _run(
-    args: list[str], cwd: Path | None, timeout: float, what: str, url: str = ""
-) -> subprocess.CompletedProcess[bytes]:
+    args: list[str],
+    *,
+    what: str,
+    timeout: float,
+    url: str = "",
+    cwd: Path | None = None,
+    hint: Callable[[str], str | None] = lambda _: None,
+    after_kill: Callable[[], None] | None = None,
+    **env: str,
+) -> bytes:
+    """Run git and return its stdout; GitError (with git's reason) when it fails."""
     try:
-        proc = subprocess.run(
-            ["git", *args], cwd=cwd, env=_env(), capture_output=True, timeout=timeout
-        )
+        proc = _spawn(args, cwd, subprocess.PIPE, subprocess.PIPE, **env)
     except FileNotFoundError as exc:
-        raise GitError("git is not installed", hint="apt-get install git") from exc
+        raise _missing(cwd, what) from exc
+    try:
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise GitError(
-            f"{what}: git did not finish within {timeout:g}s", hint="check the network"
-        ) from exc
+        _kill(proc)
+        proc.communicate()
+        if after_kill is not None:
+            after_kill()
+        raise _timeout(what, timeout) from exc
     if proc.returncode != 0:
-        text = proc.stderr.decode(errors="replace")
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
-        detail = (fatal or lines or [f"exit {proc.returncode}"])[0]
-        detail = detail.removeprefix("fatal: ").removeprefix("error: ")
-        if url:
-            detail = detail.replace(url, redact_url(url))
-        raise GitError(f"{what}: {detail}", hint=_hint(text))
-    return proc
+        detail = _detail(err, proc.returncode, url)
+        raise _Failed(f"{what}: {detail}", detail, hint(detail))
+    return out
 
 
-def _hint(detail: str) -> str | None:
-    low = detail.lower()
-    if "couldn't find remote ref" in low or "not found in upstream" in low:
-        return "check --branch"
-    if "does not appear to be a git repository" in low or "repository not found" in low:
-        return "check --repo"
-    if "authentication" in low or "permission denied" in low or "could not read" in low:
-        return "give git credentials through its credential helper or SSH config"
-    return None
+def _check_sha(sha: str) -> str:
+    rev = sha.strip().lower()
+    if not _SHA.fullmatch(rev):
+        raise GitError(f"{sha!r} is not a commit SHA", hint="give the commit's hex SHA")
+    return rev
+
+
+def _check_branch(branch: str) -> None:
+    bad = (
+        not branch
+        or branch.startswith(("-", "/"))
+        or branch.endswith(("/", ".", ".lock"))
+        or any(s in branch for s in ("..", "//", "@{", " ", "~", "^", ":", "?", "*", "[", "\\"))
+        or any(ord(c) < 32 or ord(c) == 127 for c in branch)
+        or any(part.startswith(".") for part in branch.split("/"))
+    )
+    if bad or branch == "@":
+        raise GitError(f"{branch!r} is not a valid branch name", hint="give a name such as main")
+
+
+def _subpath_parts(subpath: str) -> tuple[str, ...]:
+    parts = tuple(p for p in PurePosixPath(subpath.strip()).parts if p not in ("/", "."))
+    if ".." in parts or any("\x00" in p for p in parts):
+        raise GitError(f"path {subpath!r} leaves the repository", hint="give a path inside it")
+    return parts
 
 
 class GitRepo:
-    """One branch of one repository, fetched shallowly into a bare cache repository."""
+    """One branch of one repository, fetched shallowly into a bare cache repository.
+
+    One instance per cache folder: its lock serialises the threads that use it, and
+    nothing else is expected to write to the folder."""
 
     def __init__(self, url: str, branch: str, cache_dir: Path, *, timeout: float = 120.0) -> None:
+        if not url.strip() or url.startswith("-") or any(ord(c) < 32 for c in url):
+            raise GitError(f"{redact_url(url)!r} is not a repository URL", hint="check --repo")
+        _check_branch(branch)
         self.url, self.branch, self.dir, self.timeout = url, branch, cache_dir, timeout
         self._lock = threading.Lock()
 
-    def _git(self, *args: str, what: str) -> subprocess.CompletedProcess[bytes]:
-        return _run(list(args), self.dir, self.timeout, what, self.url)
-
-    def _init(self) -> None:
-        if (self.dir / "HEAD").is_file():
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _run(["init", "-q", "--bare", str(self.dir)], None, self.timeout, "git init")
-
     @property
     def _where(self) -> str:
-        return f"fetching {redact_url(self.url)} ({self.branch})"
+        return f"{redact_url(self.url)} (branch {self.branch!r})"
+
+    def _hint(self, detail: str) -> str:
+        low, url = detail.lower(), redact_url(self.url)
+        if "couldn't find remote ref" in low:
+            return f"check the branch name; `git ls-remote --heads {url}` lists the branches"
+        for markers, hint in _HINTS:
+            if any(m in low for m in markers):
+                return hint
+        return f"try `git ls-remote {url}` as the user running diplo"
+
+    def _git(self, *args: str, what: str, remote: bool = False) -> bytes:
+        return _run(
+            [f"--git-dir={self.dir}", *args],
+            what=what,
+            timeout=self.timeout,
+            url=self.url,
+            hint=self._hint if remote else lambda _: None,
+            after_kill=self._clear_locks if remote else None,
+        )
+
+    def _clear_locks(self) -> None:
+        # A fetch killed on timeout leaves its lock files behind, and git would refuse
+        # every later fetch. Only this instance writes here, and it is holding its lock.
+        for lock in [*self.dir.glob("*.lock"), *(self.dir / "refs").rglob("*.lock")]:
+            lock.unlink(missing_ok=True)
+
+    def _init(self) -> None:
+        if (self.dir / "HEAD").is_file() and (self.dir / "objects").is_dir():
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _run(["init", "--quiet", "--bare", str(self.dir)], what="git init", timeout=self.timeout)
+
+    def _fetch(self, *options: str, refspec: str, what: str) -> None:
+        self._git(
+            "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", *options,
+            "--", self.url, refspec,
+            what=what, remote=True,
+        )  # fmt: skip
 
     def fetch(self) -> Commit:
         """The branch head, fetched (depth 1) into the cache."""
+        ref = f"refs/heads/{self.branch}"
         with self._lock:
             self._init()
-            ref = f"refs/heads/{self.branch}"
-            self._git(
-                "fetch", "-q", "--depth", "1", "--no-tags", self.url, f"+{ref}:{ref}",
-                what=self._where,
-            )  # fmt: skip
+            try:
+                self._fetch("--depth=1", refspec=f"+{ref}:{ref}", what=f"fetching {self._where}")
+            except _Failed as exc:
+                if "couldn't find remote ref" in exc.detail:
+                    raise GitError(
+                        f"branch {self.branch!r} does not exist in {redact_url(self.url)}",
+                        hint=exc.hint,
+                    ) from exc
+                raise
             return self._info(ref)
 
     def ensure_commit(self, sha: str) -> Commit:
-        """An older commit, fetched when shallow fetches did not bring it."""
+        """A commit that shallow fetches did not bring: asked for by SHA, else found by
+        deepening the branch's history. Kept under refs/diplo/keep/ so gc leaves it."""
+        rev = _check_sha(sha)
         with self._lock:
             self._init()
+            if self._has(rev):
+                return self._info(rev)
+            if len(rev) not in (40, 64):
+                raise GitError(
+                    f"commit {rev} is not in the cache of {self._where}",
+                    hint="give the full 40-character SHA so it can be fetched",
+                )
+            keep = f"refs/diplo/keep/{rev}"
+            what = f"fetching commit {rev[:12]} from {self._where}"
             try:
-                return self._info(sha)
-            except GitError:
-                pass
-            try:
-                self._git("fetch", "-q", "--depth", "1", self.url, sha, what=self._where)
-            except GitError:  # servers that refuse a want by SHA: the whole branch
-                ref = f"refs/heads/{self.branch}"
-                self._git("fetch", "-q", "--unshallow", self.url, f"+{ref}:{ref}", what=self._where)
-            return self._info(sha)
+                self._fetch("--depth=1", refspec=f"+{rev}:{keep}", what=what)
+            except _Failed as exc:  # refused by SHA (or unknown): walk the branch instead
+                if not any(s in exc.detail.lower() for s in _NO_SUCH_OBJECT):
+                    raise
+                self._deepen(rev, what)
+                self._git("update-ref", keep, rev, what=f"keeping commit {rev[:12]}")
+            return self._info(rev)
+
+    def _deepen(self, rev: str, what: str) -> None:
+        ref = f"refs/heads/{self.branch}"
+        for option in ("--deepen=100", "--unshallow"):
+            if not self._shallow():
+                break
+            self._fetch(option, refspec=f"+{ref}:{ref}", what=what)
+            if self._has(rev):
+                return
+        if not self._has(rev):
+            raise GitError(
+                f"commit {rev[:12]} is not in {self._where} or its history",
+                hint="it may never have been pushed, or was force-pushed away; check the SHA",
+            )
+
+    def _shallow(self) -> bool:
+        out = self._git("rev-parse", "--is-shallow-repository", what="reading the cache")
+        return out.strip() == b"true"
+
+    def _has(self, rev: str) -> bool:
+        try:
+            self._git("cat-file", "-e", f"{rev}^{{commit}}", what="reading the cache")
+        except _Failed:
+            return False
+        return True
 
     def commit_info(self, sha: str) -> Commit:
+        """A commit already in the cache (see fetch and ensure_commit)."""
+        rev = _check_sha(sha)
         with self._lock:
-            return self._info(sha)
+            return self._info(rev)
 
     def _info(self, rev: str) -> Commit:
-        out = self._git(
-            "log", "-1", f"--format={_FORMAT}", f"{rev}^{{commit}}", "--",
-            what=f"reading commit {rev[:12]}",
-        )  # fmt: skip
-        sha, subject, author, time = out.stdout.decode(errors="replace").strip().split(_SEP)
+        try:
+            out = self._git(
+                "log", "-1", f"--format={_FORMAT}", f"{rev}^{{commit}}", "--",
+                what=f"reading commit {rev[:12]}",
+            )  # fmt: skip
+        except _Failed as exc:
+            raise GitError(
+                f"commit {rev[:12]} is not in the cache of {self._where}",
+                hint="fetch the branch, or ensure_commit an older commit, first",
+            ) from exc
+        sha, author, time, body = out.decode(errors="replace").split(_SEP, 3)
+        subject = next(iter(body.strip().splitlines()), "")
         return Commit(sha, subject, author, time)
 
     def materialize(self, sha: str, subpath: str, dest: Path) -> Path:
-        """Write the tree of `subpath` at `sha` into the fresh folder `dest`; returns the
-        folder that holds subpath's files."""
-        sub = subpath.strip("/")
-        if sub in ("", "."):
-            sub = ""
+        """Write the tree of `subpath` at `sha` into `dest` (absent or empty), laid out as
+        in the repository; returns dest/subpath. Symlinks may not leave dest."""
+        rev = _check_sha(sha)
+        parts = _subpath_parts(subpath)
+        sub = "/".join(parts)
         with self._lock:
-            args = ["archive", "--format=tar", sha] + ([sub] if sub else [])
+            full = self._info(rev).sha
+            if sub:
+                self._check_folder(full, sub, subpath)
+            dest.mkdir(parents=True, exist_ok=True)
+            if any(dest.iterdir()):
+                raise GitError(f"{dest} is not empty", hint="materialize into a fresh folder")
             try:
-                out = self._git(*args, what=f"checking out {sha[:10]}")
-            except GitError as exc:
-                if "did not match any files" in exc.message or "pathspec" in exc.message:
-                    raise GitError(
-                        f"commit {sha[:10]} has no folder {subpath!r}", hint="check --path"
-                    ) from exc
+                self._archive(full, sub, dest)
+            except BaseException:
+                shutil.rmtree(dest, ignore_errors=True)
                 raise
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir(parents=True)
-        with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
-            tar.extractall(dest, filter="data")  # refuses links and paths out of dest
-        folder = dest / sub if sub else dest
-        if not folder.is_dir():
-            raise GitError(f"commit {sha[:10]}: {subpath!r} is not a folder", hint="check --path")
-        return folder
+        return dest.joinpath(*parts)
+
+    def _check_folder(self, full: str, sub: str, subpath: str) -> None:
+        out = self._git(
+            "--literal-pathspecs", "ls-tree", "-z", full, "--", sub, what=f"reading {full[:12]}"
+        )
+        entry = out.split(b"\0")[0].decode(errors="replace")  # "<mode> <type> <oid>\t<path>"
+        kind = entry.split(" ")[1] if entry.count(" ") >= 2 else ""
+        if kind == "tree":
+            return
+        is_what = {"blob": "a file, not a folder", "commit": "a submodule (not fetched)"}
+        where = f"at commit {full[:12]} of {self._where}"
+        raise GitError(
+            f"{subpath!r} is {is_what[kind]} {where}" if kind in is_what
+            else f"there is no folder {subpath!r} {where}",
+            hint="check --path: a folder in the repository, or '.' for all of it",
+        )  # fmt: skip
+
+    def _archive(self, full: str, sub: str, dest: Path) -> None:
+        """`git archive` streamed into dest: nothing held in memory, killed on timeout."""
+        what = f"writing out commit {full[:12]} of {self._where}"
+        args = [f"--git-dir={self.dir}", "--literal-pathspecs", "archive", "--format=tar", full]
+        killed = threading.Event()
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = _spawn([*args, "--", sub] if sub else args, None, subprocess.PIPE, err)
+            except FileNotFoundError as exc:
+                raise _missing(None, what) from exc
+            timer = threading.Timer(self.timeout, lambda: (killed.set(), _kill(proc)))
+            timer.start()
+            assert proc.stdout is not None
+            broken: tarfile.TarError | None = None
+            try:
+                with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                    _unpack(tar, dest)
+                proc.stdout.read()  # the end padding, so that git can exit
+            except tarfile.TarError as exc:
+                broken = exc  # git died mid-stream: its stderr, read below, says why
+            except OSError as exc:  # disk full, or an entry clashing with another
+                _kill(proc)
+                raise GitError(f"{what}: {exc}") from exc
+            except BaseException:
+                _kill(proc)  # a refused entry: the rest of the archive is not wanted
+                raise
+            finally:
+                timer.cancel()
+                proc.stdout.close()
+                returncode = proc.wait()
+            if killed.is_set():
+                raise _timeout(what, self.timeout)
+            if returncode != 0:
+                err.seek(0)
+                raise GitError(f"{what}: {_detail(err.read(), returncode, self.url)}")
+            if broken is not None:
+                raise GitError(f"{what}: unreadable archive ({broken})")
+
+
+def _unpack(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract files, folders and symlinks only. Nothing is written through a symlink,
+    and a symlink that resolves outside dest is refused, so later readers of dest (the
+    manifest loader, docker build) cannot be led to files of the host."""
+    root = os.path.realpath(dest)
+    links: list[tuple[str, str]] = []
+    for member in tar:
+        name = PurePosixPath(member.name)
+        if name.is_absolute() or ".." in name.parts:
+            raise GitError(f"archive entry {member.name!r} leaves the destination")
+        parts = [p for p in name.parts if p != "."]
+        if not parts:
+            continue
+        parent = root
+        for part in parts[:-1]:
+            parent = os.path.join(parent, part)
+            try:
+                if not stat.S_ISDIR(os.lstat(parent).st_mode):  # lstat: a symlink is no folder
+                    raise GitError(f"{member.name!r}: {part!r} is not a folder")
+            except FileNotFoundError:
+                os.mkdir(parent, 0o755)
+        target = os.path.join(parent, parts[-1])
+        if member.isdir():
+            if not os.path.isdir(target) or os.path.islink(target):
+                os.mkdir(target, 0o755)  # a symlink in the way: FileExistsError
+        elif member.isreg():
+            mode = 0o755 if member.mode & 0o111 else 0o644
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            src = tar.extractfile(member)
+            assert src is not None
+            with os.fdopen(os.open(target, flags, mode), "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+                os.utime(out.fileno(), (member.mtime, member.mtime))  # the commit time
+        elif member.issym():
+            if os.path.isabs(member.linkname):
+                raise _outside(member.name, member.linkname)
+            os.symlink(member.linkname, target)
+            links.append((member.name, target))
+        else:
+            raise GitError(f"archive entry {member.name!r} is not a file, folder or symlink")
+    # Checked once everything exists, so chains of links are resolved as a reader would.
+    for name, link in links:
+        real = os.path.realpath(link)
+        if real != root and not real.startswith(root + os.sep):
+            raise _outside(name, os.readlink(link))
+
+
+def _outside(name: str, target: str) -> GitError:
+    return GitError(
+        f"symlink {name!r} points outside the repository ({target!r}); nothing was written",
+        hint="make the link relative and inside the repository, or remove it",
+    )
 
 
 def worktree_revision(path: Path) -> WorkTreeRevision | None:
     """HEAD of the work tree that holds `path`, and whether it has uncommitted changes;
-    None outside a work tree (checked on the file system first: no process to spawn)."""
+    None outside a work tree, before its first commit, or without git. Looks for .git on
+    the file system first, so plain folders cost no process."""
     start = path if path.is_dir() else path.parent
-    if not any((p / ".git").exists() for p in [start, *start.parents]):
+    if not start.is_dir():
+        return None
+    if not any((p / ".git").exists() for p in [start, *start.resolve().parents]):
         return None
     try:
-        out = _run(["log", "-1", f"--format={_FORMAT}"], start, 10, "git log")
-        status = _run(["status", "--porcelain"], start, 10, "git status")
+        out = _run(["log", "-1", f"--format={_FORMAT}"], what="git log", timeout=30, cwd=start)
+        # No optional locks: a status must not take index.lock from under the user's git.
+        status = _run(
+            ["status", "--porcelain"],
+            what="git status",
+            timeout=30,
+            cwd=start,
+            GIT_OPTIONAL_LOCKS="0",
+        )
     except GitError:
-        return None  # no commits yet, or not a work tree after all
-    fields = out.stdout.decode(errors="replace").strip().split(_SEP)
+        return None  # no commits yet, not a work tree after all, git missing or too slow
+    fields = out.decode(errors="replace").split(_SEP, 3)
     if len(fields) != 4:
         return None
-    return WorkTreeRevision(Commit(*fields), bool(status.stdout.strip()))
+    sha, author, time, body = fields
+    commit = Commit(sha, next(iter(body.strip().splitlines()), ""), author, time)
+    return WorkTreeRevision(commit, bool(status.strip()))

@@ -8,19 +8,23 @@ import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
+from urllib.parse import parse_qs
 
 from diplo.errors import WebhookError
 
 Provider = Literal["github", "gitea", "gitlab"]
 
+_FORM = "application/x-www-form-urlencoded"
+_HOW = "send X-Hub-Signature-256, X-Gitea-Signature, X-Forgejo-Signature or X-Gitlab-Token"
+
 
 @dataclass(frozen=True)
 class Push:
     provider: Provider
-    event: str  # "push", "ping", ...
+    event: str  # "push", "ping", "tag_push", ...; "unknown" without an event header
     branch: str | None  # "main" from "refs/heads/main"; None for tags and other events
-    after: str | None  # the new head SHA when given
+    after: str | None  # the new head SHA when given; None when the branch was deleted
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
@@ -31,49 +35,90 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.strip().encode(), expected.encode())
 
 
+def _hmac(secret: str, data: bytes) -> str:
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+
+
+def _form_payload(h: Mapping[str, str], body: bytes) -> bytes | None:
+    """The JSON in a form-encoded delivery (GitHub's default content type), else None."""
+    if _FORM not in h.get("content-type", "") and not body.startswith(b"payload="):
+        return None
+    try:
+        values = parse_qs(body.decode("ascii"), strict_parsing=True).get("payload")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return values[0].encode() if values else None
+
+
 def verify(headers: Mapping[str, str], body: bytes, secret: str) -> Provider:
-    """The provider whose signature is valid; WebhookError when missing or wrong."""
+    """The provider whose signature is valid; WebhookError when missing or wrong.
+    Header names are matched in any case; comparisons take constant time."""
+    if not secret:  # an HMAC with an empty key is one anyone can make
+        raise WebhookError("no webhook secret is configured", hint="set DIPLO_WEBHOOK_SECRET")
     h = _lower(headers)
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if "x-hub-signature-256" in h:
-        if _same(h["x-hub-signature-256"], "sha256=" + digest):
-            return "github"
-        raise WebhookError("invalid X-Hub-Signature-256")
-    for name in ("x-gitea-signature", "x-forgejo-signature"):
+    # Gitea and Forgejo also send X-Hub-Signature-256 (and X-GitHub-Event), so their own
+    # headers are looked at first to name the provider right.
+    for name in ("x-forgejo-signature", "x-gitea-signature"):
         if name in h:
-            if _same(h[name], digest):
+            given = h[name].strip().lower()
+            # In a form-encoded delivery Gitea signs the JSON payload, not the body.
+            form = _form_payload(h, body)
+            signed = [body] if form is None else [body, form]
+            # Both are computed and compared, so timing does not tell which matched.
+            if sum(_same(given, _hmac(secret, data)) for data in signed):
                 return "gitea"
-            raise WebhookError(f"invalid {name.title()}")
+            raise WebhookError(f"invalid {_title(name)}", hint="check the webhook's secret")
+    if "x-hub-signature-256" in h:
+        given = h["x-hub-signature-256"].strip().lower()  # hex in either case
+        if _same(given, "sha256=" + _hmac(secret, body)):
+            return "github"
+        raise WebhookError("invalid X-Hub-Signature-256", hint="check the webhook's secret")
     if "x-gitlab-token" in h:
         if _same(h["x-gitlab-token"], secret):
             return "gitlab"
-        raise WebhookError("invalid X-Gitlab-Token")
-    raise WebhookError(
-        "no signature: send X-Hub-Signature-256, X-Gitea-Signature, X-Forgejo-Signature "
-        "or X-Gitlab-Token"
-    )
+        raise WebhookError("invalid X-Gitlab-Token", hint="check the webhook's secret token")
+    raise WebhookError("the webhook carries no signature", hint=_HOW)
 
 
-def parse_push(provider: Provider, headers: Mapping[str, str], body: bytes) -> Push:
-    h = _lower(headers)
+def _title(header: str) -> str:
+    return "-".join(part.capitalize() for part in header.split("-"))
+
+
+def _event(provider: str, h: Mapping[str, str], payload: dict[str, object]) -> str:
     if provider == "gitlab":
-        event = h.get("x-gitlab-event", "")
-        event = "push" if event == "Push Hook" else event.lower().replace(" hook", "")
-    else:
-        gitea = ("x-gitea-event", "x-forgejo-event")
-        names = ("x-github-event",) if provider == "github" else gitea
-        event = next((h[n] for n in names if n in h), "push")
+        # "Push Hook" -> "push", "Tag Push Hook" -> "tag_push": GitLab's object_kind names.
+        raw = h.get("x-gitlab-event", "").strip().lower().removesuffix(" hook")
+        event = raw.replace(" ", "_")
+        kind = payload.get("object_kind")
+        if event in ("", "system") and isinstance(kind, str):  # system hooks carry pushes too
+            event = kind
+        return event or "unknown"
+    names = ("x-github-event",)
+    if provider == "gitea":
+        names = ("x-forgejo-event", "x-gitea-event", "x-github-event")
+    return next((h[n].strip().lower() for n in names if h.get(n, "").strip()), "unknown")
+
+
+def parse_push(provider: str, headers: Mapping[str, str], body: bytes) -> Push:
+    """The event, and for a push to a branch its name and new head. Call after verify."""
+    if provider not in ("github", "gitea", "gitlab"):
+        raise WebhookError(f"unknown webhook provider {provider!r}")
+    h = _lower(headers)
+    data = _form_payload(h, body)
     try:
-        payload = json.loads(body or b"{}")
-    except ValueError as exc:
-        raise WebhookError("the body is not JSON") from exc
+        payload = json.loads(data if data is not None else body or b"{}")
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise WebhookError(
+            "the webhook body is not JSON", hint="set the webhook's content type to JSON"
+        ) from exc
     if not isinstance(payload, dict):
-        raise WebhookError("the body is not a JSON object")
+        raise WebhookError("the webhook body is not a JSON object")
+    event = _event(provider, h, payload)
     ref = payload.get("ref")
-    branch = (
-        ref.removeprefix("refs/heads/")
-        if event == "push" and isinstance(ref, str) and ref.startswith("refs/heads/")
-        else None
-    )
-    after = payload.get("after") if isinstance(payload.get("after"), str) else None
-    return Push(provider, event, branch, after)
+    branch = None
+    if event == "push" and isinstance(ref, str) and ref.startswith("refs/heads/"):
+        branch = ref.removeprefix("refs/heads/") or None
+    after = payload.get("after")
+    if not isinstance(after, str) or not after.strip("0"):  # all zeros: a deleted branch
+        after = None
+    return Push(cast(Provider, provider), event, branch, after)
