@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup engine run test unit integration lint schema bench clean
+.PHONY: setup engine run test unit integration lint schema bench bench-serve bench-rollback clean
 
 setup:
 	@bash scripts/setup.sh
@@ -34,6 +34,14 @@ schema: setup
 
 bench: setup engine
 	$(BIN)/python benchmarks/converge.py
+
+bench-rollback: setup engine
+	$(BIN)/python benchmarks/rollback.py
+
+# wrk drives the load; Debian packages it.
+bench-serve: setup engine
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || { echo "install wrk first" >&2; exit 1; }
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -58,6 +58,9 @@ T = TypeVar("T")
 LOG_LINES_ON_FAILURE = 20
 POLL = 0.2  # how often waits look at the clock and at cancel requests
 NO_PROBE_LOOK = 1.0  # without a probe, how often a starting container is inspected
+FAST_WINDOW = 1.0  # in a container's first second, a failing probe is retried...
+FAST_PROBE = 0.02  # ...this often (a probe is a local connect; cheap)
+REUSE_LOOK = 0.25  # ...and the engine is asked at most this often meanwhile
 MAX_THREADS = 64
 
 
@@ -498,6 +501,8 @@ class Executor:
         # once a second without probes): a hundred apps waiting at once must not flood
         # the engine with inspects. Cancel and deadline are checked every POLL.
         next_look = 0.0
+        last_running: ContainerState | None = None
+        looked_at = 0.0
         job.step = "health"
         self._slots.release()
         try:
@@ -507,7 +512,19 @@ class Executor:
                 if self._clock() < next_look:
                     self._sleep(min(POLL, next_look - self._clock()))
                     continue
-                state = self._guard("health", lambda: self.runtime.state(container_id))
+                # Right after start, probes run faster than the engine is asked: a recent
+                # look that saw the container running is reused, and only a success is
+                # confirmed with a fresh one (a crash between looks cannot pass).
+                reuse = (
+                    policy.probed
+                    and last_running is not None
+                    and self._clock() - looked_at < REUSE_LOOK
+                )
+                if reuse and last_running is not None:
+                    state = last_running
+                else:
+                    state = self._guard("health", lambda: self.runtime.state(container_id))
+                    looked_at = self._clock()
                 running = state.status == "running" and state.restart_count == 0
                 uptime = self._wall() - state.started_at if state.started_at else 0.0
                 probe = None
@@ -515,13 +532,23 @@ class Executor:
                     probe = run_probe(
                         h, probe_address(h, ports, state.ip), self.runtime, container_id
                     )
+                    if probe.ok and reuse:
+                        state = self._guard("health", lambda: self.runtime.state(container_id))
+                        looked_at = self._clock()
+                        running = state.status == "running" and state.restart_count == 0
+                        if not running:
+                            probe = None
                     # Probe fast until the first success, then at the normal interval.
                     fast = not tracker.ever_healthy
-                    next_look = self._clock() + (h.start_interval if fast else h.interval)
+                    wait = h.start_interval if fast else h.interval
+                    if fast and uptime < FAST_WINDOW:
+                        wait = min(wait, FAST_PROBE)
+                    next_look = self._clock() + wait
                 elif policy.start_period > uptime:
                     next_look = self._clock() + min(NO_PROBE_LOOK, policy.start_period - uptime)
                 else:
                     next_look = self._clock() + NO_PROBE_LOOK
+                last_running = state if running else None
                 tracker = tracker.step(
                     policy,
                     running=running,

@@ -16,6 +16,7 @@ import structlog
 import uvicorn
 
 from diplo.api.app import create_app
+from diplo.api.fastpath import ListingFastPath
 from diplo.controller.controller import Controller
 from diplo.controller.sources import Source
 from diplo.errors import InputError
@@ -69,7 +70,7 @@ def run_server(
     controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
     app = create_app(controller, token, webhook_secret=os.environ.get("DIPLO_WEBHOOK_SECRET"))
     config = uvicorn.Config(
-        app,
+        ListingFastPath(app, controller),
         host=host,
         port=port,
         log_level="warning",

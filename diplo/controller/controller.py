@@ -34,7 +34,7 @@ log = structlog.get_logger("diplo.controller")
 
 ALL = "*"  # queue key: reload the manifests and look at every app (resync)
 RELOAD = "~"  # queue key: reload the manifests and look at the apps that changed
-DEBOUNCE = 0.15  # an editor's save or a checkout arrives within this
+DEBOUNCE = 0.1  # an editor's save or a checkout arrives within this
 
 
 @dataclass
@@ -93,6 +93,7 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._reload_at: float | None = None
+        self._due = threading.Condition()
         self._listing: bytes | None = None
         self._observer: Any = None
 
@@ -159,17 +160,22 @@ class Controller:
 
     def file_changed(self) -> None:
         """Debounced: an editor's atomic save or a checkout of many files is one reload."""
-        with self._lock:
+        with self._due:
             self._reload_at = time.monotonic() + DEBOUNCE
+            self._due.notify()
 
     def _debounce_loop(self) -> None:
-        while not self._stop.wait(0.05):
-            with self._lock:
-                due = self._reload_at is not None and time.monotonic() >= self._reload_at
-                if due:
-                    self._reload_at = None
-            if due:
-                self.queue.add(RELOAD)
+        while not self._stop.is_set():
+            with self._due:
+                if self._reload_at is None:
+                    self._due.wait(0.5)  # woken by file_changed; the timeout sees a stop
+                    continue
+                wait = self._reload_at - time.monotonic()
+                if wait > 0:
+                    self._due.wait(wait)  # a later save pushes the deadline back
+                    continue
+                self._reload_at = None
+            self.queue.add(RELOAD)
 
     def _poll_loop(self) -> None:
         """Polling keeps working where webhooks cannot reach the host."""

@@ -1,0 +1,45 @@
+"""GET /apps without the framework: the busiest read (dashboards and `diplo status` poll
+it) is answered straight from the controller's cached body, plain or gzipped, by a thin
+ASGI layer in front of FastAPI. Everything else goes to FastAPI unchanged."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from diplo.controller.controller import Controller
+
+Scope = MutableMapping[str, Any]
+ASGI = Callable[
+    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
+
+
+class ListingFastPath:
+    def __init__(self, app: ASGI, controller: Controller) -> None:
+        self.app = app
+        self.controller = controller
+        self._gz: tuple[bytes, bytes] | None = None  # (plain body, its gzip)
+        self._lock = threading.Lock()
+
+    def _gzipped(self, body: bytes) -> bytes:
+        with self._lock:
+            if self._gz is None or self._gz[0] is not body:
+                self._gz = (body, gzip.compress(body, 6))
+            return self._gz[1]
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/apps" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        body = self.controller.listing()
+        headers = [(b"content-type", b"application/json"), (b"vary", b"Accept-Encoding")]
+        accept = next((v for k, v in scope["headers"] if k == b"accept-encoding"), b"")
+        if b"gzip" in accept and len(body) >= 512:
+            body = self._gzipped(body)
+            headers.append((b"content-encoding", b"gzip"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
