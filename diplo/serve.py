@@ -15,8 +15,7 @@ from typing import Any
 import structlog
 import uvicorn
 
-from diplo.api.app import create_app
-from diplo.api.fastpath import ListingFastPath
+from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
 from diplo.controller.sources import Source
 from diplo.errors import InputError
@@ -68,9 +67,9 @@ def run_server(
             hint="set DIPLO_TOKEN, or listen on 127.0.0.1",
         )
     controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
-    app = create_app(controller, token, webhook_secret=os.environ.get("DIPLO_WEBHOOK_SECRET"))
+    app = asgi_app(controller, token, webhook_secret=os.environ.get("DIPLO_WEBHOOK_SECRET"))
     config = uvicorn.Config(
-        ListingFastPath(app, controller),
+        app,
         host=host,
         port=port,
         log_level="warning",

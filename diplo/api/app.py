@@ -23,6 +23,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from diplo import __version__
+from diplo.api.fastpath import ListingFastPath
 from diplo.api.gitops import add_gitops_routes
 from diplo.api.problems import READ_ERRORS, WRITE_ERRORS, problem_doc
 from diplo.controller.controller import Controller
@@ -77,6 +78,13 @@ class RateLimiter:
                 return False
             self.hits[client] = [*recent, now]
             return True
+
+
+def asgi_app(
+    controller: Controller, token: str, webhook_secret: str | None = None
+) -> ListingFastPath:
+    """What `diplo serve` runs: the API behind the GET /apps fast path."""
+    return ListingFastPath(create_app(controller, token, webhook_secret), controller)
 
 
 def create_app(controller: Controller, token: str, webhook_secret: str | None = None) -> FastAPI:

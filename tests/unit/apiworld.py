@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from diplo.api.app import create_app
+from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
 from diplo.ledger import Ledger
 from diplo.model import LABEL_APP
@@ -45,7 +44,7 @@ class World:
     engine: MemoryRuntime
     ledger: Ledger
     controller: Controller
-    api: FastAPI
+    api: Any  # the ASGI app `diplo serve` runs
 
     def client(self, host: str = "testclient") -> TestClient:
         return TestClient(self.api, client=(host, 50000))
@@ -66,7 +65,7 @@ def build_world(root: Path) -> World:
     engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID})
     ledger = Ledger(root / "home" / "ledger.db")
     controller = Controller(folder, Context(_runtime=engine, _ledger=ledger))
-    world = World(folder, engine, ledger, controller, create_app(controller, TOKEN))
+    world = World(folder, engine, ledger, controller, asgi_app(controller, TOKEN))
     world.write(app_specs())
     for name in APPS:
         controller.reconcile(name)

@@ -469,3 +469,18 @@ def test_a_broken_env_value_is_not_quoted_in_the_manifest_error(world: World, cl
     body = client.get("/apps").json()
     assert body["manifest"]["ok"] is False and "unclosed substitution" in body["manifest"]["error"]
     assert SECRET not in json.dumps(body) and SECRET not in event["data"]
+
+
+def test_get_apps_follows_changes_plain_and_gzipped(world: World, client: TestClient):
+    """GET /apps is served from a cached body (and its cached gzip): a change must show
+    at once in both."""
+    gz = {"Accept-Encoding": "gzip"}
+    before = client.get("/apps", headers=gz)
+    assert before.headers["content-encoding"] == "gzip" and before.headers["vary"]
+    specs = app_specs()
+    specs["extra"] = {"image": "busybox:latest"}
+    world.write(specs)
+    for headers in (gz, {"Accept-Encoding": "identity"}):
+        names = [a["app"] for a in client.get("/apps", headers=headers).json()["apps"]]
+        assert names == ["extra", "web", "worker"]
+    assert client.post("/apps").status_code == 405  # only GET takes the fast path
