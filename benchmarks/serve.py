@@ -1,7 +1,8 @@
 """Benchmarks of `diplo serve` (issue 4), all measured in one run:
 
 1. GET /apps latency with 100 apps, 50 concurrent clients for 20 s (wrk): p50, p99,
-   errors. Target: p99 < 20 ms, 0 errors.
+   errors. Target: p99 < 20 ms, 0 errors. Then the same load on a floor measured in the
+   same run: uvicorn answering the same bytes from a constant.
 2. Drift: time from `docker rm -f` of an app's container to the app healthy again.
 3. Edit: time from saving a manifest change to the changed app healthy (as GET /apps
    shows it), against the engine alone replacing the same container, measured here:
@@ -109,6 +110,38 @@ def wrk(url: str, seconds: int, clients: int) -> dict[str, Any]:
     }
 
 
+def get_bytes(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return bytes(resp.read())
+
+
+FLOOR_APP = """
+import sys, uvicorn
+body = open(sys.argv[1], "rb").read()
+headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
+"""
+
+
+def static_floor(body: bytes, seconds: int, clients: int) -> dict[str, Any]:
+    """The same load on the least a Python server can do: uvicorn (same loop and parser
+    as diplo serve) answering a constant. This machine's noise shows in its p99 too."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        f.write(body)
+        f.flush()
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, f.name, str(port)])
+        try:
+            wait(lambda: get_bytes(f"http://127.0.0.1:{port}/") == body, 30, "the floor server")
+            return wrk(f"http://127.0.0.1:{port}/apps", seconds, clients)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
 def bare_replace(api: docker.APIClient, repeat: int = 5) -> tuple[float, float]:
     """The engine's part of an update, without Diplo: stop the running container, then
     create + start its replacement and wait until it answers. Returns the medians of
@@ -202,6 +235,13 @@ def main() -> None:
         print(
             f"GET /apps, {args.clients} clients, {args.seconds}s: p50 {g['p50_ms']:.2f} ms, "
             f"p99 {g['p99_ms']:.2f} ms, {g['rps']:.0f} req/s, {g['errors']} errors"
+        )
+        floor = static_floor(get_bytes(url + "/apps"), args.seconds, args.clients)
+        results["static_floor"] = floor
+        print(
+            f"  floor: uvicorn serving the same bytes from a constant, same load: p50 "
+            f"{floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms, {floor['rps']:.0f} req/s "
+            f"(Diplo's p99 is {g['p99_ms'] / floor['p99_ms']:.2f}x the floor's)"
         )
 
         drift = []

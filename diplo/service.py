@@ -199,7 +199,7 @@ def status(
     ctx: Context, app: str | None = None, *, only: set[str] | None = None
 ) -> list[AppStatus]:
     """Status rows of every app (or of `app`, or of the apps in `only` that exist)."""
-    observed = ctx.runtime.observe()
+    observed = ctx.runtime.observe(containers_only=True)
     snapshot = ctx.ledger.snapshot()
     last = ctx.ledger.last_deployments()
     names = {c.app for c in observed.containers} | set(snapshot.apps)

@@ -570,7 +570,7 @@ class Controller:
     def restart(self, app: str, reason: str = "restarted through the API") -> bool:
         """Restart the app's container in place (under its lock)."""
         with self.ctx.locks.hold([app], timeout=60):
-            containers = [c for c in self.ctx.runtime.observe().of_app(app)]
+            containers = [c for c in self.ctx.runtime.observe(containers_only=True).of_app(app)]
             if not containers:
                 return False
             current = max(containers, key=lambda c: c.created)

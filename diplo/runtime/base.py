@@ -12,7 +12,10 @@ StopCheck = Callable[[], bool]  # True: abandon the operation (cancel or deadlin
 
 
 class Runtime(Protocol):
-    def observe(self) -> Observed: ...
+    def observe(self, containers_only: bool = False) -> Observed:
+        """What the engine holds; `containers_only` skips images, networks and volumes
+        (status needs only containers, and each listing is an engine round trip)."""
+        ...
 
     def version(self) -> str: ...
 

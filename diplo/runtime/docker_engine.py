@@ -100,7 +100,7 @@ class DockerRuntime:
     # --- observation ---------------------------------------------------------------------
 
     @mapped("listing containers, images, networks and volumes")
-    def observe(self) -> Observed:
+    def observe(self, containers_only: bool = False) -> Observed:
         owned: list[ObservedContainer] = []
         foreign: set[str] = set()
         for c in self.api.containers(all=True):
@@ -110,6 +110,9 @@ class DockerRuntime:
                 foreign.update(names)
                 continue
             owned.append(_observed(c, labels, names))
+        if containers_only:
+            ordered = tuple(sorted(owned, key=lambda o: (o.app, o.replica, o.created)))
+            return Observed(containers=ordered, foreign_names=frozenset(foreign))
         images: dict[str, str] = {}
         for img in self.api.images():
             for ref in (img.get("RepoTags") or []) + (img.get("RepoDigests") or []):

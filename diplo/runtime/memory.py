@@ -57,7 +57,7 @@ class MemoryRuntime:
     def _call(self, what: str, target: str) -> None:
         self.calls.append((what, target))
 
-    def observe(self) -> Observed:
+    def observe(self, containers_only: bool = False) -> Observed:
         out = []
         for c in self.containers.values():
             labels = c.spec.labels
