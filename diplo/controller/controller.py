@@ -78,6 +78,9 @@ class Controller:
         self.sync_status: dict[str, dict[str, Any]] = {}
         self.known: dict[str, DesiredApp] = {}  # every app seen in the folder, last spec
         self.projects: set[str] = set()  # projects seen in the folder during this run
+        # Apps whose last good deployment came from one of our sources: when they are not
+        # there any more (deleted while serve was down, say), they are ours to prune.
+        self.deployed_from_us: dict[str, str] = {}  # app -> project
         self.manifest = ManifestState()
         self.views: dict[str, AppStatus] = {}
         self.errors: dict[str, str] = {}  # app -> last reconcile error
@@ -100,6 +103,12 @@ class Controller:
     # --- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        names = {s.name for s in self.sources}
+        self.deployed_from_us = {
+            app: dep.project
+            for app, dep in self.ctx.ledger.deployed().items()
+            if dep.source in names and json.loads(dep.record_json or "{}").get("prune", True)
+        }
         self._reload()
         for i in range(self.workers):
             self._spawn(f"diplo-worker-{i}", self._work)
@@ -345,7 +354,11 @@ class Controller:
             last = self.known.get(app)
             if last is not None and not last.prune:
                 return  # `prune: false`: an app that left the folder is left running
-        scope = DesiredState(desired.apps, desired.files, tuple(sorted(self.projects)))
+        projects = set(self.projects)
+        loaded = self.manifest.ok and self.manifest.loaded_at is not None
+        if spec is None and app in self.deployed_from_us and loaded:
+            projects.add(self.deployed_from_us[app])
+        scope = DesiredState(desired.apps, desired.files, tuple(sorted(projects)))
         try:
             prepared = plan_state(self.ctx, scope, prune=True, only=frozenset({app}))
         except DiploError as exc:

@@ -31,6 +31,11 @@ class Loaded:
 class Source(Protocol):
     kind: str
 
+    @property
+    def name(self) -> str:
+        """How deployments from this source are recorded (their `source`)."""
+        ...
+
     def describe(self) -> dict[str, object]: ...
 
     def load(self) -> Loaded:
@@ -53,13 +58,17 @@ class FolderSource:
     def __init__(self, folder: Path) -> None:
         self.folder = folder.resolve()
 
+    @property
+    def name(self) -> str:
+        return f"folder:{self.folder}"
+
     def describe(self) -> dict[str, object]:
         return {"kind": self.kind, "path": str(self.folder)}
 
     def load(self) -> Loaded:
         desired = _load_folder(self.folder)
         tree = worktree_revision(self.folder)
-        source = f"folder:{self.folder}"
+        source = self.name
         if tree is None:
             return Loaded(desired, Revision(source))
         c = tree.commit
@@ -110,8 +119,12 @@ class GitSource:
             "poll_error": self.poll_error,
         }
 
+    @property
+    def name(self) -> str:
+        return redact_url(self.url)
+
     def revision(self, c: Commit) -> Revision:
-        return Revision(redact_url(self.url), c.sha, c.subject, c.author, c.time)
+        return Revision(self.name, c.sha, c.subject, c.author, c.time)
 
     def load(self) -> Loaded:
         with self._lock:

@@ -248,3 +248,28 @@ def test_non_loopback_listen_without_a_token_is_refused(sandbox: Sandbox):
     )
     assert proc.returncode == 2
     assert "without a token of your choosing" in proc.stderr
+
+
+def test_an_app_deleted_while_serve_was_down_is_pruned_at_start(sandbox: Sandbox):
+    keep, gone = sandbox.name("keep"), sandbox.name("gone")
+    sandbox.manifest({keep: web_spec(sandbox, "k")}, filename="keep.yaml")
+    # Its own project: no app left in the folder names it, only the ledger remembers it.
+    sandbox.manifest(
+        {gone: web_spec(sandbox, "g")}, filename="gone.yaml", project=f"{sandbox.project}-x"
+    )
+    def containers_of_gone() -> list[Any]:
+        return sandbox.api.containers(all=True, filters={"label": f"diplo.app={gone}"})
+
+    first = Server(sandbox).start()
+    try:
+        wait_for(lambda: all(healthy(first, a)() for a in (keep, gone)), 40, "both apps")
+        assert len(containers_of_gone()) == 1
+    finally:
+        assert first.stop() == 0
+    (sandbox.dir / "gone.yaml").unlink()  # while serve is down
+    again = Server(sandbox).start()
+    try:
+        wait_for(lambda: not containers_of_gone(), 30, "the deleted app to be pruned")
+        assert len(sandbox.containers(keep, all=False)) == 1
+    finally:
+        again.stop()
