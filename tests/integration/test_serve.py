@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import DIPLO, Sandbox, http_get, web_spec
+from .conftest import DIPLO, Sandbox, http_get, remove_by_label, web_spec
 
 
 def free_port() -> int:
@@ -273,3 +273,4 @@ def test_an_app_deleted_while_serve_was_down_is_pruned_at_start(sandbox: Sandbox
         assert len(sandbox.containers(keep, all=False)) == 1
     finally:
         again.stop()
+        remove_by_label(sandbox.api, f"diplo.project={sandbox.project}-x")
