@@ -297,7 +297,8 @@ class Controller:
             )
             self.changed()
             return set()
-        if not self.manifest.ok or self.manifest.error:
+        was_ok = self.manifest.ok and not self.manifest.error
+        if not was_ok:
             log.info("manifest.valid_again")
             self.bus.publish("manifest.valid")
         self.manifest = ManifestState(True, None, [], time.time(), list(loaded.desired.files))
@@ -306,10 +307,11 @@ class Controller:
         for app in loaded.desired.apps:
             self.known[app.name] = app
         self.last_resync = time.time()
-        return self._repin()
+        return self._repin(everything=not was_ok)
 
-    def _repin(self) -> set[str]:
-        """Apply rollback pins to the sources' state; returns the apps that changed."""
+    def _repin(self, everything: bool = True) -> set[str]:
+        """Apply rollback pins to the sources' state; returns the apps that changed (whose
+        sync status is recomputed, or every app's with `everything`)."""
         pinned = apply_pins(self.ctx, self.source_desired)
         before = {a.name: a for a in self.desired.apps}
         after = {a.name: a for a in pinned.desired.apps}
@@ -320,8 +322,7 @@ class Controller:
             pinned.blocked,
         )
         self.pinned_revisions = pinned.revisions
-        self._compute_sync()
-        self.changed()
+        self._compute_sync(None if everything else changed)
         return changed
 
     def _manifest_failed(self, message: str, issues: list[dict[str, Any]]) -> None:
@@ -456,7 +457,7 @@ class Controller:
                 views[name] = row
             self.views = views
             self._listing = None
-        self._compute_sync()
+        self._compute_sync(None if apps is None else set(apps))
 
     def listing(self) -> bytes:
         """GET /apps, serialised once per change rather than once per request."""
@@ -499,18 +500,19 @@ class Controller:
         out.update(self.sync_status.get(app, {}))
         return out
 
-    def _compute_sync(self) -> None:
+    def _compute_sync(self, apps: set[str] | None = None) -> None:
         """Each app's sync status (Argo CD's column): Synced when what runs is what the
         source's newest valid revision asks for; OutOfSync with what differs; Unknown when
-        the newest revision could not be read."""
+        the newest revision could not be read. Only `apps` when given (an app's status
+        depends on nothing but its own spec, record and containers)."""
         try:
             snapshot = self.ctx.ledger.snapshot()
             deployed = self.ctx.ledger.deployed()
         except DiploError:
             return
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, dict[str, Any]] = {} if apps is None else dict(self.sync_status)
         names = set(self.views) | {a.name for a in self.source_desired.apps} | set(self.known)
-        for name in names:
+        for name in names if apps is None else names & apps:
             want = self.source_desired.app(name)
             record = snapshot.apps.get(name)
             row = self.views.get(name)
@@ -547,7 +549,10 @@ class Controller:
                 "source_revision": self.loaded.of(name).commit if want is not None else None,
                 "pinned": None if pin is None else {"deployment": pin},
             }
+        for gone in set(out) - names:
+            out.pop(gone)
         self.sync_status = out
+        self.changed()
 
     def changed(self) -> None:
         """Something the API shows changed outside refresh_views."""

@@ -10,6 +10,7 @@ import functools
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -92,6 +93,7 @@ class DockerRuntime:
     def __init__(self, timeout: int = 120) -> None:
         self._kwargs = docker.utils.kwargs_from_env()
         self._network_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="diplo-engine")
         try:
             self.api = docker.APIClient(version="auto", timeout=timeout, **self._kwargs)
         except docker.errors.DockerException as exc:
@@ -101,6 +103,14 @@ class DockerRuntime:
 
     @mapped("listing containers, images, networks and volumes")
     def observe(self, containers_only: bool = False) -> Observed:
+        # The listings are independent round trips: asked at once, not one by one. (The
+        # pool's tasks never wait on each other, so any number of callers can share it.)
+        if not containers_only:
+            images = self._pool.submit(self._images)
+            networks = self._pool.submit(lambda: frozenset(n["Name"] for n in self.api.networks()))
+            volumes = self._pool.submit(
+                lambda: frozenset(v["Name"] for v in self.api.volumes().get("Volumes") or [])
+            )
         owned: list[ObservedContainer] = []
         foreign: set[str] = set()
         for c in self.api.containers(all=True):
@@ -110,23 +120,24 @@ class DockerRuntime:
                 foreign.update(names)
                 continue
             owned.append(_observed(c, labels, names))
+        ordered = tuple(sorted(owned, key=lambda o: (o.app, o.replica, o.created)))
         if containers_only:
-            ordered = tuple(sorted(owned, key=lambda o: (o.app, o.replica, o.created)))
             return Observed(containers=ordered, foreign_names=frozenset(foreign))
+        return Observed(
+            containers=ordered,
+            images=images.result(),
+            networks=networks.result(),
+            volumes=volumes.result(),
+            foreign_names=frozenset(foreign),
+        )
+
+    def _images(self) -> dict[str, str]:
         images: dict[str, str] = {}
         for img in self.api.images():
             for ref in (img.get("RepoTags") or []) + (img.get("RepoDigests") or []):
                 if ref != "<none>:<none>" and ref != "<none>@<none>":
                     images[ref] = img["Id"]
-        networks = frozenset(n["Name"] for n in self.api.networks())
-        volumes = frozenset(v["Name"] for v in self.api.volumes().get("Volumes") or [])
-        return Observed(
-            containers=tuple(sorted(owned, key=lambda o: (o.app, o.replica, o.created))),
-            images=images,
-            networks=networks,
-            volumes=volumes,
-            foreign_names=frozenset(foreign),
-        )
+        return images
 
     @mapped("asking the engine its version")
     def version(self) -> str:
