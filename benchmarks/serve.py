@@ -60,7 +60,9 @@ def wait(check: Any, timeout: float, what: str, every: float = 0.02) -> float:
     raise SystemExit(f"timed out after {timeout}s waiting for {what}")
 
 
-def manifest(path: Path, project: str, n: int, changed: str = "", value: str = "") -> list[str]:
+def manifest(path: Path, project: str, n: int, changed: dict[str, str] | None = None) -> list[str]:
+    """Write N apps; `changed` maps app names to an env value (kept across edits, so that
+    each edit changes exactly one app)."""
     apps: dict[str, Any] = {}
     names = [f"{project}-a{i:03d}" for i in range(n)]
     for name in names:
@@ -72,8 +74,8 @@ def manifest(path: Path, project: str, n: int, changed: str = "", value: str = "
             "labels": {"diplo-bench": "1"},
             "health": {"tcp": {"port": 8080}},
         }
-        if name == changed:
-            spec["env"] = {"BENCH": value}
+        if changed and name in changed:
+            spec["env"] = {"BENCH": changed[name]}
         apps[name] = spec
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump({"project": project, "apps": apps}, sort_keys=False))
@@ -268,11 +270,13 @@ def main() -> None:
 
         bare_start, bare = bare_replace(api, args.repeat)
         edits = []
+        edited: dict[str, str] = {}
         for i in range(args.repeat):
             app = names[-1 - i]
             before = get(f"{url}/apps/{app}")["last_deployment"]["revision"]
             start = time.monotonic()
-            manifest(folder / "diplo.yaml", project, args.apps, changed=app, value=str(i))
+            edited[app] = str(i)
+            manifest(folder / "diplo.yaml", project, args.apps, changed=edited)
             wait(
                 lambda a=app, b=before: (
                     (r := get(f"{url}/apps/{a}"))["last_deployment"]["revision"] > b
