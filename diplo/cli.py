@@ -48,6 +48,8 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except click.ClickException:
+            raise  # usage errors: click prints them and exits 2
         except Exception as exc:
             if os.environ.get("DIPLO_DEBUG"):
                 raise
