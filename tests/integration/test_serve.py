@@ -257,6 +257,7 @@ def test_an_app_deleted_while_serve_was_down_is_pruned_at_start(sandbox: Sandbox
     sandbox.manifest(
         {gone: web_spec(sandbox, "g")}, filename="gone.yaml", project=f"{sandbox.project}-x"
     )
+
     def containers_of_gone() -> list[Any]:
         return sandbox.api.containers(all=True, filters={"label": f"diplo.app={gone}"})
 
