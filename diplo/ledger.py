@@ -104,6 +104,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 PROBES_KEPT = 50  # per app
+EVENTS_KEPT = 20_000  # in all: the newest, trimmed as deployments finish
 
 
 def now() -> str:
@@ -366,6 +367,11 @@ class Ledger:
             db.execute(
                 "INSERT INTO events (at, app, kind, message, deployment_id) VALUES (?,?,?,?,?)",
                 (now(), row["app"] if row else None, f"deploy.{result}", message, dep_id),
+            )
+            db.execute(
+                "DELETE FROM events WHERE id <= "
+                "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (EVENTS_KEPT,),
             )
             if applied is not None:
                 app, project, spec_hash, spec = applied

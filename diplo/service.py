@@ -354,6 +354,10 @@ def down(
                 ctx.runtime.remove_volume(vol)
                 removed.append(f"volume {vol}")
         ctx.ledger.forget_app(name, keep_ports=True)
+        for dep_id, tag in ctx.ledger.kept_images(name):  # nothing left to roll back to
+            ctx.runtime.untag_image(tag)
+            ctx.ledger.drop_kept_image(dep_id)
+            removed.append(f"image tag {tag}")
     # A project network goes with its last app.
     remaining = {c.project for c in observed.containers if c.app not in targets}
     for project in sorted(projects - remaining):

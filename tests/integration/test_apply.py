@@ -318,8 +318,12 @@ def test_down_removes_containers_and_volumes_only_when_asked(sandbox: Sandbox):
     )
     sandbox.diplo("apply", check=True)
     volume = f"{sandbox.project}_data"
+    kept = f"diplo-kept/{db}:d1"  # the image tag kept for rollbacks
+    assert sandbox.api.inspect_image(kept)
     out = sandbox.diplo("down", db, check=True).stdout
     assert f"removed container {sandbox.project}-{db}-1" in out
+    assert f"removed image tag {kept}" in out
+    assert not sandbox.api.images(name=f"diplo-kept/{db}")
     assert sandbox.containers() == [] and sandbox.api.inspect_volume(volume)
     sandbox.diplo("apply", check=True)
     out = sandbox.diplo("down", "--all", "--volumes", check=True).stdout

@@ -85,3 +85,17 @@ def test_unwritable_home_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(LedgerError, match="cannot open the ledger"):
         Ledger(blocker / "ledger.db")
+
+
+def test_events_are_trimmed_to_the_newest(tmp_path, monkeypatch):
+    import diplo.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "EVENTS_KEPT", 5)
+    led = ledger_module.Ledger(tmp_path / "l.db")
+    for _ in range(4):
+        dep = led.start_deployment("web", "shop", "h")
+        led.finish_deployment(dep, "succeeded")
+    events = led.events(limit=100)
+    assert len(events) == 5  # 8 written, the newest 5 kept
+    assert events[0].kind == "deploy.succeeded"
+    led.close()
