@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -25,12 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from diplo import __version__
 from diplo.api.fastpath import ListingFastPath
 from diplo.api.gitops import add_gitops_routes
+from diplo.api.params import AppName
 from diplo.api.problems import READ_ERRORS, WRITE_ERRORS, problem_doc
 from diplo.controller.controller import Controller
 from diplo.errors import DiploError
-from diplo.manifest.spec import APP_NAME
 
-AppName = Annotated[str, Path(pattern=APP_NAME.pattern, max_length=63, description="App name")]
 RATE = (20, 10.0)  # POSTs per client: at most 20 per 10 s
 
 
@@ -281,5 +280,5 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
             detail="cancel requested" if cancelled else "no deploy in flight",
         )
 
-    add_gitops_routes(api, controller, authorized, Problem, webhook_secret)
+    add_gitops_routes(api, controller, authorized, view, Problem, webhook_secret)
     return api

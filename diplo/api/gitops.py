@@ -6,18 +6,16 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Body, Depends, FastAPI, Path, Request
+from fastapi import Body, Depends, FastAPI, Request
 from pydantic import BaseModel, Field
 
+from diplo.api.params import AppName
 from diplo.api.problems import WRITE_ERRORS, problem_doc
 from diplo.controller.controller import Controller
 from diplo.controller.sources import GitSource
 from diplo.errors import InputError
-from diplo.manifest.spec import APP_NAME
 
 log = structlog.get_logger("diplo.api")
-
-AppName = Annotated[str, Path(pattern=APP_NAME.pattern, max_length=63, description="App name")]
 
 
 class RollbackRequest(BaseModel):
@@ -44,12 +42,11 @@ def add_gitops_routes(
     api: FastAPI,
     controller: Controller,
     authorized: Callable[[Request], None],
+    known: Callable[[str], Any],
     problem: Callable[..., Exception],
     webhook_secret: str | None,
 ) -> None:
-    def known(app: str) -> None:
-        if controller.view(app) is None:
-            raise problem(404, "no such app", f"no app named {app!r} on this host")
+    """`known(app)` answers 404 for an app this host does not have."""
 
     @api.post(
         "/apps/{app}/rollback",
