@@ -20,6 +20,11 @@ from diplo.model import DesiredApp, DesiredState, Revision, restore_app
 from diplo.service import Context
 
 
+def folder_source(folder: Path) -> str:
+    """How deployments from manifests in `folder` record their source."""
+    return f"folder:{folder}"
+
+
 def folder_revision(paths: list[str]) -> Revision:
     """The revision of manifests read from files: their folder, and the git commit when
     the folder is in a work tree (dirty when it has uncommitted changes)."""
@@ -29,9 +34,9 @@ def folder_revision(paths: list[str]) -> Revision:
     folder = first if first.is_dir() else first.parent
     tree = worktree_revision(folder)
     if tree is None:
-        return Revision(source=f"folder:{folder}")
+        return Revision(source=folder_source(folder))
     c = tree.commit
-    return Revision(f"folder:{folder}", c.sha, c.subject, c.author, c.time, tree.dirty)
+    return Revision(folder_source(folder), c.sha, c.subject, c.author, c.time, tree.dirty)
 
 
 def deployment_revision(dep: Deployment) -> Revision:

@@ -123,7 +123,7 @@ class Controller:
         self.queue.add(ALL)
         log.info(
             "controller.started",
-            sources=[s.describe().get("path") or s.describe().get("url") for s in self.sources],
+            sources=[s.name for s in self.sources],
             workers=self.workers,
         )
 

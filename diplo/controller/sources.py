@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Protocol
 
 from diplo.errors import DiploError, InputError, ManifestError, ManifestIssue
-from diplo.gitsource import Commit, GitRepo, cache_path, redact_url, worktree_revision
+from diplo.gitsource import Commit, GitRepo, cache_path, redact_url
 from diplo.manifest.load import load_manifests
 from diplo.model import DesiredState, Revision
+from diplo.revisions import folder_revision, folder_source
 
 
 @dataclass(frozen=True)
@@ -60,19 +61,13 @@ class FolderSource:
 
     @property
     def name(self) -> str:
-        return f"folder:{self.folder}"
+        return folder_source(self.folder)
 
     def describe(self) -> dict[str, object]:
         return {"kind": self.kind, "path": str(self.folder)}
 
     def load(self) -> Loaded:
-        desired = _load_folder(self.folder)
-        tree = worktree_revision(self.folder)
-        source = self.name
-        if tree is None:
-            return Loaded(desired, Revision(source))
-        c = tree.commit
-        return Loaded(desired, Revision(source, c.sha, c.subject, c.author, c.time, tree.dirty))
+        return Loaded(_load_folder(self.folder), folder_revision([str(self.folder)]))
 
 
 @dataclass
@@ -108,7 +103,7 @@ class GitSource:
 
         return {
             "kind": self.kind,
-            "url": redact_url(self.url),
+            "url": self.name,
             "branch": self.branch,
             "path": self.path or ".",
             "head": commit(self.head),
