@@ -317,12 +317,16 @@ def _sync_text(row: dict[str, Any]) -> str:
     return sync["status"] + (f" (pinned to #{pin['deployment']})" if pin else "")
 
 
+def _commit_text(sha: str | None, dirty: bool) -> str:
+    return (sha or "-")[:10] + ("+dirty" if sha and dirty else "")
+
+
 def _revision_text(row: dict[str, Any]) -> str:
     rev = row.get("revision") or row.get("last_deployment") or {}
     commit = rev.get("commit")
     if not commit:
         return "-"
-    text = commit[:10] + ("+dirty" if rev.get("dirty") else "")
+    text = _commit_text(commit, bool(rev.get("dirty")))
     newest = row.get("source_revision")
     if newest and newest != commit:
         text += f" (source at {newest[:10]})"
@@ -458,7 +462,7 @@ def history(ctx: click.Context, app: str, last: int, as_json: bool) -> None:
     for col in ("ID", "REV", "STARTED", "RESULT", "COMMIT", "MESSAGE", "NOTE"):
         table.add_column(col, overflow="fold")
     for d in deps:
-        commit = (d.commit_sha or "-")[:10] + ("+dirty" if d.dirty else "")
+        commit = _commit_text(d.commit_sha, bool(d.dirty))
         note = f"rollback to #{d.rollback_of}" if d.rollback_of else ""
         if d.error:
             note = (note + "; " if note else "") + f"{d.step}: {d.error}"

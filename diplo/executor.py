@@ -390,12 +390,8 @@ class Executor:
         self._drop_kept_images(app, keep)
 
     def _drop_kept_images(self, app: str, keep: int) -> None:
-        """Untag the kept images of all but the `keep` newest deployments (an app that is
-        removed keeps none)."""
         try:
-            for old_id, old_tag in self.ledger.kept_images(app)[keep:]:
-                self.runtime.untag_image(old_tag)
-                self.ledger.drop_kept_image(old_id)
+            drop_kept_images(self.runtime, self.ledger, app, keep)
         except DiploError as exc:
             log.warning("image.prune_failed", app=app, error=exc.message)
 
@@ -655,6 +651,17 @@ class Executor:
 
 def kept_image_ref(app: str, dep_id: int) -> str:
     return f"diplo-kept/{app}:d{dep_id}"
+
+
+def drop_kept_images(runtime: Runtime, ledger: Ledger, app: str, keep: int) -> list[str]:
+    """Untag the kept images of all but the `keep` newest deployments of `app` (an app
+    that is removed keeps none); returns the tags dropped."""
+    dropped = []
+    for dep_id, tag in ledger.kept_images(app)[keep:]:
+        runtime.untag_image(tag)
+        ledger.drop_kept_image(dep_id)
+        dropped.append(tag)
+    return dropped
 
 
 def container_spec(action: RunContainer, stop_timeout: int) -> ContainerSpec:

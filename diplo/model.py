@@ -201,11 +201,6 @@ class Revision:
     time: str | None = None
     dirty: bool = False
 
-    def short(self) -> str:
-        if self.commit is None:
-            return "-"
-        return self.commit[:10] + ("+dirty" if self.dirty else "")
-
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data))

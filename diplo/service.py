@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diplo.errors import DiploError, InputError, PlanError
+from diplo.executor import drop_kept_images
 from diplo.health import Health, HealthPolicy, observed_health
 from diplo.ledger import Deployment, Ledger, default_home
 from diplo.locks import AppLocks
@@ -354,10 +355,9 @@ def down(
                 ctx.runtime.remove_volume(vol)
                 removed.append(f"volume {vol}")
         ctx.ledger.forget_app(name, keep_ports=True)
-        for dep_id, tag in ctx.ledger.kept_images(name):  # nothing left to roll back to
-            ctx.runtime.untag_image(tag)
-            ctx.ledger.drop_kept_image(dep_id)
-            removed.append(f"image tag {tag}")
+        # Nothing is left to roll back to.
+        dropped = drop_kept_images(ctx.runtime, ctx.ledger, name, keep=0)
+        removed += [f"image tag {tag}" for tag in dropped]
     # A project network goes with its last app.
     remaining = {c.project for c in observed.containers if c.app not in targets}
     for project in sorted(projects - remaining):
