@@ -18,6 +18,7 @@ import click
 
 from diplo import __version__
 from diplo.errors import DiploError, InputError
+from diplo.ledger import MAX_ID
 from diplo.logconfig import configure
 
 P = ParamSpec("P")
@@ -480,7 +481,13 @@ def history(ctx: click.Context, app: str, last: int, as_json: bool) -> None:
 
 @main.command()
 @click.argument("app")
-@click.option("--to", "to", type=int, default=None, help="Deployment ID (see diplo history).")
+@click.option(
+    "--to",
+    "to",
+    type=click.IntRange(1, MAX_ID),
+    default=None,
+    help="Deployment ID (see diplo history).",
+)
 @click.option("-f", "--file", "files", multiple=True, type=str, help=FILES_HELP)
 @click.pass_context
 @handled

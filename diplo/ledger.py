@@ -104,6 +104,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 PROBES_KEPT = 50  # per app
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger ID from a user is no ID at all
 EVENTS_KEPT = 20_000  # in all: the newest, trimmed as deployments finish
 
 

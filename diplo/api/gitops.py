@@ -14,13 +14,17 @@ from diplo.api.problems import WRITE_ERRORS, problem_doc
 from diplo.controller.controller import Controller
 from diplo.controller.sources import GitSource
 from diplo.errors import InputError
+from diplo.ledger import MAX_ID
 
 log = structlog.get_logger("diplo.api")
 
 
 class RollbackRequest(BaseModel):
     to: int | None = Field(
-        None, ge=1, description="Deployment ID to restore; default: the last good one before."
+        None,
+        ge=1,
+        le=MAX_ID,
+        description="Deployment ID to restore; default: the last good one before.",
     )
 
 

@@ -484,3 +484,10 @@ def test_get_apps_follows_changes_plain_and_gzipped(world: World, client: TestCl
         names = [a["app"] for a in client.get("/apps", headers=headers).json()["apps"]]
         assert names == ["extra", "web", "worker"]
     assert client.post("/apps").status_code == 405  # only GET takes the fast path
+
+
+@pytest.mark.parametrize("to", [0, 2**63])
+def test_a_rollback_to_an_impossible_deployment_id_is_invalid(client: TestClient, to: int):
+    resp = client.post("/apps/web/rollback", headers=AUTH, json={"to": to})
+    body = problem(resp, 422)
+    assert body["errors"][0]["loc"] == ["body", "to"]

@@ -22,3 +22,9 @@ def test_usage_errors_exit_2_with_the_reason(tmp_path, monkeypatch, args, messag
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "internal error" not in result.output
+
+
+def test_a_deployment_id_beyond_sqlite_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIPLO_HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["rollback", "web", "--to", str(2**63)])
+    assert result.exit_code == 2 and "internal error" not in result.output
