@@ -104,7 +104,9 @@ MIGRATIONS: list[str] = [
     """,
 ]
 PROBES_KEPT = 50  # per app
-MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger ID from a user is no ID at all
+# The largest ID taken from a user: within SQLite's integers, and exact as a JSON number
+# (a bound of 2**63 - 1 becomes a float in the OpenAPI document and admits larger values).
+MAX_ID = 2**53 - 1
 EVENTS_KEPT = 20_000  # in all: the newest, trimmed as deployments finish
 
 
