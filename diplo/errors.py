@@ -8,23 +8,34 @@ from dataclasses import dataclass
 
 
 class DiploError(Exception):
-    """Base of every error Diplo raises on purpose. `exit_code` is what the CLI exits with."""
+    """Base of every error Diplo raises on purpose. `exit_code` is what the CLI exits with.
+
+    Retryability, after kopf's temporary and permanent errors: a `retryable` error may go
+    away by itself (the engine restarting, a lock held by another process), so the
+    controller tries again with backoff, or after `retry_after` seconds when the error
+    knows better. A permanent one (bad input) is not retried until the input changes."""
 
     exit_code = 1
+    retryable = True
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
 
 class InputError(DiploError):
-    """Bad input (manifest, flags, arguments): nothing was changed."""
+    """Bad input (manifest, flags, arguments): nothing was changed. Permanent: trying
+    again gives the same answer until the input changes."""
 
     exit_code = 2
+    retryable = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,10 @@ class BuildStopped(RuntimeFailure):
 
 class LedgerError(DiploError):
     pass
+
+
+class LockTimeout(DiploError):
+    """Another Diplo process held an app's lock for longer than the caller would wait."""
 
 
 class DeployFailed(DiploError):

@@ -12,13 +12,23 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from diplo.errors import LedgerError
-from diplo.model import AppRecord, BuildRecord, LedgerSnapshot, PortAllocation, Revision
+from diplo.model import (
+    AppRecord,
+    BuildRecord,
+    Deployment,
+    Event,
+    LedgerSnapshot,
+    Pin,
+    PortAllocation,
+    ProbeRecord,
+    Revision,
+)
+from diplo.paths import default_home
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -104,85 +114,11 @@ MIGRATIONS: list[str] = [
     """,
 ]
 PROBES_KEPT = 50  # per app
-# The largest ID taken from a user: within SQLite's integers, and exact as a JSON number
-# (a bound of 2**63 - 1 becomes a float in the OpenAPI document and admits larger values).
-MAX_ID = 2**53 - 1
 EVENTS_KEPT = 20_000  # in all: the newest, trimmed as deployments finish
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def default_home() -> Path:
-    if home := os.environ.get("DIPLO_HOME"):
-        return Path(home)
-    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(state) / "diplo"
-
-
-@dataclass(frozen=True)
-class Deployment:
-    id: int
-    app: str
-    project: str
-    spec_hash: str
-    revision: int
-    image_id: str | None
-    started_at: str
-    finished_at: str | None
-    result: str  # running | succeeded | failed | cancelled
-    step: str | None
-    error: str | None
-    cancel_requested: int = 0
-    pid: int | None = None
-    source: str | None = None
-    commit_sha: str | None = None
-    commit_subject: str | None = None
-    commit_author: str | None = None
-    commit_time: str | None = None
-    dirty: int = 0
-    record_json: str | None = None  # the app as deployed (env digests only), for rollbacks
-    rollback_of: int | None = None  # the deployment this one restored
-    kept_image: str | None = None  # the tag that keeps this deployment's image for rollbacks
-
-    def public(self) -> dict[str, Any]:
-        """As the API and `diplo history` show it."""
-        out = dict(self.__dict__)
-        for key in ("record_json", "cancel_requested", "pid"):
-            out.pop(key)
-        out["dirty"] = bool(self.dirty)
-        return out
-
-
-@dataclass(frozen=True)
-class Pin:
-    app: str
-    deployment_id: int
-    pinned_at: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ProbeRecord:
-    id: int
-    app: str
-    at: str
-    ok: int
-    health: str
-    detail: str
-    latency_ms: float | None
-    deployment_id: int | None
-
-
-@dataclass(frozen=True)
-class Event:
-    id: int
-    at: str
-    app: str | None
-    kind: str
-    message: str
-    deployment_id: int | None
 
 
 class Ledger:

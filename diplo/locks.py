@@ -12,11 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from diplo.errors import DiploError
-
-
-class LockTimeout(DiploError):
-    pass
+from diplo.errors import LockTimeout
 
 
 class AppLocks:

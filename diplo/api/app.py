@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +28,7 @@ from diplo.api.params import AppName
 from diplo.api.problems import READ_ERRORS, WRITE_ERRORS, problem_doc
 from diplo.controller.controller import Controller
 from diplo.errors import DiploError
+from diplo.ops import lifecycle, status
 
 RATE = (20, 10.0)  # POSTs per client: at most 20 per 10 s
 
@@ -122,25 +122,25 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
             raise Problem(403, "invalid token")
 
     def view(app: str) -> dict[str, Any]:
-        out = controller.view(app)
-        if out is None:
+        found = controller.view.app(app)
+        if found is None:
             raise Problem(404, "no such app", f"no app named {app!r} on this host")
-        out["reconciling"] = app in controller.queue.processing
-        return out
+        found.reconciling = app in controller.queue.processing
+        return found.as_dict()
 
     @api.get("/healthz", summary="The controller's own health")
     def healthz() -> dict[str, Any]:
         return {
-            "status": "ok" if controller.engine_ok else "degraded",
-            "engine": controller.engine_ok,
-            "manifest_ok": controller.manifest.ok,
-            "last_resync": controller.last_resync,
+            "status": "ok" if controller.view.engine_ok else "degraded",
+            "engine": controller.view.engine_ok,
+            "manifest_ok": controller.state.manifest.ok,
+            "last_resync": controller.state.last_resync,
             "version": __version__,
         }
 
     @api.get("/apps", summary="Every app: desired vs observed, health, ports, deployments")
     async def apps() -> Response:  # cached bytes: no thread hop needed
-        return Response(controller.listing(), media_type="application/json")
+        return Response(controller.view.listing(), media_type="application/json")
 
     @api.get("/apps/{app}", summary="One app", responses=READ_ERRORS)
     def one_app(app: AppName) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
     @api.get("/apps/{app}/health", summary="Recent health probes", responses=READ_ERRORS)
     def app_health(app: AppName, last: Annotated[int, Query(ge=1, le=50)] = 20) -> dict[str, Any]:
         row = view(app)
-        probes = [p.__dict__ for p in controller.ctx.ledger.probes(app, last)]
+        probes = [p.__dict__ for p in status.probes(controller.ctx, app, last)]
         return {
             "app": app,
             "health": row.get("health"),
@@ -162,7 +162,7 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
         app: AppName, limit: Annotated[int, Query(ge=1, le=200)] = 20
     ) -> dict[str, Any]:
         view(app)
-        deps = controller.ctx.ledger.deployments(app, limit)
+        deps = status.history(controller.ctx, app, limit)
         return {"app": app, "deployments": [d.public() for d in deps]}
 
     @api.get(
@@ -176,11 +176,9 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
         tail: Annotated[int, Query(ge=0, le=100000)] = 100,
         follow: bool = False,
     ) -> StreamingResponse:
-        from diplo import service
-
         view(app)
         try:
-            stream = service.logs(controller.ctx, app, follow=follow, tail=tail)
+            stream = lifecycle.logs(controller.ctx, app, follow=follow, tail=tail)
         except DiploError as exc:
             raise Problem(404, "no logs", exc.message) from exc
 
@@ -216,8 +214,7 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
 
     @api.get("/system/stats", summary="Counts, ports, disk, uptime, engine")
     def stats() -> dict[str, Any]:
-        rows = list(controller.views.values())
-        disk = shutil.disk_usage(controller.ctx.ledger.path.parent)
+        rows = list(controller.view.rows.values())
         return {
             "apps": {
                 "total": len(rows),
@@ -225,11 +222,11 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
                 "failing": sum(1 for r in rows if r.health not in ("healthy", "starting")),
             },
             "ports_in_use": sum(len(r.ports) for r in rows),
-            "disk_free_bytes": disk.free,
+            "disk_free_bytes": status.disk_free(controller.ctx),
             "uptime_s": round(time.time() - controller.started_at, 1),
-            "docker_version": controller.engine_version,
-            "engine_ok": controller.engine_ok,
-            "last_resync": controller.last_resync,
+            "docker_version": controller.view.engine_version,
+            "engine_ok": controller.view.engine_ok,
+            "last_resync": controller.state.last_resync,
         }
 
     @api.post(

@@ -34,7 +34,7 @@ class ListingFastPath:
         if scope["type"] != "http" or scope["path"] != "/apps" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
-        body = self.controller.listing()
+        body = self.controller.view.listing()
         headers = [(b"content-type", b"application/json"), (b"vary", b"Accept-Encoding")]
         accept = next((v for k, v in scope["headers"] if k == b"accept-encoding"), b"")
         if b"gzip" in accept and len(body) >= 512:

@@ -14,7 +14,7 @@ from diplo.api.problems import WRITE_ERRORS, problem_doc
 from diplo.controller.controller import Controller
 from diplo.controller.sources import GitSource
 from diplo.errors import InputError
-from diplo.ledger import MAX_ID
+from diplo.model import MAX_ID
 
 log = structlog.get_logger("diplo.api")
 

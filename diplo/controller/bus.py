@@ -54,3 +54,16 @@ class Bus:
         with self._lock:
             if q in self._subs:
                 self._subs.remove(q)
+
+
+class BusReporter:
+    """A deploy's progress as events on the bus (the API's /events)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def step(self, app: str, step: str, detail: str = "") -> None:
+        self.bus.publish("deploy.step", app, step=step, detail=detail)
+
+    def done(self, app: str, ok: bool, message: str) -> None:
+        self.bus.publish("deploy.succeeded" if ok else "deploy.failed", app, message=message)

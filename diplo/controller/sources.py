@@ -16,7 +16,7 @@ from diplo.errors import DiploError, InputError, ManifestError, ManifestIssue
 from diplo.gitsource import Commit, GitRepo, cache_path, redact_url
 from diplo.manifest.load import load_manifests
 from diplo.model import DesiredState, Revision
-from diplo.revisions import folder_revision, folder_source
+from diplo.ops.provenance import folder_revision, folder_source
 
 
 @dataclass(frozen=True)

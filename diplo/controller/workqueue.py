@@ -10,6 +10,10 @@ import threading
 import time
 from collections.abc import Callable
 
+# Keys besides app names (DNS labels, so these never clash with one):
+ALL = "*"  # reload the sources and look at every app (the resync)
+RELOAD = "~"  # reload the sources and look at the apps that changed
+
 
 class WorkQueue:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:

@@ -15,8 +15,8 @@ from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
 from diplo.ledger import Ledger
 from diplo.model import LABEL_APP
+from diplo.ops.context import Context
 from diplo.runtime.memory import MemoryRuntime
-from diplo.service import Context
 
 from .factories import IMAGE_ID
 
@@ -52,7 +52,7 @@ class World:
     def write(self, apps: dict[str, Any]) -> None:
         """Change the manifest and load it, as the controller's file watcher would."""
         (self.folder / "diplo.yaml").write_text(yaml.safe_dump({"project": "shop", "apps": apps}))
-        self.controller._reload()
+        self.controller.reload()
 
     def container(self, app: str) -> Any:
         return next(c for c in self.engine.containers.values() if c.spec.labels[LABEL_APP] == app)
@@ -68,5 +68,5 @@ def build_world(root: Path) -> World:
     world = World(folder, engine, ledger, controller, asgi_app(controller, TOKEN))
     world.write(app_specs())
     for name in APPS:
-        controller.reconcile(name)
+        controller.handle(name)
     return world

@@ -144,7 +144,7 @@ def test_deployments_newest_first_and_limited(world: World, client: TestClient):
     specs = app_specs()
     specs["web"]["env"]["MODE"] = "staging"
     world.write(specs)
-    world.controller.reconcile("web")
+    world.controller.handle("web")
     resp = client.get("/apps/web/deployments")
     assert resp.status_code == 200
     deps = resp.json()["deployments"]
@@ -192,7 +192,7 @@ def test_sync_queues_a_reconcile_whose_deploy_is_streamed(world: World, client: 
         assert resp.json() == {"app": "worker", "accepted": True, "detail": "reconcile queued"}
         key = world.controller.queue.get(timeout=1)  # what a controller worker does
         assert key == "worker"
-        world.controller.reconcile(key)
+        world.controller.handle(key)
         world.controller.queue.done(key)
 
     event = next_event(client, sync_and_work, "deploy.succeeded")
@@ -302,7 +302,7 @@ def test_cancel_stops_a_deploy_in_flight_and_keeps_the_running_revision(
     world.engine.slow_build.add("shop/web:dev")  # builds until stopped
     world.write(specs)
     old = world.container("web").id
-    deploy = threading.Thread(target=world.controller.reconcile, args=("web",), daemon=True)
+    deploy = threading.Thread(target=world.controller.handle, args=("web",), daemon=True)
     deploy.start()
     deadline = time.monotonic() + 5
     while "web" not in world.controller.inflight:

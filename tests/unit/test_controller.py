@@ -10,14 +10,30 @@ import yaml
 
 from diplo.controller.controller import Controller
 from diplo.ledger import Ledger
+from diplo.ops.context import Context
+from diplo.ops.status import AppView
 from diplo.runtime.memory import MemoryRuntime
-from diplo.service import Context
 
 from .factories import IMAGE_ID
 
 
+class Clock:
+    """The controller's monotonic clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock):
     monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
     folder = tmp_path / "m"
     folder.mkdir()
@@ -31,60 +47,74 @@ def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     )
     engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID})
     ledger = Ledger(tmp_path / "home" / "ledger.db")
-    c = Controller(folder, Context(_runtime=engine, _ledger=ledger))
-    c._reload()
+    c = Controller(folder, Context(_runtime=engine, _ledger=ledger), clock=clock)
+    c.reload()
     yield c
     ledger.close()
 
 
 def test_reconcile_creates_then_does_nothing(controller: Controller):
     engine = controller.ctx.runtime
-    controller.reconcile("web")
+    controller.handle("web")
     assert [k for k, _ in engine.calls if k in ("create", "start")] == ["create", "start"]
     engine.calls.clear()
-    controller.reconcile("web")
+    controller.handle("web")
     assert engine.calls == []
-    assert controller.views["web"].health == "healthy"
+    assert controller.view.rows["web"].health == "healthy"
 
 
-def test_unhealthy_app_is_restarted_with_backoff(controller: Controller):
+def _turn_unhealthy(controller: Controller) -> None:
+    rows = controller.view.rows
+    rows["web"] = replace(rows["web"], health="unhealthy", health_detail="HTTP 500")
+
+
+def test_unhealthy_app_is_restarted_with_backoff(controller: Controller, clock: Clock):
     engine = controller.ctx.runtime
-    controller.reconcile("web")
-    controller.views["web"] = replace(controller.views["web"], health="unhealthy")
+    controller.handle("web")
+    _turn_unhealthy(controller)
     engine.calls.clear()
-    controller._restart_unhealthy()
+    controller.heal()
     assert [k for k, _ in engine.calls] == ["stop", "start"]
     engine.calls.clear()
-    controller.views["web"] = replace(controller.views["web"], health="unhealthy")
-    controller._restart_unhealthy()  # within the 1 s backoff: left alone
+    _turn_unhealthy(controller)
+    clock.now += 0.9
+    controller.heal()  # within the 1 s backoff: left alone
     assert engine.calls == []
-    controller.restart_after["web"] = 0.0
-    controller._restart_unhealthy()
+    clock.now += 0.2
+    controller.heal()
     assert [k for k, _ in engine.calls] == ["stop", "start"]
-    assert controller.backoffs["web"].restarts == 2
-    assert controller.backoffs["web"].delay() == 4
+    engine.calls.clear()
+    _turn_unhealthy(controller)
+    clock.now += 1.9  # the next wait is 2 s
+    controller.heal()
+    assert engine.calls == []
+    clock.now += 0.2
+    controller.heal()
+    assert [k for k, _ in engine.calls] == ["stop", "start"]
+    assert controller.healer.restarts("web") == 3
     kinds = [e.kind for e in controller.ctx.ledger.events("web")]
-    assert kinds.count("app.restarted") == 2
+    assert kinds.count("app.restarted") == 3
 
 
 def test_invalid_manifest_keeps_the_last_good_state(controller: Controller):
-    controller.reconcile("web")
+    controller.handle("web")
     (controller.manifests / "diplo.yaml").write_text("apps: [broken")
-    assert controller._reload() == set()
-    assert not controller.manifest.ok and "invalid YAML" in (controller.manifest.error or "")
-    assert controller.desired.app("web") is not None
+    assert controller.reload() == set()
+    manifest = controller.state.manifest
+    assert not manifest.ok and "invalid YAML" in (manifest.error or "")
+    assert controller.state.desired.app("web") is not None
 
 
 def test_removed_app_is_pruned_unless_prune_false(controller: Controller):
     engine = controller.ctx.runtime
-    controller.reconcile("web")
+    controller.handle("web")
     (controller.manifests / "diplo.yaml").write_text(
         yaml.safe_dump({"project": "shop", "apps": {}})
     )
-    assert controller._reload() == {"web"}
-    controller.reconcile("web")
+    assert controller.reload() == {"web"}
+    controller.handle("web")
     assert engine.containers == {}
-    assert "web" not in controller.views
+    assert "web" not in controller.view.rows
 
 
 def test_prune_false_keeps_a_removed_app(controller: Controller):
@@ -92,11 +122,11 @@ def test_prune_false_keeps_a_removed_app(controller: Controller):
     path = controller.manifests / "diplo.yaml"
     doc = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**doc, "prune": False}))
-    controller._reload()
-    controller.reconcile("web")
+    controller.reload()
+    controller.handle("web")
     path.write_text(yaml.safe_dump({"project": "shop", "prune": False, "apps": {}}))
-    controller._reload()
-    controller.reconcile("web")
+    controller.reload()
+    controller.handle("web")
     assert len(engine.containers) == 1
 
 
@@ -108,51 +138,64 @@ def _write(controller: Controller, **web: object) -> None:
     )
 
 
+def _view(controller: Controller) -> AppView:
+    view = controller.view.app("web")
+    assert view is not None
+    return view
+
+
+def _sync(controller: Controller) -> dict[str, object]:
+    sync = _view(controller).sync
+    assert sync is not None
+    return sync
+
+
 def test_sync_status_follows_the_source(controller: Controller):
-    assert controller.sync_status["web"]["sync"]["status"] == "OutOfSync"  # not deployed
-    controller.reconcile("web")
-    assert controller.view("web")["sync"] == {"status": "Synced", "differs": []}
+    assert _sync(controller)["status"] == "OutOfSync"  # not deployed
+    controller.handle("web")
+    assert _sync(controller) == {"status": "Synced", "differs": []}
     _write(controller, command=["sleep", "100"])
-    controller._reload()
-    assert controller.view("web")["sync"] == {"status": "OutOfSync", "differs": ["command"]}
+    controller.reload()
+    assert _sync(controller) == {"status": "OutOfSync", "differs": ["command"]}
     (controller.manifests / "diplo.yaml").write_text("apps: [broken")
-    controller._reload()
-    assert controller.view("web")["sync"]["status"] == "Unknown"
+    controller.reload()
+    assert _sync(controller)["status"] == "Unknown"
 
 
 def test_rollback_pins_until_resume(controller: Controller):
     engine = controller.ctx.runtime
-    controller.reconcile("web")
+    controller.handle("web")
     _write(controller, command=["sleep", "100"])
-    controller._reload()
-    controller.reconcile("web")
+    controller.reload()
+    controller.handle("web")
     (c,) = engine.containers.values()
     assert c.spec.command == ("sleep", "100")
 
     assert controller.rollback("web") == 1
-    controller.reconcile("web")
+    controller.handle("web")
     (c,) = engine.containers.values()
     assert c.spec.command is None
-    view = controller.view("web")
-    assert view["pinned"] == {"deployment": 1} and view["sync"]["status"] == "OutOfSync"
-    controller._reload()  # the source still says v2: the pin holds
+    view = controller.view.app("web")
+    assert view is not None and view.pinned == {"deployment": 1}
+    assert _sync(controller)["status"] == "OutOfSync"
+    controller.reload()  # the source still says v2: the pin holds
     engine.calls.clear()
-    controller.reconcile("web")
+    controller.handle("web")
     assert engine.calls == []
     deps = controller.ctx.ledger.deployments("web")
     assert deps[0].rollback_of == 1 and deps[0].result == "succeeded"
 
     assert controller.sync("web", resume=True) is True
-    controller.reconcile("web")
+    controller.handle("web")
     (c,) = engine.containers.values()
     assert c.spec.command == ("sleep", "100")
-    assert controller.view("web")["pinned"] is None
+    assert _view(controller).pinned is None
 
 
 def test_rollback_with_nothing_to_restore_changes_nothing(controller: Controller):
     from diplo.errors import InputError
 
-    controller.reconcile("web")
+    controller.handle("web")
     with pytest.raises(InputError, match="no earlier successful deployment"):
         controller.rollback("web")
     assert controller.ctx.ledger.pins() == {}

@@ -12,10 +12,10 @@ from diplo.errors import InputError
 from diplo.executor import Executor, kept_image_ref
 from diplo.ledger import Ledger
 from diplo.model import LABEL_SPEC_HASH, BuildSpec, Revision, app_record, restore_app
+from diplo.ops.context import Context
+from diplo.ops.rollback import apply_pins, restore, target
 from diplo.planner import plan
-from diplo.revisions import apply_pins, restore, target
 from diplo.runtime.memory import MemoryRuntime
-from diplo.service import Context
 
 from .factories import IMAGE_ID, app, port, state
 

@@ -1,53 +1,25 @@
-"""Revisions of apps: where a deployment's desired state came from (a folder, a git work
-tree, a repository commit), and restoring an earlier deployment (a rollback).
+"""Rollback: restore an earlier deployment, pin the app there, resume following the source.
 
 A rollback redeploys the exact spec and image an earlier deployment ran: the spec from
 the deployment's record in the ledger, the image from the tag that keeps it
 (`diplo-kept/APP:dID`). Env values are not in the ledger (Diplo never stores a secret);
 they come from the current manifest where their digest still matches. A rolled-back app
 is pinned: every apply and the controller keep it on the restored deployment until
-`diplo sync APP --resume`, like Argo CD pausing auto-sync after a rollback."""
+`resume` (`diplo sync APP --resume`), like Argo CD pausing auto-sync after a rollback.
+A pinned deploy that fails drops its pin (`ops.apply`), so that a broken restore never
+holds an app away from its source."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from diplo.errors import InputError
-from diplo.ledger import Deployment
-from diplo.model import DesiredApp, DesiredState, Revision, restore_app
-from diplo.service import Context
+from diplo.model import Deployment, DesiredApp, DesiredState, Revision, restore_app
+from diplo.ops.context import Context
+from diplo.ops.provenance import deployment_revision
 
-
-def folder_source(folder: Path) -> str:
-    """How deployments from manifests in `folder` record their source."""
-    return f"folder:{folder}"
-
-
-def folder_revision(paths: list[str]) -> Revision:
-    """The revision of manifests read from files: their folder, and the git commit when
-    the folder is in a work tree (dirty when it has uncommitted changes)."""
-    from diplo.gitsource import worktree_revision
-
-    first = Path(paths[0]).resolve() if paths else Path.cwd()
-    folder = first if first.is_dir() else first.parent
-    tree = worktree_revision(folder)
-    if tree is None:
-        return Revision(source=folder_source(folder))
-    c = tree.commit
-    return Revision(folder_source(folder), c.sha, c.subject, c.author, c.time, tree.dirty)
-
-
-def deployment_revision(dep: Deployment) -> Revision:
-    return Revision(
-        dep.source or "",
-        dep.commit_sha,
-        dep.commit_subject,
-        dep.commit_author,
-        dep.commit_time,
-        bool(dep.dirty),
-    )
+API_LOCK_WAIT = 60.0  # how long a rollback or resume waits for a deploy in flight
 
 
 @dataclass
@@ -60,7 +32,9 @@ class Pinned:
     blocked: dict[str, str] = field(default_factory=dict)  # pinned apps that cannot be restored
 
 
-def apply_pins(ctx: Context, desired: DesiredState) -> Pinned:
+def apply_pins(ctx: Context, desired: DesiredState, only: frozenset[str] | None = None) -> Pinned:
+    """`desired` with each pinned app (of `only`, when given) replaced by its restored
+    deployment."""
     pins = ctx.ledger.pins()
     if not pins:
         return Pinned(desired)
@@ -68,7 +42,7 @@ def apply_pins(ctx: Context, desired: DesiredState) -> Pinned:
     apps: list[DesiredApp] = []
     for app in desired.apps:
         pin = pins.get(app.name)
-        if pin is None:
+        if pin is None or (only is not None and app.name not in only):
             apps.append(app)
             continue
         try:
@@ -135,3 +109,31 @@ def restore(ctx: Context, dep_id: int, current: DesiredApp | None) -> DesiredApp
             hint="set those values again (environment or .env) and retry",
         )
     return app
+
+
+def pin(
+    ctx: Context, app: str, to: int | None, current: DesiredApp | None, *, lock_wait: float
+) -> Deployment:
+    """Pin `app` to the deployment a rollback restores (see `target`), under the app's
+    lock. Fails before the pin, changing nothing, when it cannot be restored."""
+    with ctx.locks.hold([app], timeout=lock_wait):
+        dep = target(ctx, app, to)
+        restore(ctx, dep.id, current)
+        ctx.ledger.pin(app, dep.id, f"rolled back to deployment {dep.id}")
+    return dep
+
+
+def resume(ctx: Context, app: str, *, lock_wait: float) -> bool:
+    """Drop a rollback's pin: the app follows its source again. Returns whether it was
+    pinned."""
+    with ctx.locks.hold([app], timeout=lock_wait):
+        return ctx.ledger.unpin(app)
+
+
+def with_app(desired: DesiredState, app: DesiredApp) -> DesiredState:
+    """`desired` with `app` in it (replacing one of the same name)."""
+    return DesiredState(
+        (*(a for a in desired.apps if a.name != app.name), app),
+        desired.files,
+        tuple(sorted({*desired.projects, app.project})),
+    )

@@ -1,0 +1,79 @@
+"""The operations through the `diplo serve` of this host (found by $DIPLO_HOME/serve.json):
+while a controller runs, status, rollback and sync go to it, so that the CLI and the
+controller never deploy an app past each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+from diplo.errors import InputError
+from diplo.ops.commands import Outcome, Statuses
+from diplo.ops.status import AppView
+from diplo.paths import default_home
+from diplo.tokens import api_token
+
+
+class RemoteOps:
+    """`Operations` over the REST API of a running `diplo serve`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def post(self, path: str, body: dict[str, Any] | None) -> Any:
+        """A POST with this host's API token; a problem answer becomes an InputError."""
+        token, _ = api_token(default_home())
+        data = json.dumps(body).encode() if body is not None else b""
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                problem = json.loads(exc.read())
+                message = f"{problem.get('title')}: {problem.get('detail')}"
+            except ValueError:
+                message = str(exc)
+            raise InputError(f"diplo serve at {self.url} answered {exc.code}: {message}") from exc
+
+    def status(self, app: str | None) -> Statuses:
+        listing = self.get("/apps")
+        rows = [AppView.from_dict(r) for r in listing["apps"] if app is None or r["app"] == app]
+        if app is not None and not rows:
+            raise InputError(
+                f"no app named {app!r} on this host", hint="`diplo status` lists the apps"
+            )
+        return Statuses(rows, listing["manifest"].get("error"), served_by=self.url)
+
+    def rollback(self, app: str, to: int | None) -> Outcome:
+        answer = self.post(f"/apps/{app}/rollback", {"to": to} if to is not None else {})
+        return Outcome(bool(answer.get("accepted")), answer["detail"])
+
+    def sync(self, app: str, *, resume: bool) -> Outcome:
+        answer = self.post(f"/apps/{app}/sync" + ("?resume=true" if resume else ""), None)
+        return Outcome(bool(answer.get("accepted", True)), answer["detail"])
+
+
+def running_server() -> RemoteOps | None:
+    """The controller serving this DIPLO_HOME, if one runs and answers."""
+    info = default_home() / "serve.json"
+    try:
+        data = json.loads(info.read_text())
+        os.kill(int(data["pid"]), 0)
+        server = RemoteOps(str(data["url"]))
+        server.get("/healthz")
+        return server
+    except (OSError, ValueError, KeyError, urllib.error.URLError):
+        return None

@@ -1,0 +1,93 @@
+"""`diplo serve`: its options, checked before anything starts; the server is built by
+diplo/serve.py, the composition root of the controller and the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from diplo.cli.handled import handled
+from diplo.errors import InputError
+
+
+@click.command()
+@click.option(
+    "--manifests",
+    "manifests",
+    default=None,
+    type=click.Path(file_okay=False, path_type=str),
+    help="A folder of manifests to keep the host converged onto.",
+)
+@click.option("--repo", default=None, help="A git repository (path, file://, https://, ssh://).")
+@click.option("--branch", default="main", show_default=True, help="The branch of --repo.")
+@click.option("--path", "repo_path", default="", help="The manifests' folder in --repo.")
+@click.option(
+    "--interval",
+    default="60s",
+    show_default=True,
+    help="How often --repo is polled (webhooks at POST /hooks/git come in between).",
+)
+@click.option(
+    "--listen", default="127.0.0.1:7700", show_default=True, help="HOST:PORT of the REST API."
+)
+@click.option(
+    "--resync",
+    default="60s",
+    show_default=True,
+    help="Full resync period (also heals what events missed).",
+)
+@click.option(
+    "--workers",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 32),
+    help="Apps reconciled at once.",
+)
+@click.pass_context
+@handled
+def serve(
+    ctx: click.Context,
+    manifests: str | None,
+    repo: str | None,
+    branch: str,
+    repo_path: str,
+    interval: str,
+    listen: str,
+    resync: str,
+    workers: int,
+) -> None:
+    """Run the controller: watch the folder and/or poll the repository, heal drift, serve
+    the API. Stops cleanly on SIGTERM or Ctrl-C, leaving the apps running."""
+    from diplo.controller.sources import FolderSource, GitSource, Source
+    from diplo.paths import default_home
+    from diplo.serve import run_server
+    from diplo.units import parse_duration
+
+    if manifests is None and repo is None:
+        raise click.UsageError("give --manifests DIR, --repo URL, or both")
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InputError(f"--listen {listen!r}: use HOST:PORT, e.g. 127.0.0.1:7700")
+    periods = {}
+    for name, text in (("--resync", resync), ("--interval", interval)):
+        try:
+            periods[name] = parse_duration(text)
+        except ValueError as exc:
+            raise InputError(f"{name}: {exc}") from exc
+    if ".." in Path(repo_path).parts or Path(repo_path).is_absolute():
+        raise InputError(f"--path {repo_path!r}: give a folder inside the repository")
+    sources: list[Source] = []
+    if manifests is not None:
+        sources.append(FolderSource(Path(manifests)))
+    if repo is not None:
+        sources.append(GitSource(repo, branch, repo_path, default_home()))
+    run_server(
+        ctx.obj["context"],
+        sources,
+        host.strip("[]"),
+        int(port_text),
+        resync=periods["--resync"],
+        workers=workers,
+        poll_every=periods["--interval"],
+    )

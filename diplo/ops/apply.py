@@ -1,0 +1,140 @@
+"""Apply: converge the host onto a desired state, written once for `diplo apply`, the
+CLI's rollback and sync, and the controller's reconciles.
+
+    pins -> plan (engine + ledger read once) -> execute (health-gated) -> drop the pin
+    of a pinned deploy that failed
+
+A face watches the deploy through `watch`: it gets the plan before anything runs and a
+handle to cancel it (Ctrl-C, the API), and gives back the reporter that shows progress."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from diplo.errors import InputError
+from diplo.executor import ApplyResult, Executor, NullReporter, Reporter
+from diplo.model import DesiredState, Plan, Revision
+from diplo.ops.context import Context
+from diplo.ops.plan import Prepared, apps_to_lock, plan_state
+from diplo.ops.rollback import Pinned, apply_pins
+
+LOCK_WAIT = 600.0  # how long an apply waits for another Diplo process deploying an app
+
+
+class DeployHandle:
+    """Cancels a deploy from another thread or a signal handler, also before it starts."""
+
+    def __init__(self) -> None:
+        self._executor: Executor | None = None
+        self.reason: str | None = None
+
+    def cancel(self, reason: str = "Ctrl-C") -> None:
+        self.reason = reason
+        if self._executor is not None:
+            self._executor.cancel(reason)
+
+    def _bind(self, executor: Executor) -> None:
+        self._executor = executor
+        if self.reason is not None:
+            executor.cancel(self.reason)
+
+
+@dataclass
+class ApplyReport:
+    prepared: Prepared
+    pinned: Pinned
+    result: ApplyResult | None = None  # None: nothing was executed (dry run, skipped)
+    unpinned: tuple[str, ...] = ()  # pinned apps whose deploy failed: they follow the source
+    cancelled: bool = False
+
+    @property
+    def plan(self) -> Plan:
+        return self.prepared.plan
+
+    @property
+    def ok(self) -> bool:
+        return self.result is None or self.result.ok
+
+    @property
+    def orphans(self) -> list[str]:
+        """Apps of these projects that are not in the desired state and were kept."""
+        return [p.app for p in self.plan.apps if p.kind == "remove" and not p.actions]
+
+
+__all__ = ["ApplyReport", "DeployHandle", "Reporter", "Watch", "apply"]
+
+Watch = Callable[[ApplyReport, DeployHandle], AbstractContextManager[Reporter]]
+
+
+@contextlib.contextmanager
+def _unwatched(_: ApplyReport, __: DeployHandle) -> Iterator[Reporter]:
+    yield NullReporter()
+
+
+def apply(
+    ctx: Context,
+    desired: DesiredState,
+    *,
+    only: frozenset[str] | None = None,
+    prune: bool = False,
+    wait: bool = True,
+    parallel: int = 8,
+    dry_run: bool = False,
+    revision: Revision | None = None,
+    watch: Watch = _unwatched,
+    skip: Callable[[Prepared], bool] | None = None,
+    lock_wait: float = LOCK_WAIT,
+    waiting: Callable[[str], None] | None = None,
+) -> ApplyReport:
+    """Converge the apps of `desired` (those in `only`, when given) under their host locks.
+
+    `prune` removes recorded apps of `desired`'s projects that it no longer has.
+    `skip(prepared)` may decide, once the plan is known, that nothing is executed (the
+    controller does not retry a release that failed). Raises InputError before anything
+    changes when the input cannot be applied (a pin that cannot be restored, a port clash)."""
+    names = apps_to_lock(ctx, desired, prune=prune, only=only)
+    with ctx.locks.hold(names, timeout=lock_wait, waiting=waiting):
+        pinned = apply_pins(ctx, desired, only)
+        blocked = [message for _, message in sorted(pinned.blocked.items())]
+        if blocked:
+            raise InputError("; ".join(blocked))
+        prepared = plan_state(ctx, pinned.desired, prune=prune, only=only)
+        report = ApplyReport(prepared, pinned)
+        if dry_run or (skip is not None and skip(prepared)):
+            return report
+        handle = DeployHandle()
+        with watch(report, handle) as reporter:
+            executor = Executor(
+                ctx.runtime,
+                ctx.ledger,
+                reporter,
+                workers=parallel,
+                wait=wait,
+                revision=revision,
+                rollback_of=pinned.rollback_of,
+                revisions=pinned.revisions,
+            )
+            handle._bind(executor)
+            report.result = executor.run(prepared.plan)
+        report.cancelled = executor.cancel_all.is_set()
+        report.unpinned = _unpin_failed(ctx, report)
+        return report
+
+
+def _unpin_failed(ctx: Context, report: ApplyReport) -> tuple[str, ...]:
+    """A pinned app whose restored deployment did not come up (the previous one was
+    kept) follows its source again rather than staying pinned to a broken state. A
+    cancelled one stays pinned: `diplo serve` stopping is no verdict on the release."""
+    assert report.result is not None
+    out = []
+    for name in sorted(report.pinned.rollback_of):
+        outcome = report.result.outcomes.get(name)
+        app_plan = report.plan.app(name)
+        if outcome is None or outcome.ok or outcome.cancelled or app_plan is None:
+            continue
+        if app_plan.kind in ("create", "update") and ctx.ledger.unpin(name):
+            out.append(name)
+    return tuple(out)

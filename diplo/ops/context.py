@@ -1,0 +1,40 @@
+"""The adapters an operation works with, created lazily so that bad input is rejected
+before the engine or the ledger is touched. Only the composition roots (the CLI's entry
+point and `diplo serve`) build one; tests build one over the in-memory engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diplo.ledger import Ledger
+from diplo.locks import AppLocks
+from diplo.paths import default_home
+from diplo.runtime.base import Runtime
+
+
+@dataclass
+class Context:
+    _runtime: Runtime | None = None
+    _ledger: Ledger | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            from diplo.runtime.docker_engine import DockerRuntime  # the heavy import, late
+
+            self._runtime = DockerRuntime()
+        return self._runtime
+
+    @property
+    def locks(self) -> AppLocks:
+        return AppLocks(default_home())
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger.open_default()
+        return self._ledger
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()

@@ -1,0 +1,64 @@
+"""Planning against the host: the engine's and the ledger's state read once, host ports
+assigned, then the pure planner. Shared by apply, diff and the controller's reconciles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from diplo.errors import PlanError
+from diplo.manifest.load import load_manifests
+from diplo.model import DesiredState, LedgerSnapshot, Observed, Plan
+from diplo.ops.context import Context
+from diplo.planner import plan
+from diplo.ports import assign_ports
+from diplo.runtime.hostports import port_is_free
+
+
+@dataclass
+class Prepared:
+    desired: DesiredState
+    observed: Observed
+    snapshot: LedgerSnapshot
+    plan: Plan
+
+
+def prepare(
+    ctx: Context, paths: Iterable[str], *, prune: bool, only: frozenset[str] | None = None
+) -> Prepared:
+    desired = load_manifests(paths)  # raises ManifestError before anything else is touched
+    return plan_state(ctx, desired, prune=prune, only=only)
+
+
+def apps_to_lock(
+    ctx: Context, desired: DesiredState, *, prune: bool, only: frozenset[str] | None = None
+) -> set[str]:
+    """The apps an apply of `desired` may touch: its own, and with prune the recorded apps
+    of its projects; within `only` when given."""
+    names = {a.name for a in desired.apps}
+    if prune:
+        names |= {
+            r.app for r in ctx.ledger.snapshot().apps.values() if r.project in desired.projects
+        }
+    return names if only is None else names & only
+
+
+def plan_state(
+    ctx: Context, desired: DesiredState, *, prune: bool, only: frozenset[str] | None = None
+) -> Prepared:
+    """Two passes of the pure planner around port assignment: the first says which apps
+    get a new container (only those need their host ports free, which takes a probe of
+    the host), the second plans with the ports assigned."""
+    observed = ctx.runtime.observe()
+    snapshot = ctx.ledger.snapshot()
+    draft = plan(desired, observed, snapshot, {}, prune=prune, only=only)
+    recreate = {p.app for p in draft.apps if p.kind in ("create", "update", "start")}
+    scoped = [a for a in desired.apps if only is None or a.name in only]
+    ports = assign_ports(
+        scoped, snapshot.ports, observed, port_is_free, check=lambda name: name in recreate
+    )
+    final = plan(desired, observed, snapshot, ports.ports, prune=prune, only=only)
+    problems = list(final.problems) + ports.problems
+    if problems:
+        raise PlanError(problems)
+    return Prepared(desired, observed, snapshot, final)
