@@ -338,6 +338,3 @@ def schema() -> None:
 
 
 main.add_command(serve)
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m diplo.cli`."""
+
+from diplo.cli.main import main
+
+main()
