@@ -12,6 +12,7 @@ from typing import Any
 
 from diplo.errors import DiploError, InputError, PlanError
 from diplo.executor import drop_kept_images
+from diplo.executor.probes import probe_address, run_probe
 from diplo.health import Health, HealthPolicy, observed_health
 from diplo.ledger import Deployment, Ledger, default_home
 from diplo.locks import AppLocks
@@ -29,7 +30,6 @@ from diplo.model import (
 )
 from diplo.planner import RUNNING, network_name, plan
 from diplo.ports import assign_ports
-from diplo.probes import probe_address, run_probe
 from diplo.runtime.base import Runtime
 from diplo.runtime.hostports import port_is_free
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from diplo.errors import BuildStopped, DeployFailed, DiploError
+from diplo.executor.probes import probe_address, run_probe
 from diplo.health import Health, HealthPolicy, Tracker
 from diplo.ledger import Ledger
 from diplo.model import (
@@ -49,7 +50,6 @@ from diplo.model import (
     StartContainer,
     app_record,
 )
-from diplo.probes import probe_address, run_probe
 from diplo.runtime.base import Runtime
 
 log = structlog.get_logger("diplo.executor")
