@@ -13,7 +13,7 @@ from typing import Any
 from diplo.errors import DiploError, InputError, PlanError
 from diplo.executor import drop_kept_images
 from diplo.executor.probes import probe_address, run_probe
-from diplo.health import Health, HealthPolicy, observed_health
+from diplo.health import Health, observed_health, policy_of
 from diplo.ledger import Deployment, Ledger, default_home
 from diplo.locks import AppLocks
 from diplo.manifest.load import load_manifests
@@ -159,9 +159,7 @@ def check_health(
     record: bool = True,
 ) -> tuple[Health, str, ContainerState | None]:
     """Look at the app's container once and probe it once; record the probe."""
-    policy = HealthPolicy(
-        health.interval, health.timeout, health.retries, health.start_period, health.kind != "none"
-    )
+    policy = policy_of(health)
     if container is None:
         return Health.MISSING, "no container", None
     state = ctx.runtime.state(container.id)
