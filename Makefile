@@ -1,8 +1,12 @@
 # The two commands of the README's Quick start are `make run` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c  # a coverage floor missed fails the target despite the pipes
 VENV ?= .venv
 BIN := $(VENV)/bin
+COVERAGE ?= 85
+CLI_COVERAGE ?= 80
 
-.PHONY: setup engine run test unit integration lint schema bench bench-serve bench-rollback clean
+.PHONY: setup engine run test unit unit-coverage integration lint schema bench bench-serve bench-rollback clean
 
 setup:
 	@bash scripts/setup.sh
@@ -18,10 +22,17 @@ run: setup engine
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
-# The whole suite: lint, layering, unit and real-Docker integration tests.
-test: setup engine lint
-	$(BIN)/pytest -q -ra
+# The whole suite: lint, layering and types; the unit tests (no Docker) with their coverage,
+# which must stay at or above the floors below; the real-Docker integration tests.
+test: setup engine lint unit-coverage
+	$(BIN)/pytest -q -ra tests/integration
+
+unit-coverage: setup
+	$(BIN)/coverage run -m pytest -q -ra tests/unit
+	$(BIN)/coverage report --include='diplo/cli/*' --fail-under=$(CLI_COVERAGE) | tail -n 1 | sed 's/^TOTAL/unit coverage of diplo\/cli:/'
+	$(BIN)/coverage report --fail-under=$(COVERAGE) | tail -n 1 | sed 's/^TOTAL/unit coverage of diplo:/'
 
 unit: setup
 	$(BIN)/pytest -q tests/unit

@@ -434,7 +434,12 @@ class GitRepo:
                 proc = _spawn([*args, "--", sub] if sub else args, None, subprocess.PIPE, err)
             except FileNotFoundError as exc:
                 raise _missing(None, what) from exc
-            timer = threading.Timer(self.timeout, lambda: (killed.set(), _kill(proc)))
+
+            def expire() -> None:
+                killed.set()
+                _kill(proc)
+
+            timer = threading.Timer(self.timeout, expire)
             timer.start()
             assert proc.stdout is not None
             broken: tarfile.TarError | None = None
@@ -504,10 +509,10 @@ def _unpack(tar: tarfile.TarFile, dest: Path) -> None:
         else:
             raise GitError(f"archive entry {member.name!r} is not a file, folder or symlink")
     # Checked once everything exists, so chains of links are resolved as a reader would.
-    for name, link in links:
+    for entry, link in links:
         real = os.path.realpath(link)
         if real != root and not real.startswith(root + os.sep):
-            raise _outside(name, os.readlink(link))
+            raise _outside(entry, os.readlink(link))
 
 
 def _outside(name: str, target: str) -> GitError:

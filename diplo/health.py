@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
+from diplo.model import HealthSpec
+
 
 class Health(IntEnum):
     """Ordered from best to worst, so that `max()` of several is the app's health."""
@@ -29,6 +31,14 @@ class HealthPolicy:
     retries: int = 3
     start_period: float = 3.0
     probed: bool = True  # False: no probe at all; healthy once up for start_period
+
+
+def policy_of(health: HealthSpec) -> HealthPolicy:
+    """The state machine's view of an app's `health:` (the deploy gate and `diplo status`
+    must judge alike, so this is the one place that converts)."""
+    return HealthPolicy(
+        health.interval, health.timeout, health.retries, health.start_period, health.kind != "none"
+    )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ spec hashes an update."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from diplo.model import (
@@ -15,6 +16,7 @@ from diplo.model import (
     Action,
     AppPlan,
     BuildImage,
+    ChangeKind,
     DesiredApp,
     DesiredState,
     EnsureNetwork,
@@ -146,13 +148,7 @@ def _plan_app(
     )
     record = ledger.apps.get(app.name)
 
-    base = {
-        "app": app.name,
-        "project": app.project,
-        "depends_on": app.depends_on,
-        "spec": app,
-        "ports": ports,
-    }
+    base = partial(AppPlan, app.name, app.project, depends_on=app.depends_on, spec=app, ports=ports)
     if keep is not None and not image_moved:
         actions: list[Action] = []
         if extras:
@@ -161,14 +157,14 @@ def _plan_app(
             actions.append(StartContainer(app.name, keep))
         if record is None or record.spec_hash != app.spec_hash or record.spec != app.public_spec():
             actions.append(RecordApplied(app.name, app))
+        kind: ChangeKind
         if keep.state not in RUNNING:
             kind, reason = "start", f"container is {keep.state}"
         elif extras:
             kind, reason = "update", f"{len(extras)} superseded container(s) to remove"
         else:
             kind, reason = "unchanged", ""
-        plan_ = AppPlan(kind=kind, reason=reason, actions=tuple(actions), current=keep, **base)
-        return plan_, problems
+        return base(kind, reason, actions=tuple(actions), current=keep), problems
 
     actions = []
     if app.build is not None:
@@ -201,8 +197,9 @@ def _plan_app(
             image_id=image_id if app.build is None else None,
         )
     )
+    changes: tuple[FieldChange, ...] = ()
     if not containers:
-        kind, reason, changes = "create", "", ()
+        kind, reason = "create", ""
     else:
         kind = "update"
         changes = diff_specs(record.spec if record else None, app.public_spec())
@@ -212,9 +209,7 @@ def _plan_app(
             reason = ", ".join(c.path for c in changes)
         else:
             reason = "the running container was made from another spec"
-    return AppPlan(kind=kind, reason=reason, changes=changes, actions=tuple(actions), **base), (
-        problems
-    )
+    return base(kind, reason, changes=changes, actions=tuple(actions)), problems
 
 
 def diff_specs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> tuple[FieldChange, ...]:

@@ -51,9 +51,9 @@ def assign_ports(
     claims: list[tuple[str, str, int, str]] = []  # (app, ip, port, proto)
     problems: list[str] = []
     # Allocations of apps that are not part of this apply stay reserved.
-    for alloc in ledger.values():
-        if alloc.app not in desired_names:
-            claims.append((alloc.app, alloc.host_ip, alloc.host_port, alloc.key.split("/")[1]))
+    for kept in ledger.values():
+        if kept.app not in desired_names:
+            claims.append((kept.app, kept.host_ip, kept.host_port, kept.key.split("/")[1]))
 
     def claimed_by(ip: str, port: int, proto: str) -> str | None:
         for app, cip, cport, cproto in claims:
@@ -90,12 +90,12 @@ def assign_ports(
             resolved[app.name].append(ResolvedPort(spec.key, ip, port, new))
 
     for app, key, ip, proto in pending:
-        port = _choose(app.name, key, ip, proto, claimed_by, held_by, is_free)
-        if port is None:
+        chosen = _choose(app.name, key, ip, proto, claimed_by, held_by, is_free)
+        if chosen is None:
             problems.append(f"{app.name}: no free host port left for {key} in {AUTO_RANGE}")
             continue
-        claims.append((app.name, ip, port, proto))
-        resolved[app.name].append(ResolvedPort(key, ip, port, True))
+        claims.append((app.name, ip, chosen, proto))
+        resolved[app.name].append(ResolvedPort(key, ip, chosen, True))
 
     # A port the app will bind must be free, unless the app's own container holds it.
     for app in apps:

@@ -93,7 +93,7 @@ def _event(provider: str, h: Mapping[str, str], payload: dict[str, object]) -> s
         if event in ("", "system") and isinstance(kind, str):  # system hooks carry pushes too
             event = kind
         return event or "unknown"
-    names = ("x-github-event",)
+    names: tuple[str, ...] = ("x-github-event",)
     if provider == "gitea":
         names = ("x-forgejo-event", "x-gitea-event", "x-github-event")
     return next((h[n].strip().lower() for n in names if h.get(n, "").strip()), "unknown")

@@ -15,7 +15,7 @@ from typing import Protocol
 from diplo.errors import DiploError, InputError, ManifestError, ManifestIssue
 from diplo.gitsource import Commit, GitRepo, cache_path, redact_url
 from diplo.manifest.load import load_manifests
-from diplo.model import DesiredState, Revision
+from diplo.model import DesiredApp, DesiredState, Revision
 from diplo.ops.provenance import folder_revision, folder_source
 
 
@@ -170,7 +170,9 @@ def merge(loads: list[Loaded]) -> Loaded:
     """Several sources at once: their apps side by side; one app name in two is an error."""
     if len(loads) == 1:
         return loads[0]
-    apps, files, projects = [], [], []
+    apps: list[DesiredApp] = []
+    files: list[str] = []
+    projects: list[str] = []
     seen: set[str] = set()
     for part in loads:
         for app in part.desired.apps:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from diplo.errors import InputError, ManifestError, ManifestIssue
 from diplo.manifest.envfile import parse_env_text
 from diplo.manifest.hashing import context_digest, file_digest, spec_digest
-from diplo.manifest.interpolate import InterpolationError, interpolate
+from diplo.manifest.interpolate import InterpolationError, Lookup, interpolate
 from diplo.manifest.spec import (
     APP_NAME,
     PORT,
@@ -48,7 +48,9 @@ class _File:
     names: list[str] = field(default_factory=list)  # every app name written
     issues: list[ManifestIssue] = field(default_factory=list)
 
-    def issue(self, path: DataPath, message: str, hint: str | None = None, *, key: bool = False):
+    def issue(
+        self, path: DataPath, message: str, hint: str | None = None, *, key: bool = False
+    ) -> None:
         pos = self.located.where(path, prefer_key=key)
         # One problem per place: a value that failed interpolation is not judged again.
         if any((i.line, i.col) == (pos.line, pos.col) for i in self.issues):
@@ -198,7 +200,7 @@ def _default_project(path: Path) -> str:
     return name or "default"
 
 
-def _env_lookup(folder: Path, environ: dict[str, str], f: _File):
+def _env_lookup(folder: Path, environ: dict[str, str], f: _File) -> Lookup:
     dotenv: dict[str, str] = {}
     env_path = folder / ".env"
     if env_path.is_file():
@@ -212,7 +214,7 @@ def _env_lookup(folder: Path, environ: dict[str, str], f: _File):
     return lookup
 
 
-def _interpolate(value: Any, path: DataPath, lookup, f: _File) -> Any:
+def _interpolate(value: Any, path: DataPath, lookup: Lookup, f: _File) -> Any:
     if isinstance(value, str):
         try:
             return interpolate(value, lookup)

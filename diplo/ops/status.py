@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from diplo.errors import DiploError, InputError
-from diplo.health import Health, HealthPolicy, observed_health
+from diplo.executor.probes import probe_address, run_probe
+from diplo.health import Health, observed_health, policy_of
 from diplo.model import (
     AppRecord,
     ContainerState,
@@ -25,7 +26,6 @@ from diplo.model import (
 )
 from diplo.ops.context import Context
 from diplo.planner import RUNNING, diff_specs
-from diplo.probes import probe_address, run_probe
 
 
 @dataclass
@@ -91,9 +91,7 @@ def check_health(
     record: bool = True,
 ) -> tuple[Health, str, ContainerState | None]:
     """Look at the app's container once and probe it once; record the probe."""
-    policy = HealthPolicy(
-        health.interval, health.timeout, health.retries, health.start_period, health.kind != "none"
-    )
+    policy = policy_of(health)
     if container is None:
         return Health.MISSING, "no container", None
     state = ctx.runtime.state(container.id)

@@ -9,6 +9,8 @@ from dataclasses import replace
 import pytest
 
 from diplo.executor import Executor
+from diplo.executor.recreate import Recreate
+from diplo.executor.run import STRATEGIES
 from diplo.ledger import Ledger
 from diplo.model import (
     LABEL_APP,
@@ -327,3 +329,18 @@ def test_no_wait_returns_after_start(ledger):
     engine.exec_results["busybox:latest"] = (1, "never healthy")
     ex, p = gated(engine, ledger, state(cmd_app()), t, wait=False)
     assert ex.run(p).ok and t.now == 1000.0
+
+
+def test_the_apps_strategy_replaces_its_container(engine, ledger, monkeypatch):
+    seen = []
+
+    class Recording(Recreate):
+        def deploy(self, job, action):
+            seen.append((job.app, action.name, self.ctx.wait))
+            return super().deploy(job, action)
+
+    monkeypatch.setitem(STRATEGIES, "recreate", Recording)
+    result = converge(engine, ledger, state(app("web")))
+    assert result.ok and seen == [("web", "shop-web-1", True)]
+    (cid,) = engine.containers
+    assert result.outcomes["web"].container_id == cid

@@ -12,7 +12,9 @@ from diplo.health import (
     Probe,
     Tracker,
     observed_health,
+    policy_of,
 )
+from diplo.model import HealthSpec
 
 POLICY = HealthPolicy(interval=1, timeout=1, retries=3, start_period=5)
 OK, BAD = Probe(True, "HTTP 200"), Probe(False, "connection refused")
@@ -23,6 +25,19 @@ def run(probes, uptimes, policy=POLICY):
     for probe, uptime in zip(probes, uptimes, strict=True):
         t = t.step(policy, running=True, uptime=uptime, probe=probe)
     return t
+
+
+def test_policy_of_carries_the_timings_and_whether_there_is_a_probe():
+    http = HealthSpec(
+        kind="http", port=80, interval=2, timeout=0.5, retries=5, start_period=7, start_interval=1
+    )
+    assert policy_of(http) == HealthPolicy(
+        interval=2, timeout=0.5, retries=5, start_period=7, probed=True
+    )
+    for kind in ("tcp", "cmd"):
+        assert policy_of(HealthSpec(kind=kind)).probed
+    # No health check: no probe, healthy once up for start_period (the defaults agree).
+    assert policy_of(HealthSpec()) == HealthPolicy(probed=False)
 
 
 def test_health_is_ordered_best_first():
