@@ -497,6 +497,7 @@ class DesiredState:
     apps: tuple[DesiredApp, ...] = ()
     files: tuple[str, ...] = ()
     projects: tuple[str, ...] = ()
+    allow_empty: bool = False  # no apps is meant: the source's apps may all be pruned
 
     def app(self, name: str) -> DesiredApp | None:
         return next((a for a in self.apps if a.name == name), None)

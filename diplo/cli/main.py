@@ -107,6 +107,12 @@ def apply(
     from diplo.ops.provenance import folder_revision
 
     desired = load_manifests(_files(files))  # invalid input stops here, before any change
+    if not desired.apps and not (prune and desired.allow_empty):
+        raise InputError(
+            f"{', '.join(desired.files or _files(files))}: no apps; nothing was changed",
+            hint="`diplo down APP` removes apps; `apply --prune` of a manifest that says "
+            "`allow_empty: true` removes every app of its project",
+        )
     report = apply_desired(
         _context(ctx),
         desired,

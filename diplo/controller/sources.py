@@ -184,5 +184,6 @@ def merge(loads: list[Loaded]) -> Loaded:
         files += part.desired.files
         projects += part.desired.projects
     revisions = {a.name: p.revision for p in loads for a in p.desired.apps}
-    desired = DesiredState(tuple(apps), tuple(files), tuple(dict.fromkeys(projects)))
+    allow_empty = any(part.desired.allow_empty for part in loads)
+    desired = DesiredState(tuple(apps), tuple(files), tuple(dict.fromkeys(projects)), allow_empty)
     return Loaded(desired, loads[0].revision, revisions)

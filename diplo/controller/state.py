@@ -90,6 +90,16 @@ class DesiredStore:
             self.manifest = ManifestState(m.ok, exc.message, [], m.loaded_at, m.files)
             self.on_change(set())
             return set()
+        if not loaded.desired.apps and not loaded.desired.allow_empty and (ours := self._ours()):
+            # A truncated file (an editor's truncate-then-write) or a bad checkout must not
+            # prune everything, as Argo CD refuses to auto-sync an empty app.
+            self._failed(
+                f"the sources have no apps any more; refusing to prune the {len(ours)} "
+                f"app(s) they deployed ({', '.join(sorted(ours))})\n  hint: to remove them "
+                "all, write `allow_empty: true` in a manifest (or use `diplo down`)",
+                [],
+            )
+            return set()
         was_ok = self.manifest.ok and not self.manifest.error
         if not was_ok:
             log.info("manifest.valid_again")
@@ -102,6 +112,12 @@ class DesiredStore:
             self.known[app.name] = app
         self.last_resync = now
         return self._repin(everything=not was_ok)
+
+    def _ours(self) -> set[str]:
+        """The apps an empty load would prune: the last good load's, and those deployed
+        from these sources before this run."""
+        names = {a.name for a in self.source_desired.apps} | set(self.deployed_from_us)
+        return names & set(self.ctx.ledger.snapshot().apps) if names else names
 
     def repin(self) -> set[str]:
         """Apply the ledger's rollback pins again (after a rollback or a resume)."""

@@ -44,6 +44,7 @@ class _File:
     located: Located
     project: str = ""
     prune: bool = True
+    allow_empty: bool = False
     apps: dict[str, AppConfig] = field(default_factory=dict)  # the apps that validated
     names: list[str] = field(default_factory=list)  # every app name written
     issues: list[ManifestIssue] = field(default_factory=list)
@@ -133,6 +134,7 @@ def load_manifests(paths: Iterable[str], environ: Mapping[str, str] | None = Non
         apps=tuple(sorted(apps, key=lambda a: a.name)),
         files=tuple(str(f.path) for f in files),
         projects=tuple(sorted({f.project for f in files})),
+        allow_empty=any(f.allow_empty for f in files),
     )
 
 
@@ -171,6 +173,7 @@ def _parse(path: Path, environ: dict[str, str]) -> _File:
     try:
         top_config = ManifestConfig.model_validate(top)
         project, f.prune = top_config.project, top_config.prune
+        f.allow_empty = top_config.allow_empty
     except ValidationError as exc:
         for err in exc.errors():
             _report(f, err)

@@ -274,6 +274,11 @@ class ManifestConfig(_Strict):
     prune: bool = Field(
         True, description="diplo serve: remove these apps when they leave the folder."
     )
+    allow_empty: bool = Field(
+        False,
+        description="A source whose manifests have no apps may prune every app it deployed "
+        "(otherwise such a load, e.g. a truncated file or a bad checkout, is refused).",
+    )
 
     @field_validator("project")
     @classmethod

@@ -132,8 +132,8 @@ def resume(ctx: Context, app: str, *, lock_wait: float) -> bool:
 
 def with_app(desired: DesiredState, app: DesiredApp) -> DesiredState:
     """`desired` with `app` in it (replacing one of the same name)."""
-    return DesiredState(
-        (*(a for a in desired.apps if a.name != app.name), app),
-        desired.files,
-        tuple(sorted({*desired.projects, app.project})),
+    return replace(
+        desired,
+        apps=(*(a for a in desired.apps if a.name != app.name), app),
+        projects=tuple(sorted({*desired.projects, app.project})),
     )

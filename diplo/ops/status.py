@@ -131,13 +131,22 @@ def status(ctx: Context, app: str | None = None, *, only: set[str] | None = None
     observed = ctx.runtime.observe(containers_only=True)
     snapshot = ctx.ledger.snapshot()
     last = ctx.ledger.last_deployments()
-    names = {c.app for c in observed.containers} | set(snapshot.apps)
+    # This Diplo's apps: those of its ledger, and containers of its projects that the
+    # ledger lost (orphans). Another Diplo home's apps on the same engine are not ours
+    # to show, judge or prune.
+    ours = {r.project for r in snapshot.apps.values()}
+    names = {c.app for c in observed.containers if c.project in ours} | set(snapshot.apps)
     if only is not None:
         names &= only
     if app is not None:
         if app not in names:
+            other = next((c for c in observed.containers if c.app == app), None)
             raise InputError(
-                f"no app named {app!r} on this host", hint="`diplo status` lists the apps"
+                f"no app named {app!r} on this host"
+                + (
+                    f" (a container of project {other.project!r} of another Diplo)" if other else ""
+                ),
+                hint="`diplo status` lists the apps",
             )
         names = {app}
     out = [_observed_view(name, observed, snapshot, last.get(name)) for name in sorted(names)]

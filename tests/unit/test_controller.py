@@ -105,16 +105,41 @@ def test_invalid_manifest_keeps_the_last_good_state(controller: Controller):
     assert controller.state.desired.app("web") is not None
 
 
-def test_removed_app_is_pruned_unless_prune_false(controller: Controller):
+def test_removed_app_is_pruned(controller: Controller):
     engine = controller.ctx.runtime
     controller.handle("web")
     (controller.manifests / "diplo.yaml").write_text(
-        yaml.safe_dump({"project": "shop", "apps": {}})
+        yaml.safe_dump(
+            {
+                "project": "shop",
+                "apps": {"api": {"image": "busybox:latest", "health": {"start_period": "0s"}}},
+            }
+        )
     )
+    assert controller.reload() == {"web", "api"}
+    controller.handle("web")
+    assert [c.spec.labels["diplo.app"] for c in engine.containers.values()] == []
+    assert "web" not in controller.view.rows
+
+
+def test_an_empty_source_prunes_nothing_unless_it_allows_it(controller: Controller):
+    engine = controller.ctx.runtime
+    controller.handle("web")
+    path = controller.manifests / "diplo.yaml"
+    for empty in ("", "apps: {}\n", "project: shop\n"):  # a truncated file, a bad edit
+        path.write_text(empty)
+        assert controller.reload() == set()
+        manifest = controller.state.manifest
+        assert not manifest.ok and "refusing to prune the 1 app(s)" in (manifest.error or "")
+        controller.handle("web")
+        assert len(engine.containers) == 1
+    path.unlink()  # no manifest file at all
+    controller.reload()
+    assert not controller.state.manifest.ok and len(engine.containers) == 1
+    path.write_text(yaml.safe_dump({"project": "shop", "allow_empty": True, "apps": {}}))
     assert controller.reload() == {"web"}
     controller.handle("web")
     assert engine.containers == {}
-    assert "web" not in controller.view.rows
 
 
 def test_prune_false_keeps_a_removed_app(controller: Controller):
@@ -124,8 +149,10 @@ def test_prune_false_keeps_a_removed_app(controller: Controller):
     path.write_text(yaml.safe_dump({**doc, "prune": False}))
     controller.reload()
     controller.handle("web")
-    path.write_text(yaml.safe_dump({"project": "shop", "prune": False, "apps": {}}))
-    controller.reload()
+    path.write_text(
+        yaml.safe_dump({"project": "shop", "prune": False, "allow_empty": True, "apps": {}})
+    )
+    assert controller.reload() == {"web"}
     controller.handle("web")
     assert len(engine.containers) == 1
 

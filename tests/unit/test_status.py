@@ -1,0 +1,53 @@
+"""`diplo status` (and the controller's view) show this Diplo's apps only: another Diplo
+home's apps on the same engine are neither listed, judged nor offered for pruning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diplo.errors import InputError
+from diplo.ledger import Ledger
+from diplo.ops.apply import apply
+from diplo.ops.context import Context
+from diplo.ops.lifecycle import down
+from diplo.ops.status import status
+from diplo.runtime.memory import MemoryRuntime
+
+from .factories import IMAGE_ID, app, state
+
+
+@pytest.fixture
+def homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Two Diplo homes (two ledgers) on one engine."""
+    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "locks"))
+    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID})
+    a = Context(_runtime=engine, _ledger=Ledger(tmp_path / "a.db"))
+    b = Context(_runtime=engine, _ledger=Ledger(tmp_path / "b.db"))
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_status_lists_only_this_homes_apps_and_its_orphans(homes):
+    a, b = homes
+    assert apply(a, state(app("web", "shop"), app("api", "shop"))).ok
+    assert apply(b, state(app("blog", "other"))).ok
+    assert [v.app for v in status(a)] == ["api", "web"]
+    assert [v.app for v in status(b)] == ["blog"]
+    # The ledger forgets `api` (lost, say); its container is of our project: an orphan.
+    a.ledger.forget_app("api")
+    views = {v.app: v for v in status(a)}
+    assert views["api"].state == "orphaned" and "blog" not in views
+    with pytest.raises(InputError, match="project 'other' of another Diplo"):
+        status(a, "blog")
+
+
+def test_down_all_leaves_another_homes_apps_running(homes):
+    a, b = homes
+    assert apply(a, state(app("web", "shop"))).ok
+    assert apply(b, state(app("blog", "other"))).ok
+    down(a, [], everything=True)
+    assert [v.app for v in status(b)] == ["blog"] and status(b)[0].state == "running"
+    assert status(a) == []
