@@ -61,8 +61,11 @@ def plan(
     *,
     prune: bool = False,
     only: frozenset[str] | None = None,
+    prunable: frozenset[str] | None = None,
 ) -> Plan:
-    """`only` limits the plan to those apps (the others are left as they are)."""
+    """`only` limits the plan to those apps (the others are left as they are); with
+    `prune`, the apps of the desired projects that it no longer has are removed, of
+    `prunable` only when given (the others belong to another source, and stay)."""
     problems: list[str] = []
     app_plans: list[AppPlan] = []
     for app in topological(desired.apps):
@@ -86,14 +89,16 @@ def plan(
         containers = tuple(orphans[name])
         project = containers[0].project if containers else ledger.apps[name].project
         action = RemoveContainers(name, containers, "no longer in the manifests")
+        ours = prunable is None or name in prunable
+        if not prune:
+            why = "no longer in the manifests (apply --prune removes it)"
+        elif not ours:
+            why = "not deployed by this source (kept)"
+        else:
+            why = "no longer in the manifests"
         app_plans.append(
             AppPlan(
-                name,
-                project,
-                "remove",
-                reason="no longer in the manifests"
-                + ("" if prune else " (apply --prune removes it)"),
-                actions=(action,) if prune else (),
+                name, project, "remove", reason=why, actions=(action,) if prune and ours else ()
             )
         )
 

@@ -180,6 +180,7 @@ class Controller:
                     scope,
                     only=frozenset({app}),
                     prune=True,
+                    owners=frozenset(s.name for s in self.sources),
                     parallel=1,
                     revision=self.state.loaded.of(app),
                     watch=self._watch(app),

@@ -174,8 +174,15 @@ def merge(loads: list[Loaded]) -> Loaded:
     files: list[str] = []
     projects: list[str] = []
     seen: set[str] = set()
+    named_by: dict[str, str] = {}  # project -> the source that names it
     for part in loads:
         for app in part.desired.apps:
+            owner = named_by.setdefault(app.project, part.revision.source)
+            if owner != part.revision.source:
+                issue = ManifestIssue(
+                    app.source or app.name, 0, 0, f"project {app.project!r} is named by two sources"
+                )
+                raise ManifestError([issue])
             if app.name in seen:
                 issue = ManifestIssue(app.source or app.name, 0, 0, "defined by two sources")
                 raise ManifestError([issue])

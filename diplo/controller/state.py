@@ -16,10 +16,11 @@ import structlog
 
 from diplo.controller.bus import Bus
 from diplo.controller.sources import Loaded, Source, merge
-from diplo.errors import DiploError, InputError, ManifestError
+from diplo.errors import DiploError, InputError, ManifestError, ManifestIssue
 from diplo.model import DesiredApp, DesiredState, Revision
 from diplo.ops.context import Context
 from diplo.ops.rollback import apply_pins
+from diplo.ops.status import project_sources
 
 log = structlog.get_logger("diplo.controller")
 
@@ -90,6 +91,9 @@ class DesiredStore:
             self.manifest = ManifestState(m.ok, exc.message, [], m.loaded_at, m.files)
             self.on_change(set())
             return set()
+        if issues := self._foreign_projects(loaded):
+            self._failed(ManifestError(issues).message, [i.__dict__ for i in issues])
+            return set()
         if not loaded.desired.apps and not loaded.desired.allow_empty and (ours := self._ours()):
             # A truncated file (an editor's truncate-then-write) or a bad checkout must not
             # prune everything, as Argo CD refuses to auto-sync an empty app.
@@ -112,6 +116,28 @@ class DesiredStore:
             self.known[app.name] = app
         self.last_resync = now
         return self._repin(everything=not was_ok)
+
+    def _foreign_projects(self, loaded: Loaded) -> list[ManifestIssue]:
+        """A source may deploy, replace and prune only the projects it deployed (or new
+        ones): naming another source's project would prune that source's apps."""
+        owners = project_sources(self.ctx)
+        issues: dict[str, ManifestIssue] = {}
+        for app in loaded.desired.apps:
+            source = loaded.of(app.name).source
+            others = owners.get(app.project, set()) - {source}
+            if others and source not in owners[app.project] and app.project not in issues:
+                file, _, line = app.source.rpartition(":")
+                issues[app.project] = ManifestIssue(
+                    file or app.name,
+                    int(line) if line.isdigit() else 0,
+                    1,
+                    f"project {app.project!r} belongs to another source "
+                    f"({', '.join(sorted(others))}), which deployed its apps; "
+                    "this source may not deploy, replace or prune them",
+                    hint="choose another project name, or remove that source's apps first "
+                    "(`diplo down APP`)",
+                )
+        return list(issues.values())
 
     def _ours(self) -> set[str]:
         """The apps an empty load would prune: the last good load's, and those deployed

@@ -80,6 +80,7 @@ def apply(
     *,
     only: frozenset[str] | None = None,
     prune: bool = False,
+    owners: frozenset[str] | None = None,
     wait: bool = True,
     parallel: int = 8,
     dry_run: bool = False,
@@ -91,7 +92,8 @@ def apply(
 ) -> ApplyReport:
     """Converge the apps of `desired` (those in `only`, when given) under their host locks.
 
-    `prune` removes recorded apps of `desired`'s projects that it no longer has.
+    `prune` removes recorded apps of `desired`'s projects that it no longer has (with
+    `owners`, only those that these sources deployed: see `plan_state`).
     `skip(prepared)` may decide, once the plan is known, that nothing is executed (the
     controller does not retry a release that failed). Raises InputError before anything
     changes when the input cannot be applied (a pin that cannot be restored, a port clash)."""
@@ -101,7 +103,7 @@ def apply(
         blocked = [message for _, message in sorted(pinned.blocked.items())]
         if blocked:
             raise InputError("; ".join(blocked))
-        prepared = plan_state(ctx, pinned.desired, prune=prune, only=only)
+        prepared = plan_state(ctx, pinned.desired, prune=prune, only=only, owners=owners)
         report = ApplyReport(prepared, pinned)
         if dry_run or (skip is not None and skip(prepared)):
             return report

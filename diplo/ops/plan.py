@@ -44,20 +44,37 @@ def apps_to_lock(
 
 
 def plan_state(
-    ctx: Context, desired: DesiredState, *, prune: bool, only: frozenset[str] | None = None
+    ctx: Context,
+    desired: DesiredState,
+    *,
+    prune: bool,
+    only: frozenset[str] | None = None,
+    owners: frozenset[str] | None = None,
 ) -> Prepared:
     """Two passes of the pure planner around port assignment: the first says which apps
     get a new container (only those need their host ports free, which takes a probe of
-    the host), the second plans with the ports assigned."""
+    the host), the second plans with the ports assigned. With `owners` (the names of the
+    sources a controller serves), only apps recorded in the ledger as last deployed by one
+    of them may be pruned: never another source's, nor containers the ledger does not know."""
     observed = ctx.runtime.observe()
     snapshot = ctx.ledger.snapshot()
-    draft = plan(desired, observed, snapshot, {}, prune=prune, only=only)
+    prunable = None
+    if prune and owners is not None:
+        deployed = ctx.ledger.deployed()
+        prunable = frozenset(
+            name
+            for name in snapshot.apps
+            if name not in deployed or (deployed[name].source or "") in owners
+        )
+    draft = plan(desired, observed, snapshot, {}, prune=prune, only=only, prunable=prunable)
     recreate = {p.app for p in draft.apps if p.kind in ("create", "update", "start")}
     scoped = [a for a in desired.apps if only is None or a.name in only]
     ports = assign_ports(
         scoped, snapshot.ports, observed, port_is_free, check=lambda name: name in recreate
     )
-    final = plan(desired, observed, snapshot, ports.ports, prune=prune, only=only)
+    final = plan(
+        desired, observed, snapshot, ports.ports, prune=prune, only=only, prunable=prunable
+    )
     problems = list(final.problems) + ports.problems
     if problems:
         raise PlanError(problems)

@@ -310,6 +310,17 @@ def sync_views(
     return out
 
 
+def project_sources(ctx: Context) -> dict[str, set[str]]:
+    """Which sources deployed the apps each project has on this host now (by their last
+    successful deployment): a project belongs to the source that deployed it."""
+    recorded = ctx.ledger.snapshot().apps
+    out: dict[str, set[str]] = {}
+    for name, dep in ctx.ledger.deployed().items():
+        if name in recorded and dep.source:
+            out.setdefault(recorded[name].project, set()).add(dep.source)
+    return out
+
+
 def history(ctx: Context, app: str, last: int) -> list[Deployment]:
     """`app`'s deployments, newest first."""
     return ctx.ledger.deployments(app, last)

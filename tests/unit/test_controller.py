@@ -226,3 +226,36 @@ def test_rollback_with_nothing_to_restore_changes_nothing(controller: Controller
     with pytest.raises(InputError, match="no earlier successful deployment"):
         controller.rollback("web")
     assert controller.ctx.ledger.pins() == {}
+
+
+def test_a_project_deployed_by_another_source_is_refused(controller: Controller):
+    """A manifest naming another source's project would prune that source's apps."""
+    from diplo.model import Revision
+    from diplo.ops.apply import apply
+
+    from .factories import app, state
+
+    theirs = apply(
+        controller.ctx, state(app("blog", "shop")), revision=Revision("folder:/srv/other")
+    )
+    assert theirs.ok
+    engine = controller.ctx.runtime
+    assert controller.reload() == set()
+    manifest = controller.state.manifest
+    assert not manifest.ok
+    assert "project 'shop' belongs to another source (folder:/srv/other)" in (manifest.error or "")
+    assert (
+        manifest.issues[0]["file"].endswith("diplo.yaml") and manifest.issues[0]["line"] == 2
+    )  # `web:`
+    blog = set(engine.containers)
+    controller.handle("blog")  # the last good state (loaded before blog came) says: prune it
+    controller.handle("web")
+    assert blog < set(engine.containers)  # blog is not this source's: kept, untouched
+    assert sorted(c.spec.labels["diplo.app"] for c in engine.containers.values()) == [
+        "blog",
+        "web",
+    ]
+    _write(controller)  # the same app in a project of its own is fine
+    path = controller.manifests / "diplo.yaml"
+    path.write_text(path.read_text().replace("project: shop", "project: mine"))
+    assert controller.reload() == {"web"} and controller.state.manifest.ok

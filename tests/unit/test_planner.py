@@ -175,6 +175,16 @@ def test_orphan_is_removed_only_with_prune():
     )
 
 
+def test_only_prunable_apps_are_pruned():
+    """A controller prunes only what its sources deployed (security review H6)."""
+    web, old, theirs = app("web"), app("old"), app("theirs")
+    observed = Observed(containers=(running(web), running(old), running(theirs)), images=IMAGES)
+    ledger = ledger_for(web, old, theirs)
+    p = plan(state(web), observed, ledger, {}, prune=True, prunable=frozenset({"web", "old"}))
+    assert p.app("old").actions and not p.app("theirs").actions
+    assert p.app("theirs").reason == "not deployed by this source (kept)"
+
+
 def test_other_projects_are_never_pruned():
     web, other = app("web"), app("api", project="billing")
     observed = Observed(containers=(running(web), running(other)), images=IMAGES)
