@@ -7,6 +7,7 @@ is killed together with its helpers (ssh, git-remote-https)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -18,7 +19,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -122,8 +123,39 @@ def cache_path(home: Path, url: str) -> Path:
     return home / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+# Diplo's own secrets: git and ssh (and any helper they run) have no use for them.
+_SECRET_VARS = frozenset(
+    {"DIPLO_TOKEN", "DIPLO_VIEWER_TOKEN", "DIPLO_WEBHOOK_SECRET", "DIPLO_GIT_USER",
+     "DIPLO_GIT_PASSWORD"}
+)  # fmt: skip
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """An http(s) URL without its `user:password@` part, and the HTTP header that carries
+    that credential instead (or DIPLO_GIT_USER / DIPLO_GIT_PASSWORD from the environment),
+    so that no credential is ever in a process's arguments, which every local user can
+    read in /proc/PID/cmdline. Other URLs are returned as they are."""
+    m = _USERINFO.match(url)
+    scheme = (m.group(1) if m else url.split("://", 1)[0] + "://").lower()
+    if scheme not in ("http://", "https://"):
+        return url, None
+    user, password = "", ""
+    if m is not None:
+        user, _, password = m.group(2).partition(":")
+        url = m.group(1) + url[m.end() :]
+        user, password = unquote(user), unquote(password)
+    user = user or os.environ.get("DIPLO_GIT_USER", "")
+    password = password or os.environ.get("DIPLO_GIT_PASSWORD", "")
+    if not user and not password:
+        return url, None
+    if not password:  # a bare token as the user part, as GitHub and GitLab accept
+        user, password = "x-access-token", user
+    basic = base64.b64encode(f"{user or 'x-access-token'}:{password}".encode()).decode()
+    return url, f"Authorization: Basic {basic}"
+
+
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LOCATION_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in _LOCATION_VARS and k not in _SECRET_VARS}
     # LC_ALL=C: errors are read for hints, so they must be in English.
     env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", LANGUAGE="", **extra)
     if "GIT_SSH_COMMAND" not in env and "GIT_SSH" not in env:
@@ -199,11 +231,11 @@ def _run(
     cwd: Path | None = None,
     hint: Callable[[str], str | None] = lambda _: None,
     after_kill: Callable[[], None] | None = None,
-    **env: str,
+    env: Mapping[str, str] | None = None,
 ) -> bytes:
     """Run git and return its stdout; GitError (with git's reason) when it fails."""
     try:
-        proc = _spawn(args, cwd, subprocess.PIPE, subprocess.PIPE, **env)
+        proc = _spawn(args, cwd, subprocess.PIPE, subprocess.PIPE, **(env or {}))
     except FileNotFoundError as exc:
         raise _missing(cwd, what) from exc
     try:
@@ -258,6 +290,17 @@ class GitRepo:
             raise GitError(f"{redact_url(url)!r} is not a repository URL", hint="check --repo")
         _check_branch(branch)
         self.url, self.branch, self.dir, self.timeout = url, branch, cache_dir, timeout
+        # git is given the URL without credentials; they travel in its environment.
+        self._fetch_url, header = split_credentials(url)
+        self._auth_env = (
+            {}
+            if header is None
+            else {
+                "GIT_CONFIG_COUNT": "1",
+                "GIT_CONFIG_KEY_0": "http.extraHeader",
+                "GIT_CONFIG_VALUE_0": header,
+            }
+        )
         self._lock = threading.Lock()
 
     @property
@@ -281,6 +324,7 @@ class GitRepo:
             url=self.url,
             hint=self._hint if remote else lambda _: None,
             after_kill=self._clear_locks if remote else None,
+            env=self._auth_env if remote else {},
         )
 
     def _clear_locks(self) -> None:
@@ -298,7 +342,7 @@ class GitRepo:
     def _fetch(self, *options: str, refspec: str, what: str) -> None:
         self._git(
             "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", *options,
-            "--", self.url, refspec,
+            "--", self._fetch_url, refspec,
             what=what, remote=True,
         )  # fmt: skip
 
@@ -539,7 +583,7 @@ def worktree_revision(path: Path) -> WorkTreeRevision | None:
             what="git status",
             timeout=30,
             cwd=start,
-            GIT_OPTIONAL_LOCKS="0",
+            env={"GIT_OPTIONAL_LOCKS": "0"},
         )
     except GitError:
         return None  # no commits yet, not a work tree after all, git missing or too slow
@@ -549,3 +593,74 @@ def worktree_revision(path: Path) -> WorkTreeRevision | None:
     sha, author, time, body = fields
     commit = Commit(sha, next(iter(body.strip().splitlines()), ""), author, time)
     return WorkTreeRevision(commit, bool(status.strip()))
+
+
+def update_tree(new: Path, tree: Path) -> None:
+    """Make `tree` hold exactly what `new` holds, in place: folders that exist in both
+    keep their inode, so a running container that bind-mounts a folder of the checkout
+    sees the new commit's files instead of an empty folder (a rename of the whole tree
+    would leave it on the deleted one). Files are rewritten only when they differ.
+    Both trees come from `materialize`, which refused links that leave them."""
+    for dirpath, dirnames, filenames in os.walk(new):
+        rel = os.path.relpath(dirpath, new)
+        dest_dir = tree / rel if rel != "." else tree
+        for name in dirnames:
+            src, dest = os.path.join(dirpath, name), dest_dir / name
+            if os.path.islink(src):
+                _replace_link(src, dest)
+            elif dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+                dest.unlink()
+                dest.mkdir(0o755)
+            elif not dest.exists():
+                dest.mkdir(0o755)
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        for name in filenames:
+            src, dest = os.path.join(dirpath, name), dest_dir / name
+            if os.path.islink(src):
+                _replace_link(src, dest)
+                continue
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            elif dest.is_symlink():
+                dest.unlink()
+            mode = os.stat(src).st_mode & 0o777
+            if dest.exists() and _same_file(src, dest):
+                os.chmod(dest, mode)
+                continue
+            # In place (same inode): a file bind mount follows the new content too.
+            with open(src, "rb") as fin, open(dest, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            shutil.copystat(src, dest)
+    # What the new commit no longer has goes, deepest first.
+    for dirpath, dirnames, filenames in os.walk(tree, topdown=False):
+        rel = os.path.relpath(dirpath, tree)
+        src_dir = new / rel if rel != "." else new
+        for name in filenames + dirnames:
+            dest = Path(dirpath) / name
+            if not os.path.lexists(src_dir / name):
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                else:
+                    dest.unlink()
+
+
+def _replace_link(src: str, dest: Path) -> None:
+    target = os.readlink(src)
+    if dest.is_symlink() and os.readlink(dest) == target:
+        return
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    elif os.path.lexists(dest):
+        dest.unlink()
+    os.symlink(target, dest)
+
+
+def _same_file(a: str, b: Path) -> bool:
+    sa, sb = os.stat(a), os.stat(b)
+    if sa.st_size != sb.st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while chunk := fa.read(1 << 20):
+            if chunk != fb.read(len(chunk)):
+                return False
+    return True

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from diplo.errors import DiploError, InputError, ManifestError, ManifestIssue
-from diplo.gitsource import Commit, GitRepo, cache_path, redact_url
+from diplo.gitsource import Commit, GitRepo, cache_path, redact_url, update_tree
 from diplo.manifest.load import load_manifests
 from diplo.model import DesiredApp, DesiredState, Revision
 from diplo.ops.provenance import folder_revision, folder_source
@@ -148,12 +148,11 @@ class GitSource:
             except DiploError as exc:
                 issue = ManifestIssue(f"{head.sha[:10]}:{self.path or '.'}", 0, 0, exc.message)
                 raise self._refuse(head, ManifestError([issue])) from exc
-            old = self.cache / "tree.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if self.tree.exists():
-                self.tree.rename(old)
-            staging.rename(self.tree)
-            shutil.rmtree(old, ignore_errors=True)
+            if self.tree.is_dir():
+                update_tree(staging, self.tree)  # in place: bind-mounted folders follow
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                staging.rename(self.tree)
             desired = _load_folder(self.tree / self.path if self.path else self.tree)
             self.good, self.bad, self._desired = head, None, desired
             return Loaded(desired, self.revision(head))
