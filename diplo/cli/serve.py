@@ -9,6 +9,7 @@ import click
 
 from diplo.cli.handled import handled
 from diplo.errors import InputError
+from diplo.logconfig import configure
 
 
 @click.command()
@@ -66,6 +67,8 @@ def serve(
 
     if manifests is None and repo is None:
         raise click.UsageError("give --manifests DIR, --repo URL, or both")
+    # A controller's log is its record: each deploy, heal, prune and rollback, at info.
+    configure(ctx.obj["log_format"], "info")
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise InputError(f"--listen {listen!r}: use HOST:PORT, e.g. 127.0.0.1:7700")

@@ -242,6 +242,7 @@ class Controller:
             self.failed_release[app] = spec.spec_hash
         if app in report.unpinned:
             self.state.repin()
+            bound.warning("rollback.failed", error=outcome.message)
             self.bus.publish("rollback.failed", app, error=outcome.message)
         return Result(outcome.message, retry=app_plan.kind in ("create", "start"))
 
@@ -294,6 +295,7 @@ class Controller:
         current = self.state.source_desired.app(app)
         dep = rollback.pin(self.ctx, app, to, current, lock_wait=COMMAND_LOCK_WAIT)
         self.state.repin()
+        log.info("rollback.started", app=app, deployment=dep.id)
         self.bus.publish("rollback.started", app, deployment=dep.id)
         self.failed_release.pop(app, None)
         self.queue.add(app)

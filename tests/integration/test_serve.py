@@ -33,6 +33,9 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
+        # A file, not a pipe: serve logs every deploy at info, and a pipe nobody reads
+        # would fill up and block it.
+        self.log = box.dir / f"serve-{self.port}.log"
 
     def start(self) -> Server:
         self.proc = subprocess.Popen(
@@ -47,7 +50,7 @@ class Server:
             ],
             env=self.env,
             text=True,
-            stdout=subprocess.PIPE,
+            stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
         )
         wait_for(lambda: self.get("/healthz") is not None, 30, "the API to answer")
@@ -91,10 +94,8 @@ class Server:
 
     @property
     def output(self) -> str:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            return "(still running)"
-        return self.proc.stdout.read() if self.proc.stdout else ""
+        """What serve printed so far (its structured log)."""
+        return self.log.read_text() if self.log.exists() else ""
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -143,10 +144,17 @@ def test_folder_edits_converge_by_themselves(sandbox: Sandbox, server: Server):
     assert http_get(sandbox.host_port(app)) == "two\n"
     assert len(sandbox.containers(app)) == 1
 
-    (sandbox.dir / "diplo.yaml").unlink()
+    (sandbox.dir / "diplo.yaml").write_text("")  # an editor's truncate: never a prune
+    wait_for(lambda: (server.get("/apps") or {}).get("manifest", {}).get("error"), 10, "refusal")
+    assert "refusing to prune" in server.get("/apps")["manifest"]["error"]
+    assert len(sandbox.containers(app, all=False)) == 1
+    sandbox.manifest({}, allow_empty=True)  # no apps, and meant
     wait_for(lambda: not sandbox.containers(app), 30, "the removed app to be pruned")
     wait_for(lambda: server.app(app) is None, 10, "the API to forget the app")
     assert server.stop() == 0
+    log = server.output  # each deploy and prune is logged at info, without -v
+    for event in ("app.create", "app.update", "app.remove"):
+        assert f"{event}" in log and f"app={app}" in log, log[-2000:]
 
 
 def test_drift_is_healed(sandbox: Sandbox, server: Server, capsys):
@@ -167,6 +175,7 @@ def test_drift_is_healed(sandbox: Sandbox, server: Server, capsys):
     sandbox.api.stop(c["Id"], timeout=1)
     wait_for(lambda: sandbox.containers(app, all=False), 30, "the stopped container to run")
     assert len(sandbox.containers(app)) == 1
+    wait_for(lambda: "drift.healed" in server.output, 5, "the heal to be logged")
 
 
 def test_invalid_manifest_never_hurts_running_apps(sandbox: Sandbox, server: Server):
