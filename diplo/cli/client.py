@@ -24,11 +24,10 @@ class RemoteOps:
         self.url = url
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=5) as resp:
-            return json.loads(resp.read())
+        return self._call(urllib.request.Request(self.url + path), timeout=5)
 
     def post(self, path: str, body: dict[str, Any] | None) -> Any:
-        """A POST with this host's API token; a problem answer becomes an InputError."""
+        """A POST with this host's API token."""
         token, _ = api_token(default_home())
         data = json.dumps(body).encode() if body is not None else b""
         req = urllib.request.Request(
@@ -37,15 +36,20 @@ class RemoteOps:
             method="POST",
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
+        return self._call(req, timeout=30)
+
+    def _call(self, req: urllib.request.Request, *, timeout: float) -> Any:
+        """The JSON answer; an error answer (a problem, or a proxy's page) is a DiploError
+        that says what the server said."""
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
                 problem = json.loads(exc.read())
                 message = f"{problem.get('title')}: {problem.get('detail')}"
             except ValueError:
-                message = str(exc)
+                message = str(exc.reason)
             raise InputError(f"diplo serve at {self.url} answered {exc.code}: {message}") from exc
 
     def status(self, app: str | None) -> Statuses:

@@ -1,7 +1,7 @@
 """The `diplo` commands: parse input, call the operations layer, render the result.
 
-Exit codes: 0 converged / in sync, 1 a deployment failed (or `diff` found differences),
-2 invalid input or usage, 130 cancelled."""
+Exit codes: 0 converged / in sync, 1 a deployment failed or was cancelled by `diplo
+cancel` (or `diff` found differences), 2 invalid input or usage, 130 interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 

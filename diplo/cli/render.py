@@ -203,7 +203,7 @@ def apply_outcome(report: ApplyReport, json_mode: bool) -> int:
         if result.ok and changed:
             click.echo(f"converged: {n} app{'s' if n != 1 else ''}, {len(changed)} changed")
         elif result.ok:
-            click.echo(f"in sync: {n} apps, nothing to do")
+            click.echo(f"in sync: {n} app{'s' if n != 1 else ''}, nothing to do")
         for o in result.failed:
             click.echo(f"error: {o.message}", err=True)
     for name in report.unpinned:
@@ -290,8 +290,9 @@ def status_table(statuses: Statuses) -> None:
             click.echo(f"{r.app}: {r.health}: {r.health_detail}{extra}")
         if d and d["result"] in ("failed", "cancelled", "interrupted"):
             click.echo(f"{r.app}: last deployment {d['result']} at {d['step']}: {d['error']}")
-        if r.last_error:
-            click.echo(f"{r.app}: {r.last_error}")
+        if r.last_error:  # the controller's messages mostly name the app already
+            named = r.last_error.startswith(f"{r.app}:")
+            click.echo(r.last_error if named else f"{r.app}: {r.last_error}")
     if statuses.manifest_error:
         click.echo(
             f"manifest error (the last good manifest stays in force):\n{statuses.manifest_error}"
