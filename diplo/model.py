@@ -5,8 +5,9 @@ Nothing here does I/O; the planner is a function from these types to these types
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -209,9 +210,22 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data))
 
 
+# The key of `redact`: the host's (`set_digest_key`, by the composition roots), so that
+# the CLI and `diplo serve` agree; until then a random one, never a guessable default.
+_digest_key = secrets.token_bytes(32)
+
+
+def set_digest_key(key: bytes) -> None:
+    global _digest_key
+    _digest_key = hmac.new(key, b"diplo env digests", "sha256").digest()
+
+
 def redact(value: str) -> str:
-    """A stable, non-reversible stand-in for a possibly secret value."""
-    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+    """A stable stand-in for a possibly secret value: equal values give equal digests on
+    one host, so changes show, but without the host's key a digest cannot be checked
+    against guesses (HMAC-SHA256, 128 bits; a bare hash of a human-chosen secret falls to
+    a dictionary in milliseconds)."""
+    return "hmac:" + hmac.new(_digest_key, value.encode(), "sha256").hexdigest()[:32]
 
 
 def _port_text(p: PortSpec) -> str:

@@ -14,12 +14,17 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from diplo.errors import InputError
+import structlog
+
+from diplo.errors import DiploError, InputError
 from diplo.executor import ApplyResult, Executor, NullReporter, Reporter
 from diplo.model import DesiredState, Plan, Revision
 from diplo.ops.context import Context
 from diplo.ops.plan import Prepared, apps_to_lock, plan_state
 from diplo.ops.rollback import Pinned, apply_pins
+from diplo.planner import network_name
+
+log = structlog.get_logger("diplo.ops")
 
 LOCK_WAIT = 600.0  # how long an apply waits for another Diplo process deploying an app
 
@@ -123,7 +128,27 @@ def apply(
             report.result = executor.run(prepared.plan)
         report.cancelled = executor.cancel_all.is_set()
         report.unpinned = _unpin_failed(ctx, report)
+        _drop_empty_networks(ctx, report)
         return report
+
+
+def _drop_empty_networks(ctx: Context, report: ApplyReport) -> None:
+    """A project's network goes with its last app (networks are a scarce resource: the
+    engine's default address pools hold about 30)."""
+    assert report.result is not None
+    pruned = {
+        p.project
+        for p in report.plan.apps
+        if p.kind == "remove" and p.actions and report.result.outcomes[p.app].ok
+    }
+    if not pruned:
+        return
+    left = {c.project for c in ctx.runtime.observe(containers_only=True).containers}
+    for project in sorted(pruned - left):
+        try:
+            ctx.runtime.remove_network(network_name(project))
+        except DiploError as exc:  # something else still uses it: it stays, harmlessly
+            log.warning("network.kept", project=project, error=exc.message)
 
 
 def _unpin_failed(ctx: Context, report: ApplyReport) -> tuple[str, ...]:

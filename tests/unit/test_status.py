@@ -3,6 +3,7 @@ home's apps on the same engine are neither listed, judged nor offered for prunin
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,15 @@ def test_down_all_leaves_another_homes_apps_running(homes):
     down(a, [], everything=True)
     assert [v.app for v in status(b)] == ["blog"] and status(b)[0].state == "running"
     assert status(a) == []
+
+
+def test_a_projects_network_goes_with_its_last_pruned_app(homes):
+    a, _ = homes
+    engine = a.runtime
+    assert apply(a, state(app("web", "shop"), app("api", "shop"))).ok
+    assert "diplo-shop" in engine.networks
+    assert apply(a, state(app("web", "shop")), prune=True).ok  # api pruned; web still runs
+    assert "diplo-shop" in engine.networks
+    empty = replace(state(), projects=("shop",), allow_empty=True)
+    assert apply(a, empty, prune=True).ok
+    assert "diplo-shop" not in engine.networks and engine.containers == {}
