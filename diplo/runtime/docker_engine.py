@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 import urllib3.exceptions
 
@@ -43,6 +45,9 @@ from diplo.runtime.base import LineSink, StopCheck
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+POOLS_EXHAUSTED = "could not find an available, non-overlapping IPv4 address pool"
+OWN_RANGE = "10.213.0.0/16"  # 256 project networks of /24 once the engine's pools run out
 
 
 def _explain(exc: docker.errors.APIError) -> str:
@@ -154,13 +159,47 @@ class DockerRuntime:
 
         with self._network_lock:
             if not exact():
-                self.api.create_network(
-                    name, driver="bridge", labels=dict(labels), check_duplicate=True
-                )
+                try:
+                    self.api.create_network(
+                        name, driver="bridge", labels=dict(labels), check_duplicate=True
+                    )
+                except docker.errors.APIError as exc:
+                    if POOLS_EXHAUSTED not in _explain(exc):
+                        raise
+                    self._create_in_own_subnet(name, labels)
             same = exact()
             for extra in sorted(same, key=lambda n: n.get("Created", ""))[1:]:
                 with contextlib.suppress(docker.errors.APIError):
                     self.api.remove_network(extra["Id"])
+
+    def _create_in_own_subnet(self, name: str, labels: Mapping[str, str]) -> None:
+        """The engine's default address pools give out about 30 bridge networks (a /16 or
+        /20 each); past that, a project's network gets a /24 of Diplo's own range."""
+        used = [
+            ipaddress.ip_network(cfg["Subnet"], strict=False)
+            for net in self.api.networks()
+            for cfg in ((net.get("IPAM") or {}).get("Config") or [])
+            if cfg.get("Subnet")
+        ]
+        for subnet in ipaddress.ip_network(OWN_RANGE).subnets(new_prefix=24):
+            if any(subnet.overlaps(u) for u in used):
+                continue
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
+            try:
+                self.api.create_network(
+                    name, driver="bridge", labels=dict(labels), ipam=ipam, check_duplicate=True
+                )
+                return
+            except docker.errors.APIError as exc:
+                if "overlap" not in _explain(exc).lower():  # a host route, say: the next one
+                    raise
+        raise RuntimeFailure(
+            f"creating network {name}: Docker's address pools are exhausted, and so is "
+            f"Diplo's own range {OWN_RANGE}",
+            hint="remove unused networks (`docker network prune`), or give the engine more "
+            'with "default-address-pools" in /etc/docker/daemon.json, e.g. '
+            '[{"base": "10.201.0.0/16", "size": 24}]',
+        )
 
     @mapped("creating a volume")
     def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None:

@@ -6,7 +6,10 @@ import json
 import socket
 import time
 
-from .conftest import Sandbox, http_get, web_spec
+import docker.errors
+import pytest
+
+from .conftest import TEST_LABEL, Sandbox, http_get, web_spec
 
 MUTATING = {"create", "start", "stop", "die", "kill", "destroy", "rename", "restart"}
 
@@ -404,3 +407,35 @@ def test_secret_values_never_reach_the_output_or_the_ledger(sandbox: Sandbox):
     (c,) = sandbox.containers()
     env_in_container = sandbox.api.inspect_container(c["Id"])["Config"]["Env"]
     assert f"API_TOKEN={secret}" in env_in_container
+
+
+def test_projects_beyond_the_engines_address_pools_still_get_a_network(sandbox: Sandbox):
+    """Docker's default pools hold about 30 bridge networks; Diplo's projects go on in
+    subnets of their own, and a project's network goes with its last app."""
+    api = sandbox.api
+    fillers: list[str] = []
+    try:
+        for i in range(64):  # until the engine says its pools are exhausted
+            try:
+                net = api.create_network(
+                    f"dt-fill-{sandbox.id}-{i}", labels={TEST_LABEL: sandbox.id}
+                )
+            except docker.errors.APIError as exc:
+                assert "non-overlapping IPv4 address pool" in str(exc)
+                break
+            fillers.append(net["Id"])
+        else:
+            pytest.skip("the engine's address pools did not run out within 64 networks")
+        web = sandbox.name("web")
+        sandbox.manifest({web: web_spec(sandbox, "pooled")})
+        sandbox.diplo("apply", check=True)
+        assert http_get(sandbox.host_port(web)) == "pooled\n"
+        (net,) = api.networks(names=[f"diplo-{sandbox.project}"])
+        subnet = api.inspect_network(net["Id"])["IPAM"]["Config"][0]["Subnet"]
+        assert subnet.startswith("10.213.") and subnet.endswith("/24")
+    finally:
+        for net_id in fillers:
+            api.remove_network(net_id)
+    sandbox.manifest({}, allow_empty=True)
+    sandbox.diplo("apply", "--prune", check=True)
+    assert api.networks(names=[f"diplo-{sandbox.project}"]) == []
