@@ -1,6 +1,7 @@
-"""This host's secret key ($DIPLO_HOME/host.key, mode 0600, made once): it keys the
-digests that stand in for env values, so that every Diplo process of the host computes
-the same digests and nobody without the key can check a guess against one."""
+"""This host's secret key ($DIPLO_HOME/host.key, mode 0600, made once, in a home only its
+owner reads): it keys the digests that stand in for env values, so that every Diplo
+process of the host computes the same digests, and nobody without the key can check a
+guess against one."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from pathlib import Path
 
 
 def host_key(home: Path) -> bytes:
+    _private(home)
     path = home / "host.key"
     try:
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -24,3 +25,11 @@ def host_key(home: Path) -> bytes:
     with os.fdopen(fd, "wb") as fh:
         fh.write(key)
     return key
+
+
+def _private(home: Path) -> None:
+    """$DIPLO_HOME holds the ledger, the API token and the repositories' checkouts (with
+    any .env committed there): nobody else on the host reads it."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if home.stat().st_uid == os.geteuid() and home.stat().st_mode & 0o077:
+        home.chmod(0o700)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import sys
 import threading
@@ -77,6 +78,7 @@ class LiveReporter:
 
     def _table(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, show_header=True, header_style="bold")
         table.add_column("app")
@@ -86,7 +88,7 @@ class LiveReporter:
         for app, (step, detail, since) in sorted(self.rows.items()):
             style = {"ok": "green", "FAILED": "red"}.get(step, "yellow")
             took = "" if step in ("ok", "FAILED") else f" {now - since:.0f}s"
-            table.add_row(app, f"[{style}]{step}{took}[/]", detail)
+            table.add_row(app, Text(clean(step + took), style=style), plain(detail))
         return table
 
     def step(self, app: str, step: str, detail: str = "") -> None:
@@ -240,6 +242,23 @@ def _revision_text(row: AppView) -> str:
     return text
 
 
+# C0 and C1 control characters but tab and newline: a commit subject or a container's
+# log line must not move the cursor, retitle the terminal or plant a hyperlink (OSC 8).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
+def plain(text: str) -> Any:
+    """A table cell shown as it is: rich would read `[/api]` in a commit subject or a log
+    line as markup (and fail, or style it)."""
+    from rich.text import Text
+
+    return Text(clean(text))
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -264,7 +283,7 @@ def status_table(statuses: Statuses) -> None:
     for r in rows:
         d = r.last_deployment
         last = f"#{d['revision']} {d['result']} {d['finished_at'] or d['started_at']}" if d else "-"
-        table.add_row(
+        cells = (
             r.app,
             r.project,
             r.state,
@@ -277,6 +296,7 @@ def status_table(statuses: Statuses) -> None:
             _revision_text(r),
             last,
         )
+        table.add_row(*map(plain, cells))
     if statuses.served_by is not None:
         click.echo(f"from diplo serve at {statuses.served_by}")
     if rows:
@@ -287,16 +307,16 @@ def status_table(statuses: Statuses) -> None:
         d = r.last_deployment
         if r.health != "healthy":
             extra = f", {r.restarts} restarts" if r.restarts else ""
-            click.echo(f"{r.app}: {r.health}: {r.health_detail}{extra}")
+            click.echo(clean(f"{r.app}: {r.health}: {r.health_detail}{extra}"))
         if d and d["result"] in ("failed", "cancelled", "interrupted"):
-            click.echo(f"{r.app}: last deployment {d['result']} at {d['step']}: {d['error']}")
+            line = f"{r.app}: last deployment {d['result']} at {d['step']}: {d['error']}"
+            click.echo(clean(line))
         if r.last_error:  # the controller's messages mostly name the app already
             named = r.last_error.startswith(f"{r.app}:")
-            click.echo(r.last_error if named else f"{r.app}: {r.last_error}")
+            click.echo(clean(r.last_error if named else f"{r.app}: {r.last_error}"))
     if statuses.manifest_error:
-        click.echo(
-            f"manifest error (the last good manifest stays in force):\n{statuses.manifest_error}"
-        )
+        error = clean(statuses.manifest_error)
+        click.echo(f"manifest error (the last good manifest stays in force):\n{error}")
 
 
 def history_table(deps: list[Deployment]) -> None:
@@ -305,7 +325,7 @@ def history_table(deps: list[Deployment]) -> None:
         note = f"rollback to #{d.rollback_of}" if d.rollback_of else ""
         if d.error:
             note = (note + "; " if note else "") + f"{d.step}: {d.error}"
-        table.add_row(
+        cells = (
             str(d.id),
             str(d.revision),
             d.started_at[:19].replace("T", " "),
@@ -314,4 +334,5 @@ def history_table(deps: list[Deployment]) -> None:
             d.commit_subject or "",
             note,
         )
+        table.add_row(*map(plain, cells))
     _console().print(table)

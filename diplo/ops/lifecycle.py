@@ -13,6 +13,8 @@ from diplo.model import Deployment
 from diplo.ops.context import Context
 from diplo.planner import RUNNING, network_name
 
+LOCK_WAIT = 600.0  # how long `down` waits for a deploy of one of its apps to finish
+
 
 def down(
     ctx: Context, apps: list[str], *, everything: bool = False, volumes: bool = False
@@ -35,6 +37,13 @@ def down(
                 hint="`diplo status` lists the apps",
             )
         targets = list(dict.fromkeys(apps))
+    with ctx.locks.hold(targets, timeout=LOCK_WAIT):  # not under a deploy in flight
+        return _take_down(ctx, targets, volumes=volumes)
+
+
+def _take_down(ctx: Context, targets: list[str], *, volumes: bool) -> list[str]:
+    observed = ctx.runtime.observe()  # again, under the locks
+    snapshot = ctx.ledger.snapshot()
     removed: list[str] = []
     touched: set[str] = set()  # the projects of the apps taken down
     for name in targets:

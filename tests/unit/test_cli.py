@@ -1118,3 +1118,25 @@ def test_watch_uses_plain_lines_when_stdout_is_not_a_terminal(world, monkeypatch
     finally:
         context.close()
     assert out.getvalue() == "web: create shop-web-1\nweb: ok: created\n"
+
+
+def test_history_shows_a_hostile_commit_subject_as_text(world: CliWorld):
+    """A subject like `Fix [/] route` once crashed history (rich markup), and escape
+    sequences in it reached the terminal (security review L2)."""
+    world.write({"web": spec()})
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-C", str(world.site), "-c", "user.name=T", "-c", "user.email=t@example",
+             *args],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+
+    git("init", "-q")
+    git("add", "diplo.yaml")
+    git("commit", "-qm", "Fix [/] [bold]route[/bold] \x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\")
+    assert world.apply().exit_code == 0
+    result = world.run("history", "web")
+    assert result.exit_code == 0, result.output
+    assert "Fix [/] [bold]route[/bold]" in result.stdout
+    assert "\x1b" not in result.stdout and "8;;http://evil" in result.stdout

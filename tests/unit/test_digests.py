@@ -40,3 +40,12 @@ def test_the_host_key_is_made_once_private_and_shared(tmp_path: Path):
     first = redact("pa55w0rd")
     set_digest_key(host_key(home))  # as another CLI run or diplo serve does
     assert redact("pa55w0rd") == first
+
+
+def test_diplo_home_is_private(tmp_path: Path):
+    """The ledger, the token and checkouts are only the owner's (security review L5)."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    host_key(home)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700

@@ -64,3 +64,18 @@ def test_a_projects_network_goes_with_its_last_pruned_app(homes):
     empty = replace(state(), projects=("shop",), allow_empty=True)
     assert apply(a, empty, prune=True).ok
     assert "diplo-shop" not in engine.networks and engine.containers == {}
+
+
+def test_down_waits_for_a_deploy_in_flight(homes, monkeypatch):
+    """`diplo down` takes the apps' locks: it never removes an app under a deploy of
+    `diplo serve` or `diplo apply` (security review L7)."""
+    from diplo import errors
+    from diplo.ops import lifecycle
+
+    a, _ = homes
+    assert apply(a, state(app("web", "shop"))).ok
+    monkeypatch.setattr(lifecycle, "LOCK_WAIT", 0.2)
+    with a.locks.hold(["web"]), pytest.raises(errors.LockTimeout):
+        down(a, ["web"])
+    assert [v.app for v in status(a)] == ["web"]
+    assert down(a, ["web"]) and status(a) == []
