@@ -1,13 +1,18 @@
 """This host's secret key ($DIPLO_HOME/host.key, mode 0600, made once, in a home only its
 owner reads): it keys the digests that stand in for env values, so that every Diplo
 process of the host computes the same digests, and nobody without the key can check a
-guess against one."""
+guess against one. It also seals what Diplo must keep but never show: the env values of
+recent deployments, for rollbacks (Fernet: AES-128-CBC with HMAC-SHA256)."""
 
 from __future__ import annotations
 
+import base64
+import hmac
 import os
 import secrets
 from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
 
 
 def host_key(home: Path) -> bytes:
@@ -33,3 +38,20 @@ def _private(home: Path) -> None:
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     if home.stat().st_uid == os.geteuid() and home.stat().st_mode & 0o077:
         home.chmod(0o700)
+
+
+def _fernet(key: bytes) -> Fernet:
+    derived = hmac.new(key, b"diplo sealed values", "sha256").digest()
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def seal(key: bytes, data: bytes) -> bytes:
+    return _fernet(key).encrypt(data)
+
+
+def unseal(key: bytes, blob: bytes) -> bytes | None:
+    """The sealed data, or None when this key did not seal it (another host's ledger)."""
+    try:
+        return _fernet(key).decrypt(blob)
+    except InvalidToken:
+        return None

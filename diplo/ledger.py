@@ -112,6 +112,14 @@ MIGRATIONS: list[str] = [
         reason TEXT NOT NULL
     );
     """,
+    # v4: the env values a deployment ran with, sealed with the host's key, so that a
+    # rollback to it works when the manifest has changed them since.
+    """
+    CREATE TABLE sealed_env (
+        deployment_id INTEGER PRIMARY KEY,
+        blob BLOB NOT NULL
+    );
+    """,
 ]
 PROBES_KEPT = 50  # per app
 EVENTS_KEPT = 20_000  # in all: the newest, trimmed as deployments finish
@@ -385,6 +393,24 @@ class Ledger:
     def drop_kept_image(self, dep_id: int) -> None:
         with self._tx() as db:
             db.execute("UPDATE deployments SET kept_image = NULL WHERE id = ?", (dep_id,))
+
+    def seal_env(self, dep_id: int, app: str, blob: bytes) -> None:
+        """Keep deployment `dep_id`'s sealed env values; those of `app`'s deployments that
+        keep no image any more (no rollback can restore them) go."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sealed_env (deployment_id, blob) VALUES (?, ?)",
+                (dep_id, blob),
+            )
+            db.execute(
+                "DELETE FROM sealed_env WHERE deployment_id IN (SELECT id FROM deployments "
+                "WHERE app = ? AND id != ? AND kept_image IS NULL)",
+                (app, dep_id),
+            )
+
+    def sealed_env(self, dep_id: int) -> bytes | None:
+        rows = self._query("SELECT blob FROM sealed_env WHERE deployment_id = ?", (dep_id,))
+        return bytes(rows[0]["blob"]) if rows else None
 
     # --- rollback pins -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ handle to cancel it (Ctrl-C, the API), and gives back the reporter that shows pr
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import structlog
 
 from diplo.errors import DiploError, InputError
 from diplo.executor import ApplyResult, Executor, NullReporter, Reporter
+from diplo.hostkey import seal
 from diplo.model import DesiredState, Plan, Revision
 from diplo.ops.context import Context
 from diplo.ops.plan import Prepared, apps_to_lock, plan_state
@@ -128,8 +130,20 @@ def apply(
             report.result = executor.run(prepared.plan)
         report.cancelled = executor.cancel_all.is_set()
         report.unpinned = _unpin_failed(ctx, report)
+        _seal_env(ctx, report)
         _drop_empty_networks(ctx, report)
         return report
+
+
+def _seal_env(ctx: Context, report: ApplyReport) -> None:
+    """Each new deployment's env values, sealed with the host's key: the ledger shows
+    only digests, and a rollback to this deployment needs the values themselves."""
+    assert report.result is not None
+    for name, outcome in report.result.outcomes.items():
+        spec = report.prepared.desired.app(name)
+        if outcome.ok and outcome.deployment_id is not None and spec is not None and spec.env:
+            blob = seal(ctx.key, json.dumps(spec.env).encode())
+            ctx.ledger.seal_env(outcome.deployment_id, name, blob)
 
 
 def _drop_empty_networks(ctx: Context, report: ApplyReport) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diplo.hostkey import host_key
 from diplo.ledger import Ledger
 from diplo.locks import AppLocks
 from diplo.paths import default_home
@@ -34,6 +35,11 @@ class Context:
         if self._ledger is None:
             self._ledger = Ledger.open_default()
         return self._ledger
+
+    @property
+    def key(self) -> bytes:
+        """This host's secret key (see diplo/hostkey.py)."""
+        return host_key(default_home())
 
     def close(self) -> None:
         if self._ledger is not None:

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field, replace
 
 from diplo.errors import InputError
+from diplo.hostkey import unseal
 from diplo.model import Deployment, DesiredApp, DesiredState, Revision, restore_app
 from diplo.ops.context import Context
 from diplo.ops.provenance import deployment_revision
@@ -101,11 +102,16 @@ def restore(ctx: Context, dep_id: int, current: DesiredApp | None) -> DesiredApp
             hint="roll back to a more recent deployment, or deploy a commit again",
         )
     values = dict(current.env) if current is not None else {}
+    blob = ctx.ledger.sealed_env(dep_id)
+    sealed = unseal(ctx.key, blob) if blob is not None else None
+    if sealed is not None:  # the values that deployment ran with
+        values.update((k, v) for k, v in json.loads(sealed))
     app, missing = restore_app(json.loads(dep.record_json), values, image_id)
     if app is None:
         raise InputError(
             f"{dep.app}: deployment {dep_id} ran with env {', '.join(missing)} whose value "
-            "is not in the current manifest any more (Diplo never stores env values)",
+            "is neither in the current manifest nor kept (only deployments that keep their "
+            "image keep their env values, sealed)",
             hint="set those values again (environment or .env) and retry",
         )
     return app

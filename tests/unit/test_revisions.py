@@ -142,3 +142,25 @@ def test_a_removed_app_keeps_no_images(ctx):
     assert ctx.ledger.kept_images("web") == []
     assert not [t for t in ctx.runtime.images if t.startswith("diplo-kept/web:")]
     assert [t for t in ctx.runtime.images if t.startswith("diplo-kept/api:")]
+
+
+def test_rollback_to_a_release_that_differed_only_in_an_env_value(ctx, tmp_path, monkeypatch):
+    """The most common rollback (a bad env value) works: each deployment's values are kept
+    sealed with the host's key; the ledger shows only digests (issue 10, point 7)."""
+    from diplo.ops.apply import apply
+
+    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
+    v1, v2 = app("web", env=(("DB_PASS", "s3cret-1"),)), app("web", env=(("DB_PASS", "oops"),))
+    assert apply(ctx, state(v1)).ok
+    assert apply(ctx, state(v2)).ok
+    dep = target(ctx, "web", None)
+    restored = restore(ctx, dep.id, v2)
+    assert restored.env == (("DB_PASS", "s3cret-1"),) and restored.spec_hash != v2.spec_hash
+    ctx.ledger.pin("web", dep.id, "test")
+    assert apply(ctx, state(v2)).ok  # the pin restores v1's value
+    (c,) = ctx.runtime.containers.values()
+    assert dict(c.spec.env) == {"DB_PASS": "s3cret-1"}
+    raw = (tmp_path / "ledger.db").read_bytes()
+    wal = tmp_path / "ledger.db-wal"
+    raw += wal.read_bytes() if wal.exists() else b""
+    assert b"s3cret-1" not in raw and b"oops" not in raw  # sealed, never in clear
