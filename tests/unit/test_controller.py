@@ -259,3 +259,46 @@ def test_a_project_deployed_by_another_source_is_refused(controller: Controller)
     path = controller.manifests / "diplo.yaml"
     path.write_text(path.read_text().replace("project: shop", "project: mine"))
     assert controller.reload() == {"web"} and controller.state.manifest.ok
+
+
+def test_a_slow_older_reload_never_wins_over_a_newer_one(tmp_path: Path, monkeypatch):
+    """Two workers reloading at once (a resync and a webhook) must not leave the older
+    commit in force (security review M7)."""
+    import threading
+
+    from diplo.controller.sources import Loaded
+    from diplo.model import Revision
+
+    from .factories import app, state
+
+    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
+    slow_started, release = threading.Event(), threading.Event()
+    heads = iter(["c1", "c2"])
+
+    class Repo:
+        kind, name = "git", "repo"
+
+        def describe(self) -> dict[str, object]:
+            return {}
+
+        def load(self) -> Loaded:
+            head = next(heads)
+            if head == "c1":  # the older fetch is the slow one
+                slow_started.set()
+                release.wait(5)
+            return Loaded(state(app("web", command=(head,))), Revision("repo", head))
+
+    ledger = Ledger(tmp_path / "home" / "ledger.db")
+    c = Controller(Repo(), Context(_runtime=MemoryRuntime(), _ledger=ledger))
+    older = threading.Thread(target=c.reload)
+    older.start()
+    assert slow_started.wait(5)
+    newer = threading.Thread(target=c.reload)
+    newer.start()
+    newer.join(0.3)  # the newer load waits for the older one rather than racing it
+    release.set()
+    older.join(5)
+    newer.join(5)
+    assert c.state.loaded.revision.commit == "c2"
+    assert c.state.source_desired.app("web").command == ("c2",)
+    ledger.close()
