@@ -131,6 +131,7 @@ class GitSource:
                 raise
             self.head, self.poll_error, self.last_poll_ok = head, None, time.time()
             if self.good is not None and head.sha == self.good.sha and self._desired is not None:
+                self.bad = None  # a refused commit the branch no longer has
                 return Loaded(self._desired, self.revision(head))
             if self.bad is not None and head.sha == self.bad.sha:  # refused already
                 raise ManifestError([ManifestIssue(**i) for i in self.bad.issues])  # type: ignore[arg-type]

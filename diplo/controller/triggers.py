@@ -108,6 +108,7 @@ class Triggers:
             try:
                 view.engine_version = self.ctx.runtime.version()
                 if not view.engine_ok:
+                    view.engine_ok = True  # before the event: its readers see it so
                     log.info("engine.reconnected")
                     self.bus.publish("engine.reconnected")
                     self.queue.add(ALL)
@@ -118,12 +119,15 @@ class Triggers:
                     ):
                         continue
                     self.queue.add(app)
-            except DiploError as exc:
+            except Exception as exc:  # a bug must not end the watch either: retried too
                 if self._stop.is_set():
                     return
+                message = exc.message if isinstance(exc, DiploError) else repr(exc)
+                if not isinstance(exc, DiploError):
+                    log.exception("engine.watch_crashed", error=message)
                 if view.engine_ok:
-                    log.warning("engine.unavailable", error=exc.message)
-                    self.bus.publish("engine.unavailable", error=exc.message)
-                view.engine_ok = False
+                    view.engine_ok = False
+                    log.warning("engine.unavailable", error=message)
+                    self.bus.publish("engine.unavailable", error=message)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)

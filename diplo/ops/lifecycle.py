@@ -29,11 +29,16 @@ def down(
     if everything:
         targets = sorted(known)
     else:
-        named = {c.app for c in observed.containers} | set(snapshot.apps)
-        unknown = [a for a in apps if a not in named]
+        unknown = [a for a in apps if a not in known]
         if unknown:
+            theirs = [a for a in unknown if observed.of_app(a)]
             raise InputError(
-                f"no app named {', '.join(map(repr, unknown))} on this host; nothing was removed",
+                f"no app named {', '.join(map(repr, unknown))} on this host; nothing was removed"
+                + (
+                    f" ({', '.join(theirs)}: of another Diplo home, not this one's to remove)"
+                    if theirs
+                    else ""
+                ),
                 hint="`diplo status` lists the apps",
             )
         targets = list(dict.fromkeys(apps))
@@ -48,6 +53,8 @@ def _take_down(ctx: Context, targets: list[str], *, volumes: bool) -> list[str]:
     touched: set[str] = set()  # the projects of the apps taken down
     for name in targets:
         containers = observed.of_app(name)
+        if not containers and name not in snapshot.apps:
+            continue  # taken down by another process while this one waited for the lock
         project = snapshot.apps[name].project if name in snapshot.apps else containers[0].project
         touched.add(project)
         for c in containers:

@@ -195,6 +195,12 @@ class MemoryRuntime:
         self._call("remove_volume", name)
         self.volumes.pop(name, None)
 
+    def events(self, stop: StopCheck) -> Iterator[tuple[str, str]]:
+        """No engine events here: the stream stays open, quiet, until `stop()`."""
+        while not stop():
+            time.sleep(0.05)
+        yield from ()
+
     def remove_network(self, name: str) -> None:
         self._call("remove_network", name)
         self.networks.discard(name)

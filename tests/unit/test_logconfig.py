@@ -10,6 +10,14 @@ from diplo.logconfig import configure
 SECRET = "tok-SECRET-123"
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """configure() binds the captured stream, which pytest closes after the test."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 def _crash() -> None:
     token = SECRET  # a local, as a reconcile's locals hold env values
     raise ValueError(f"boom ({len(token)} chars)")
@@ -26,4 +34,3 @@ def test_a_logged_traceback_shows_no_locals(fmt: str, capsys: pytest.CaptureFixt
     text = out.out + out.err
     assert "reconcile.crashed" in text and "ValueError" in text and "_crash" in text
     assert SECRET not in text
-    configure()

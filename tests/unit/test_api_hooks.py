@@ -1,0 +1,190 @@
+"""The GitOps routes of the API: `POST /hooks/git` (push webhooks, verified with the
+shared secret, that make the controller fetch now) and a rollback with nothing to restore."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from diplo.api.app import asgi_app
+from diplo.controller.controller import Controller
+from diplo.controller.sources import FolderSource, GitSource, Source
+from diplo.controller.workqueue import RELOAD
+from diplo.ledger import Ledger
+from diplo.ops.context import Context
+from diplo.runtime.memory import MemoryRuntime
+
+from .apiworld import AUTH, TOKEN, build_world
+
+SECRET = "hook-s3cret"
+PROBLEM = "application/problem+json"
+
+
+def push(ref: str = "refs/heads/main") -> bytes:
+    return json.dumps({"ref": ref, "before": "b" * 40, "after": "a" * 40}).encode()
+
+
+def github(body: bytes, event: str = "push", secret: str = SECRET) -> dict[str, str]:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {
+        "X-GitHub-Event": event,
+        "X-Hub-Signature-256": f"sha256={digest}",
+        "Content-Type": "application/json",
+    }
+
+
+class Hooks:
+    def __init__(self, root: Path, sources: list[Source], secret: str | None) -> None:
+        self.ledger = Ledger(root / "home" / "ledger.db")
+        ctx = Context(_runtime=MemoryRuntime(), _ledger=self.ledger)
+        self.controller = Controller(sources, ctx)
+        self.client = TestClient(asgi_app(self.controller, TOKEN, webhook_secret=secret))
+
+    def post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        return self.client.post("/hooks/git", content=body, headers=headers)
+
+    def queued(self) -> list[str]:
+        keys = []
+        while (key := self.controller.queue.get(timeout=0)) is not None:
+            keys.append(key)
+            self.controller.queue.done(key)
+        return keys
+
+
+@pytest.fixture
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
+    made: list[Hooks] = []
+
+    def hooks(*, git: bool = True, folder: bool = False, secret: str | None = SECRET) -> Hooks:
+        sources: list[Source] = []
+        if git:  # never fetched here: the hook only queues a poll
+            url = "https://git.example.test/shop/deploy.git"
+            sources.append(GitSource(url, "main", "deploy", tmp_path / "home"))
+        if folder:
+            (tmp_path / "m").mkdir(exist_ok=True)
+            sources.append(FolderSource(tmp_path / "m"))
+        h = Hooks(tmp_path, sources, secret)
+        made.append(h)
+        return h
+
+    yield hooks
+    for h in made:
+        h.ledger.close()
+
+
+def problem(resp: httpx.Response, status: int) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == PROBLEM
+    return resp.json()
+
+
+@pytest.mark.parametrize(
+    "setup", [{"secret": None}, {"git": False, "folder": True}], ids=["no-secret", "no-repo"]
+)
+def test_webhooks_not_configured(make: Any, setup: dict[str, Any]):
+    hooks = make(**setup)
+    body = push()
+    resp = hooks.post(body, github(body))
+    assert "DIPLO_WEBHOOK_SECRET" in problem(resp, 404)["detail"]
+    assert hooks.queued() == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        github(push(), secret="wrong"),
+        github(push() + b" "),  # signed another body
+        {"X-GitHub-Event": "push"},  # no signature at all
+        {"X-Gitlab-Token": "wrong", "X-Gitlab-Event": "Push Hook"},
+    ],
+    ids=["wrong-secret", "tampered", "unsigned", "gitlab-wrong-token"],
+)
+def test_a_bad_signature_is_rejected_and_nothing_is_fetched(make: Any, headers: dict[str, str]):
+    hooks = make()
+    resp = hooks.post(push(), headers)
+    body = problem(resp, 401)
+    assert body["title"] == "webhook rejected"
+    assert hooks.queued() == []
+
+
+def test_a_push_to_the_watched_branch_fetches_now(make: Any):
+    hooks = make()
+    body = push()
+    resp = hooks.post(body, github(body))
+    assert resp.status_code == 202
+    assert resp.json() == {
+        "accepted": True,
+        "detail": "fetching",
+        "provider": "github",
+        "branch": "main",
+    }
+    assert hooks.queued() == [RELOAD]
+
+
+def test_a_gitlab_push_with_its_token(make: Any):
+    hooks = make(folder=True)  # a folder beside the repository
+    resp = hooks.post(push(), {"X-Gitlab-Token": SECRET, "X-Gitlab-Event": "Push Hook"})
+    assert resp.status_code == 202
+    assert resp.json()["accepted"] is True and resp.json()["provider"] == "gitlab"
+    assert hooks.queued() == [RELOAD]
+
+
+def test_a_push_to_another_branch_is_ignored(make: Any):
+    hooks = make()
+    body = push("refs/heads/feature/x")
+    resp = hooks.post(body, github(body))
+    assert resp.status_code == 202
+    assert resp.json() == {
+        "accepted": False,
+        "detail": "ignored: a push to feature/x, not a watched branch",
+        "provider": "github",
+        "branch": "feature/x",
+    }
+    assert hooks.queued() == []
+
+
+@pytest.mark.parametrize(
+    ("event", "body", "detail"),
+    [
+        ("ping", b'{"zen": "Keep it logically awesome."}', "ignored: ping"),
+        ("push", push("refs/tags/v1.0"), "ignored: push"),  # a tag, not a branch
+    ],
+    ids=["ping", "tag"],
+)
+def test_other_events_are_ignored(make: Any, event: str, body: bytes, detail: str):
+    hooks = make()
+    resp = hooks.post(body, github(body, event=event))
+    assert resp.status_code == 202
+    assert resp.json()["accepted"] is False and resp.json()["detail"] == detail
+    assert hooks.queued() == []
+
+
+def test_a_signed_body_that_is_not_json_is_rejected(make: Any):
+    hooks = make()
+    body = b"not json"
+    assert problem(hooks.post(body, github(body)), 401)["title"] == "webhook rejected"
+    assert hooks.queued() == []
+
+
+def test_a_rollback_with_nothing_to_restore_is_a_conflict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
+    world = build_world(tmp_path)
+    try:
+        resp = world.client().post("/apps/web/rollback", headers=AUTH)
+        body = problem(resp, 409)
+        assert body["title"] == "cannot roll back"
+        assert "no earlier successful deployment" in body["detail"]
+        assert world.ledger.pins() == {}
+    finally:
+        world.ledger.close()
