@@ -6,10 +6,16 @@ or TOKENS (DIPLO_TOKEN and DIPLO_VIEWER_TOKEN chosen: every read needs one of th
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 import yaml
 from fastapi.testclient import TestClient
 
@@ -20,6 +26,7 @@ from diplo.ledger import Ledger
 from diplo.model import LABEL_APP
 from diplo.ops.context import Context
 from diplo.runtime.memory import MemoryRuntime
+from diplo.serve import Exposure, server_config
 
 from .factories import IMAGE_ID
 
@@ -84,12 +91,14 @@ class World:
         return next(c for c in self.engine.containers.values() if c.spec.labels[LABEL_APP] == app)
 
 
-def build_world(root: Path, access: Access | None = None) -> World:
+def build_world(
+    root: Path, access: Access | None = None, engine: MemoryRuntime | None = None
+) -> World:
     """DIPLO_HOME must already point to `root / "home"` (the host locks live there)."""
     access = access or loopback()
     folder = root / "manifests"
     folder.mkdir(parents=True)
-    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID})
+    engine = engine or MemoryRuntime(images={"busybox:latest": IMAGE_ID})
     ledger = Ledger(root / "home" / "ledger.db")
     controller = Controller(folder, Context(_runtime=engine, _ledger=ledger))
     api = asgi_app(controller, access)
@@ -98,3 +107,66 @@ def build_world(root: Path, access: Access | None = None) -> World:
     for name in APPS:
         controller.handle(name)
     return world
+
+
+class FollowingRuntime(MemoryRuntime):
+    """The in-memory engine with Docker's follow: `logs(follow=True)` gives its lines, then
+    blocks (as a quiet container does) until the stream is closed."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.follows: list[BlockingFollow] = []
+
+    def logs(
+        self, container_id: str, *, tail: int | None, follow: bool, timestamps: bool = False
+    ) -> Iterator[bytes]:
+        lines = super().logs(container_id, tail=tail, follow=False)
+        if not follow:
+            return lines
+        stream = BlockingFollow(list(lines))
+        self.follows.append(stream)
+        return stream
+
+    def open_follows(self) -> int:
+        return sum(1 for f in self.follows if not f.closed.is_set())
+
+
+class BlockingFollow:
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+        self.closed = threading.Event()
+
+    def __iter__(self) -> BlockingFollow:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.lines:
+            return self.lines.pop(0)
+        self.closed.wait()  # like a socket read: only close() (or a new line) ends it
+        raise StopIteration
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+@contextlib.contextmanager
+def serving(api: Any, exposure: Exposure | None = None) -> Iterator[str]:
+    """`api` under a real uvicorn on 127.0.0.1 (a free port), configured as `diplo serve`
+    configures it; yields its base URL and stops it (and its threads) afterwards."""
+    exposure = exposure or Exposure()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(server_config(api, "127.0.0.1", port, exposure))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"{exposure.scheme}://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
