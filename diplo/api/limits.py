@@ -128,6 +128,7 @@ async def relay(
     leaves, the stream is closed: a Docker log stream's close() shuts its socket, which
     ends the read still waiting in its thread."""
     try:
+        yield b""  # the answer's head goes out now, not with a quiet container's first line
         while (
             chunk := await anyio.to_thread.run_sync(
                 _next, chunks, limiter=limiter, abandon_on_cancel=True
