@@ -145,7 +145,12 @@ def create_app(
 
     def authorized(request: Request) -> None:
         if not limiter.allow(client_of(request)):  # before the token check: guesses count too
-            raise Problem(429, "too many requests", f"at most {RATE[0]} per {RATE[1]:g}s")
+            raise Problem(
+                429,
+                "too many requests",
+                f"at most {RATE[0]} per {RATE[1]:g}s",
+                headers={"Retry-After": f"{RATE[1]:.0f}"},
+            )
         access.check(request.headers.get("authorization", ""), act=True)
 
     reads: Any = [Depends(reader)]

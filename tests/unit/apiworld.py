@@ -127,6 +127,12 @@ class FollowingRuntime(MemoryRuntime):
         self.follows.append(stream)
         return stream
 
+    def events(self, stop: Any) -> Iterator[tuple[str, str]]:
+        """No engine events here: wait, as Docker's stream does, until told to stop."""
+        while not stop():
+            time.sleep(0.05)
+        return iter(())
+
     def open_follows(self) -> int:
         return sum(1 for f in self.follows if not f.closed.is_set())
 

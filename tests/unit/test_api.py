@@ -325,8 +325,9 @@ def test_cancel_stops_a_deploy_in_flight_and_keeps_the_running_revision(
 def test_posts_are_rate_limited_per_client(world: World, client: TestClient):
     for _ in range(20):
         assert client.post("/apps/web/cancel", headers=AUTH).status_code == 200
-    body = problem(client.post("/apps/web/cancel", headers=AUTH), 429)
-    assert body["detail"] == "at most 20 per 10s"
+    resp = client.post("/apps/web/cancel", headers=AUTH)
+    assert problem(resp, 429)["detail"] == "at most 20 per 10s"
+    assert resp.headers["retry-after"] == "10"
     assert problem(client.post("/apps/web/sync", headers=AUTH), 429)  # every POST counts
     assert client.get("/apps/web").status_code == 200  # reads are not limited
     other = world.client(host="10.0.0.2")

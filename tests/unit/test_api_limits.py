@@ -405,3 +405,37 @@ def test_the_api_serves_tls_with_the_given_certificate(world: World, tmp_path: P
             httpx.get(base + "/healthz")
         # The CLI trusts the certificate serve.json names for its URL.
         assert RemoteOps(base, str(cert)).get("/healthz")["status"] == "ok"
+
+
+def test_serve_json_records_an_https_url_with_tls(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import threading as threading_module
+
+    import diplo.serve as serve_module
+
+    recorded: list[dict[str, Any]] = []
+    configs: list[Any] = []
+
+    def run(self: Any) -> None:  # instead of serving: what `diplo status` would find
+        configs.append(self.config)
+        recorded.append(json.loads((tmp_path / "home" / "serve.json").read_text()))
+
+    monkeypatch.setattr(serve_module.uvicorn.Server, "run", run)
+    monkeypatch.setattr(serve_module.signal, "signal", lambda *_: None)
+    monkeypatch.setattr(serve_module, "_tidy_heap", threading_module.Event)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    serve_module.run_server(
+        world.controller.ctx,
+        world.controller.sources,
+        "127.0.0.1",
+        7700,
+        resync=60,
+        workers=1,
+        exposure=Exposure(tls=(cert, key)),
+    )
+    (info,) = recorded
+    assert info["url"] == "https://127.0.0.1:7700" and info["tls_cert"] == str(cert)
+    assert configs[0].ssl_certfile == str(cert) and configs[0].ssl_keyfile == str(key)
+    assert configs[0].proxy_headers is False
+    assert not (tmp_path / "home" / "serve.json").exists()  # removed on the way out
