@@ -1,4 +1,4 @@
-"""The composition root of `diplo serve`: the token, the controller and the API server."""
+"""The composition root of `diplo serve`: the tokens, the controller and the API server."""
 
 from __future__ import annotations
 
@@ -8,17 +8,22 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import structlog
 import uvicorn
 
+from diplo.api.access import Access
 from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
 from diplo.controller.sources import Source
 from diplo.errors import InputError
 from diplo.ops.context import Context
 from diplo.paths import default_home
-from diplo.tokens import api_token
+from diplo.tokens import WeakToken, api_token, viewer_token
 
 log = structlog.get_logger("diplo.serve")
 
@@ -32,6 +37,61 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Exposure:
+    """How the API is reached: extra Host names it answers to, the reverse proxies whose
+    X-Forwarded-For it believes, and its TLS certificate and key."""
+
+    allowed_hosts: Sequence[str] = ()
+    trusted_proxies: Sequence[str] = ()
+    tls: tuple[Path, Path] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more uvicorn.Config options
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+def url(scheme: str, host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
+
+def access_of(home: Path, host: str) -> Access:
+    """The API's tokens; reads are open only on loopback when the operator chose none."""
+    try:
+        token, chosen = api_token(home)
+        viewer = viewer_token(token)
+    except WeakToken as exc:
+        raise InputError(exc.message, hint=exc.hint) from exc
+    if not is_loopback(host) and not chosen:
+        raise InputError(
+            f"refusing to serve the API on {host} without a token of your choosing",
+            hint="set DIPLO_TOKEN, or listen on 127.0.0.1",
+        )
+    return Access(token, viewer, open_reads=not chosen and viewer is None)
+
+
+def server_config(app: Any, host: str, port: int, exposure: Exposure) -> uvicorn.Config:
+    tls: dict[str, Any] = {}
+    if exposure.tls:
+        tls = {"ssl_certfile": str(exposure.tls[0]), "ssl_keyfile": str(exposure.tls[1])}
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        access_log=False,
+        # X-Forwarded-For decides the client address of the rate limits and stream caps:
+        # believed only from proxies the operator named.
+        proxy_headers=bool(exposure.trusted_proxies),
+        forwarded_allow_ips=list(exposure.trusted_proxies) or None,
+        **tls,
+        **exposure.extra,
+    )
+
+
 def run_server(
     ctx: Context,
     sources: list[Source],
@@ -41,31 +101,30 @@ def run_server(
     resync: float,
     workers: int,
     poll_every: float = 60.0,
+    exposure: Exposure | None = None,
 ) -> None:
+    exposure = exposure or Exposure()
     home = default_home()
-    token, chosen = api_token(home)
-    if not is_loopback(host) and not chosen:
-        raise InputError(
-            f"refusing to serve the API on {host} without a token of your choosing",
-            hint="set DIPLO_TOKEN, or listen on 127.0.0.1",
-        )
+    access = access_of(home, host)
     controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
-    app = asgi_app(controller, token, webhook_secret=os.environ.get("DIPLO_WEBHOOK_SECRET"))
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-        access_log=False,
+    app = asgi_app(
+        controller,
+        access,
+        webhook_secret=os.environ.get("DIPLO_WEBHOOK_SECRET"),
+        listen_host=host,
+        allowed_hosts=exposure.allowed_hosts,
     )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, host, port, exposure))
     info = home / "serve.json"
+    address = url(exposure.scheme, host, port)
     controller.start()
     stop_gc = _tidy_heap()
     try:
-        info.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{host}:{port}"}))
-        log.info("serve.listening", url=f"http://{host}:{port}")
+        record: dict[str, Any] = {"pid": os.getpid(), "url": address}
+        if exposure.tls:
+            record["tls_cert"] = str(exposure.tls[0])  # what the CLI trusts for this URL
+        info.write_text(json.dumps(record))
+        log.info("serve.listening", url=address)
         # uvicorn handles SIGTERM/SIGINT itself, then re-raises the signal to the handler it
         # found: make that a no-op so that a requested stop exits 0, after cleanup.
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,18 +1,22 @@
 """The REST API of `diplo serve`. Reads are served from the controller's in-memory view
 (kept current by engine events, reconciles and a health loop), never by calling the
-engine per request; POSTs need the bearer token and are rate-limited per client.
-Environment values never appear: app specs carry only digests of them."""
+engine per request. Reads need a token (admin or viewer) unless the server listens on
+loopback and the operator chose none; POSTs need the admin token and are rate-limited per
+client. Streams (log follows, events) are capped per client and in all, and never hold
+the thread pool the other routes share. Environment values never appear: app specs
+carry only digests of them."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import threading
+import queue
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
@@ -20,24 +24,33 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from diplo import __version__
+from diplo.api.access import Access, HostCheck
 from diplo.api.fastpath import ListingFastPath
-from diplo.api.gitops import add_gitops_routes
+from diplo.api.gitops import add_gitops_routes, busy
+from diplo.api.limits import RateLimiter, StreamSlots, relay
 from diplo.api.params import AppName
-from diplo.api.problems import READ_ERRORS, WRITE_ERRORS, problem_doc
+from diplo.api.problems import (
+    AUTH_ERRORS,
+    READ_ERRORS,
+    STREAM_ERRORS,
+    WRITE_ERRORS,
+    Problem,
+    problem_doc,
+    problem_response,
+)
 from diplo.controller.controller import Controller
 from diplo.errors import DiploError
 from diplo.ops import lifecycle, status
 
 RATE = (20, 10.0)  # POSTs per client: at most 20 per 10 s
+FOLLOWS = (8, 64)  # open `logs?follow=true` streams: per client, in all
+SUBSCRIBERS = (8, 64)  # open /events streams: per client, in all
+EVENT_POLL = 0.2  # s: how often an /events stream looks at its queue (no thread waits)
 
-
-class Problem(Exception):
-    """An RFC 9457 problem answer."""
-
-    def __init__(self, status: int, title: str, detail: str = "", **extra: Any) -> None:
-        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+__all__ = ["Problem", "asgi_app", "create_app"]
 
 
 class TextStream(StreamingResponse):
@@ -48,45 +61,58 @@ class EventStream(EventSourceResponse):
     media_type = "text/event-stream"
 
 
+class SlotText(StreamingResponse):
+    """A text stream that gives its slot back however it ends (even if never started)."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/plain; charset=utf-8")
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
+class SlotEvents(EventSourceResponse):
+    def __init__(self, content: AsyncIterator[dict[str, str]], release: Callable[[], None]):
+        super().__init__(content, ping=15)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
 class Accepted(BaseModel):
     app: str
     accepted: bool
     detail: str
 
 
-def _problem(status: int, title: str, detail: str = "", **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(
-        body, status_code=status, media_type="application/problem+json", headers=headers
-    )
-
-
-class RateLimiter:
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
-        self.hits: dict[str, list[float]] = {}
-        self.lock = threading.Lock()
-
-    def allow(self, client: str) -> bool:
-        now = time.monotonic()
-        with self.lock:
-            recent = [t for t in self.hits.get(client, []) if now - t < self.window]
-            if len(recent) >= self.limit:
-                self.hits[client] = recent
-                return False
-            self.hits[client] = [*recent, now]
-            return True
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else "?"
 
 
 def asgi_app(
-    controller: Controller, token: str, webhook_secret: str | None = None
-) -> ListingFastPath:
-    """What `diplo serve` runs: the API behind the GET /apps fast path."""
-    return ListingFastPath(create_app(controller, token, webhook_secret), controller)
+    controller: Controller,
+    access: Access,
+    *,
+    webhook_secret: str | None = None,
+    listen_host: str = "127.0.0.1",
+    allowed_hosts: Iterable[str] = (),
+) -> HostCheck:
+    """What `diplo serve` runs: the Host check, then the GET /apps fast path, then the API."""
+    api = create_app(controller, access, webhook_secret)
+    return HostCheck(ListingFastPath(api, controller, access), listen_host, allowed_hosts)
 
 
-def create_app(controller: Controller, token: str, webhook_secret: str | None = None) -> FastAPI:
+def create_app(
+    controller: Controller, access: Access, webhook_secret: str | None = None
+) -> FastAPI:
     api = FastAPI(
         title="Diplo",
         version=__version__,
@@ -94,32 +120,41 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
     )
     api.add_middleware(GZipMiddleware, minimum_size=512)
     limiter = RateLimiter(*RATE)
+    follows = StreamSlots("log follows", *FOLLOWS)
+    subscribers = StreamSlots("event streams", *SUBSCRIBERS)
+    # Follow streams read the engine in threads of their own limiter: at most one per
+    # open follow, and never one of the 40 the sync routes (and /healthz) share.
+    follow_threads = anyio.CapacityLimiter(FOLLOWS[1])
 
     @api.exception_handler(Problem)
     async def problem_handler(_: Request, exc: Problem) -> JSONResponse:
-        return _problem(exc.status, exc.title, exc.detail, **exc.extra)
+        return exc.response()
 
     @api.exception_handler(StarletteHTTPException)
     async def http_handler(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        answer = _problem(exc.status_code, str(exc.detail))
-        answer.headers.update(exc.headers or {})  # e.g. the Allow header of a 405
-        return answer
+        # e.g. the Allow header of a 405
+        return problem_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
     @api.exception_handler(RequestValidationError)
     async def validation_handler(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        return _problem(422, "invalid request", "see errors", errors=errors)
+        return problem_response(422, "invalid request", "see errors", errors=errors)
+
+    def reader(request: Request) -> None:
+        access.check(request.headers.get("authorization", ""), act=False)
 
     def authorized(request: Request) -> None:
-        client = request.client.host if request.client else "?"
-        if not limiter.allow(client):  # before the token check: guesses count too
-            raise Problem(429, "too many requests", f"at most {RATE[0]} per {RATE[1]:g}s")
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise Problem(401, "authentication required", "send Authorization: Bearer <token>")
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise Problem(403, "invalid token")
+        if not limiter.allow(client_of(request)):  # before the token check: guesses count too
+            raise Problem(
+                429,
+                "too many requests",
+                f"at most {RATE[0]} per {RATE[1]:g}s",
+                headers={"Retry-After": f"{RATE[1]:.0f}"},
+            )
+        access.check(request.headers.get("authorization", ""), act=True)
+
+    reads: Any = [Depends(reader)]
+    read_errors = {**AUTH_ERRORS, **READ_ERRORS}
 
     def view(app: str) -> dict[str, Any]:
         found = controller.view.app(app)
@@ -138,15 +173,25 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
             "version": __version__,
         }
 
-    @api.get("/apps", summary="Every app: desired vs observed, health, ports, deployments")
+    @api.get(
+        "/apps",
+        summary="Every app: desired vs observed, health, ports, deployments",
+        dependencies=reads,
+        responses=AUTH_ERRORS,
+    )
     async def apps() -> Response:  # cached bytes: no thread hop needed
         return Response(controller.view.listing(), media_type="application/json")
 
-    @api.get("/apps/{app}", summary="One app", responses=READ_ERRORS)
+    @api.get("/apps/{app}", summary="One app", dependencies=reads, responses=read_errors)
     def one_app(app: AppName) -> dict[str, Any]:
         return view(app)
 
-    @api.get("/apps/{app}/health", summary="Recent health probes", responses=READ_ERRORS)
+    @api.get(
+        "/apps/{app}/health",
+        summary="Recent health probes",
+        dependencies=reads,
+        responses=read_errors,
+    )
     def app_health(app: AppName, last: Annotated[int, Query(ge=1, le=50)] = 20) -> dict[str, Any]:
         row = view(app)
         probes = [p.__dict__ for p in status.probes(controller.ctx, app, last)]
@@ -157,7 +202,12 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
             "probes": probes,
         }
 
-    @api.get("/apps/{app}/deployments", summary="Deployments, newest first", responses=READ_ERRORS)
+    @api.get(
+        "/apps/{app}/deployments",
+        summary="Deployments, newest first",
+        dependencies=reads,
+        responses=read_errors,
+    )
     def deployments(
         app: AppName, limit: Annotated[int, Query(ge=1, le=200)] = 20
     ) -> dict[str, Any]:
@@ -169,50 +219,66 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
         "/apps/{app}/logs",
         summary="Container output, like docker logs",
         response_class=TextStream,
-        responses=READ_ERRORS,
+        dependencies=reads,
+        responses={**read_errors, **STREAM_ERRORS},
     )
-    def logs(
+    async def logs(
+        request: Request,
         app: AppName,
         tail: Annotated[int, Query(ge=0, le=100000)] = 100,
         follow: bool = False,
     ) -> StreamingResponse:
         view(app)
+        release = follows.take(client_of(request)) if follow else (lambda: None)
         try:
-            stream = lifecycle.logs(controller.ctx, app, follow=follow, tail=tail)
+            stream = await anyio.to_thread.run_sync(
+                lambda: lifecycle.logs(controller.ctx, app, follow=follow, tail=tail)
+            )
         except DiploError as exc:
+            release()
             raise Problem(404, "no logs", exc.message) from exc
-
-        def body() -> Iterator[bytes]:
-            try:
-                yield from stream
-            except DiploError:
-                return
-
-        return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+        except BaseException:
+            release()
+            raise
+        return SlotText(relay(stream, follow_threads if follow else None), release)
 
     @api.get(
         "/events",
         summary="Server-sent events: deployments, health, drift, errors",
         response_class=EventStream,
+        dependencies=reads,
+        responses={**AUTH_ERRORS, **STREAM_ERRORS},
     )
     async def events(request: Request) -> EventSourceResponse:
+        release = subscribers.take(client_of(request))
         sub = controller.bus.subscribe()
 
         async def stream() -> AsyncIterator[dict[str, str]]:
+            # The bus's queue is polled from the loop: an idle subscriber holds no thread.
             try:
-                while not await request.is_disconnected():
+                while True:
                     try:
-                        event = await asyncio.to_thread(sub.get, True, 0.5)
-                    except Exception:
+                        event = sub.get_nowait()
+                    except queue.Empty:
+                        await asyncio.sleep(EVENT_POLL)
                         continue
                     payload = {"app": event.app, "at": event.at, **event.data}
                     yield {"id": str(event.id), "event": event.kind, "data": json.dumps(payload)}
             finally:
                 controller.bus.unsubscribe(sub)
 
-        return EventSourceResponse(stream(), ping=15)
+        def done() -> None:
+            controller.bus.unsubscribe(sub)  # also when the stream never started
+            release()
 
-    @api.get("/system/stats", summary="Counts, ports, disk, uptime, engine")
+        return SlotEvents(stream(), done)
+
+    @api.get(
+        "/system/stats",
+        summary="Counts, ports, disk, uptime, engine",
+        dependencies=reads,
+        responses=AUTH_ERRORS,
+    )
     def stats() -> dict[str, Any]:
         rows = list(controller.view.rows.values())
         return {
@@ -233,14 +299,17 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
         "/apps/{app}/sync",
         dependencies=[Depends(authorized)],
         response_model=Accepted,
-        responses=WRITE_ERRORS,
+        responses={**WRITE_ERRORS, 409: problem_doc("A deploy holds the app (see Retry-After)")},
     )
     def sync(
         app: AppName,
         resume: Annotated[bool, Query(description="Drop a rollback's pin first.")] = False,
     ) -> Accepted:
         view(app)
-        resumed = controller.sync(app, resume=resume)
+        try:
+            resumed = controller.sync(app, resume=resume)
+        except DiploError as exc:
+            raise busy("cannot resume", exc) from exc
         detail = "following the source again; " if resumed else ""
         return Accepted(app=app, accepted=True, detail=detail + "reconcile queued")
 
@@ -248,14 +317,17 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
         "/apps/{app}/restart",
         dependencies=[Depends(authorized)],
         response_model=Accepted,
-        responses={**WRITE_ERRORS, 409: problem_doc("The engine refused the restart")},
+        responses={
+            **WRITE_ERRORS,
+            409: problem_doc("A deploy holds the app, or the engine refused"),
+        },
     )
     def restart(app: AppName) -> Accepted:
         view(app)
         try:
             restarted = controller.restart(app)
         except DiploError as exc:
-            raise Problem(409, "cannot restart", exc.message) from exc
+            raise busy("cannot restart", exc) from exc
         return Accepted(
             app=app,
             accepted=restarted,

@@ -1,6 +1,7 @@
 """GET /apps without the framework: the busiest read (dashboards and `diplo status` poll
 it) is answered straight from the controller's cached body, plain or gzipped, by a thin
-ASGI layer in front of FastAPI. Everything else goes to FastAPI unchanged."""
+ASGI layer in front of FastAPI, after the same token check as every read (two digests
+compared). Everything else goes to FastAPI unchanged."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from diplo.api.access import Access, header
+from diplo.api.problems import Problem
 from diplo.controller.controller import Controller
 
 Scope = MutableMapping[str, Any]
@@ -18,9 +21,10 @@ ASGI = Callable[
 
 
 class ListingFastPath:
-    def __init__(self, app: ASGI, controller: Controller) -> None:
+    def __init__(self, app: ASGI, controller: Controller, access: Access) -> None:
         self.app = app
         self.controller = controller
+        self.access = access
         self._gz: tuple[bytes, bytes] | None = None  # (plain body, its gzip)
         self._lock = threading.Lock()
 
@@ -33,6 +37,11 @@ class ListingFastPath:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != "/apps" or scope["method"] != "GET":
             await self.app(scope, receive, send)
+            return
+        try:
+            self.access.check(header(scope, b"authorization"), act=False)
+        except Problem as problem:
+            await problem.response()(scope, receive, send)
             return
         body = self.controller.view.listing()
         headers = [(b"content-type", b"application/json"), (b"vary", b"Accept-Encoding")]

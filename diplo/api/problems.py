@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["type", "title", "status", "detail"],
@@ -39,7 +41,49 @@ READ_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: problem_doc("No bearer token"),
-    403: problem_doc("Wrong token"),
+    403: problem_doc("Wrong token, or a read-only one"),
     **READ_ERRORS,
     429: problem_doc("Too many POSTs from this client"),
 }
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: problem_doc("No bearer token (reads are open only on loopback without DIPLO_TOKEN)"),
+    403: problem_doc("Wrong token, or a read-only token for an action"),
+}
+STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
+    429: problem_doc("Too many open streams, from this client or in all (see Retry-After)"),
+}
+
+
+class Problem(Exception):
+    """An RFC 9457 problem answer."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str = "",
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return problem_response(self.status, self.title, self.detail, self.headers, **self.extra)
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str = "",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(
+        body, status_code=status, media_type="application/problem+json", headers=headers
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
@@ -14,35 +15,44 @@ from diplo.errors import InputError
 from diplo.ops.commands import Outcome, Statuses
 from diplo.ops.status import AppView
 from diplo.paths import default_home
-from diplo.tokens import api_token
+from diplo.tokens import WeakToken, api_token
 
 
 class RemoteOps:
-    """`Operations` over the REST API of a running `diplo serve`."""
+    """`Operations` over the REST API of a running `diplo serve`, as its admin (reads need
+    the token too when the operator chose one)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls_cert: str | None = None) -> None:
         self.url = url
+        # A self-signed certificate of `diplo serve --tls-cert` is trusted for its URL.
+        self.tls = ssl.create_default_context(cafile=tls_cert) if tls_cert else None
 
     def get(self, path: str) -> Any:
-        return self._call(urllib.request.Request(self.url + path), timeout=5)
+        return self._send(urllib.request.Request(self.url + path, headers=self._auth()), 5)
 
     def post(self, path: str, body: dict[str, Any] | None) -> Any:
-        """A POST with this host's API token."""
-        token, _ = api_token(default_home())
+        """A POST with this host's API token; a problem answer becomes an InputError."""
         data = json.dumps(body).encode() if body is not None else b""
         req = urllib.request.Request(
             self.url + path,
             data=data,
             method="POST",
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            headers={**self._auth(), "Content-Type": "application/json"},
         )
-        return self._call(req, timeout=30)
+        return self._send(req, 30)
 
-    def _call(self, req: urllib.request.Request, *, timeout: float) -> Any:
+    def _auth(self) -> dict[str, str]:
+        try:
+            token, _ = api_token(default_home())
+        except WeakToken as exc:
+            raise InputError(exc.message, hint=exc.hint) from exc
+        return {"Authorization": f"Bearer {token}"}
+
+    def _send(self, req: urllib.request.Request, timeout: float) -> Any:
         """The JSON answer; an error answer (a problem, or a proxy's page) is a DiploError
         that says what the server said."""
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.tls) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -76,8 +86,9 @@ def running_server() -> RemoteOps | None:
     try:
         data = json.loads(info.read_text())
         os.kill(int(data["pid"]), 0)
-        server = RemoteOps(str(data["url"]))
-        server.get("/healthz")
+        server = RemoteOps(str(data["url"]), data.get("tls_cert"))
+        with urllib.request.urlopen(server.url + "/healthz", timeout=5, context=server.tls):
+            pass
         return server
     except (OSError, ValueError, KeyError, urllib.error.URLError):
         return None

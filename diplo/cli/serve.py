@@ -45,6 +45,23 @@ from diplo.logconfig import configure
     type=click.IntRange(1, 32),
     help="Apps reconciled at once.",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A Host name the API answers to, besides the --listen host and localhost "
+    "(repeatable; others get 421, against DNS rebinding).",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="IP",
+    help="A reverse proxy whose X-Forwarded-For is believed (repeatable; default: none).",
+)
+@click.option("--tls-cert", default=None, metavar="FILE", help="Serve HTTPS: the certificate.")
+@click.option("--tls-key", default=None, metavar="FILE", help="Serve HTTPS: its private key.")
 @click.pass_context
 @handled
 def serve(
@@ -57,12 +74,16 @@ def serve(
     listen: str,
     resync: str,
     workers: int,
+    allowed_hosts: tuple[str, ...],
+    trusted_proxies: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run the controller: watch the folder and/or poll the repository, heal drift, serve
     the API. Stops cleanly on SIGTERM or Ctrl-C, leaving the apps running."""
     from diplo.controller.sources import FolderSource, GitSource, Source
     from diplo.paths import default_home
-    from diplo.serve import run_server
+    from diplo.serve import Exposure, run_server
     from diplo.units import parse_duration
 
     if manifests is None and repo is None:
@@ -80,6 +101,11 @@ def serve(
             raise InputError(f"{name}: {exc}") from exc
     if ".." in Path(repo_path).parts or Path(repo_path).is_absolute():
         raise InputError(f"--path {repo_path!r}: give a folder inside the repository")
+    exposure = Exposure(
+        allowed_hosts=[_host_name(h) for h in allowed_hosts],
+        trusted_proxies=[_proxy(ip) for ip in trusted_proxies],
+        tls=_tls(tls_cert, tls_key),
+    )
     sources: list[Source] = []
     if manifests is not None:
         sources.append(FolderSource(Path(manifests)))
@@ -93,4 +119,34 @@ def serve(
         resync=periods["--resync"],
         workers=workers,
         poll_every=periods["--interval"],
+        exposure=exposure,
     )
+
+
+def _host_name(name: str) -> str:
+    if not name or any(c in name for c in "/ @?#") or name.count(":") == 1:
+        raise InputError(
+            f"--allowed-host {name!r}: give a host name or address, without scheme or port"
+        )
+    return name
+
+
+def _proxy(ip: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(ip, strict=False)
+    except ValueError as exc:
+        raise InputError(f"--trusted-proxy {ip!r}: give an IP address or network") from exc
+    return ip
+
+
+def _tls(cert: str | None, key: str | None) -> tuple[Path, Path] | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise InputError("give both --tls-cert FILE and --tls-key FILE, or neither")
+    for option, name in (("--tls-cert", cert), ("--tls-key", key)):
+        if not Path(name).is_file():
+            raise InputError(f"{option} {name}: no such file")
+    return Path(cert).resolve(), Path(key).resolve()

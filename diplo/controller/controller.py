@@ -37,7 +37,7 @@ from diplo.ops.plan import Prepared
 log = structlog.get_logger("diplo.controller")
 
 RECONCILE_LOCK_WAIT = 3600.0  # a reconcile waits this long for a `diplo apply` of its app
-COMMAND_LOCK_WAIT = 60.0  # an API command waits this long for a deploy in flight
+COMMAND_LOCK_WAIT = 2.0  # an API command waits this long for a deploy in flight (then 409)
 
 
 @dataclass(frozen=True)

@@ -430,14 +430,16 @@ class DockerRuntime:
     def logs(
         self, container_id: str, *, tail: int | None, follow: bool, timestamps: bool = False
     ) -> Iterator[bytes]:
-        result = self.api.logs(
+        # The SDK's stream itself, not a generator over it: its close() shuts the socket,
+        # so that the API can end a follow whose client left while a read still waits.
+        stream: Iterator[bytes] = self.api.logs(
             container_id,
             stream=True,
             follow=follow,
             tail="all" if tail is None else tail,
             timestamps=timestamps,
         )
-        yield from result
+        return stream
 
     def events(self, stop: StopCheck) -> Iterator[tuple[str, str]]:
         """Container events of Diplo's containers, as one long stream; a watcher closes it

@@ -1,27 +1,51 @@
 """The API of `diplo serve` over the in-memory engine, for the API tests: a manifest
 folder in a temp dir with two apps (one with a secret env value), reconciled by calling
-the controller directly (no threads), and a real SQLite ledger under DIPLO_HOME."""
+the controller directly (no threads), and a real SQLite ledger under DIPLO_HOME. Its
+access is one of two: LOOPBACK (no token chosen: reads open, POSTs need the admin token)
+or TOKENS (DIPLO_TOKEN and DIPLO_VIEWER_TOKEN chosen: every read needs one of them)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 import yaml
 from fastapi.testclient import TestClient
 
+from diplo.api.access import Access
 from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
 from diplo.ledger import Ledger
 from diplo.model import LABEL_APP
 from diplo.ops.context import Context
 from diplo.runtime.memory import MemoryRuntime
+from diplo.serve import Exposure, server_config
 
 from .factories import IMAGE_ID
 
-TOKEN = "t0ken-for-the-api-tests"
+TOKEN = "t0ken-for-the-api-tests-admin"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+VIEWER_TOKEN = "t0ken-for-the-api-tests-viewer"
+VIEWER = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
+HOST = "localhost"  # a Host name the API answers to (others get 421)
+
+
+def loopback() -> Access:
+    return Access(TOKEN, open_reads=True)
+
+
+def tokens() -> Access:
+    return Access(TOKEN, VIEWER_TOKEN)
+
+
+ACCESS = {"loopback": loopback, "tokens": tokens}
 SECRET = "s3cr3t-value-123"
 APPS = ("web", "worker")
 
@@ -45,9 +69,18 @@ class World:
     ledger: Ledger
     controller: Controller
     api: Any  # the ASGI app `diplo serve` runs
+    access: Access
 
-    def client(self, host: str = "testclient") -> TestClient:
-        return TestClient(self.api, client=(host, 50000))
+    def client(self, host: str = "testclient", headers: dict[str, str] | None = None) -> TestClient:
+        """A client at address `host`, sending `headers` with every request."""
+        return TestClient(
+            self.api, base_url=f"http://{HOST}", client=(host, 50000), headers=headers
+        )
+
+    @property
+    def read_headers(self) -> dict[str, str]:
+        """What a viewer sends: nothing on loopback without a token, else the viewer token."""
+        return {} if self.access.open_reads else VIEWER
 
     def write(self, apps: dict[str, Any]) -> None:
         """Change the manifest and load it, as the controller's file watcher would."""
@@ -58,15 +91,88 @@ class World:
         return next(c for c in self.engine.containers.values() if c.spec.labels[LABEL_APP] == app)
 
 
-def build_world(root: Path) -> World:
+def build_world(
+    root: Path, access: Access | None = None, engine: MemoryRuntime | None = None
+) -> World:
     """DIPLO_HOME must already point to `root / "home"` (the host locks live there)."""
+    access = access or loopback()
     folder = root / "manifests"
     folder.mkdir(parents=True)
-    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID})
+    engine = engine or MemoryRuntime(images={"busybox:latest": IMAGE_ID})
     ledger = Ledger(root / "home" / "ledger.db")
     controller = Controller(folder, Context(_runtime=engine, _ledger=ledger))
-    world = World(folder, engine, ledger, controller, asgi_app(controller, TOKEN))
+    api = asgi_app(controller, access)
+    world = World(folder, engine, ledger, controller, api, access)
     world.write(app_specs())
     for name in APPS:
         controller.handle(name)
     return world
+
+
+class FollowingRuntime(MemoryRuntime):
+    """The in-memory engine with Docker's follow: `logs(follow=True)` gives its lines, then
+    blocks (as a quiet container does) until the stream is closed."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.follows: list[BlockingFollow] = []
+
+    def logs(
+        self, container_id: str, *, tail: int | None, follow: bool, timestamps: bool = False
+    ) -> Iterator[bytes]:
+        lines = super().logs(container_id, tail=tail, follow=False)
+        if not follow:
+            return lines
+        stream = BlockingFollow(list(lines))
+        self.follows.append(stream)
+        return stream
+
+    def events(self, stop: Any) -> Iterator[tuple[str, str]]:
+        """No engine events here: wait, as Docker's stream does, until told to stop."""
+        while not stop():
+            time.sleep(0.05)
+        return iter(())
+
+    def open_follows(self) -> int:
+        return sum(1 for f in self.follows if not f.closed.is_set())
+
+
+class BlockingFollow:
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+        self.closed = threading.Event()
+
+    def __iter__(self) -> BlockingFollow:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.lines:
+            return self.lines.pop(0)
+        self.closed.wait()  # like a socket read: only close() (or a new line) ends it
+        raise StopIteration
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+@contextlib.contextmanager
+def serving(api: Any, exposure: Exposure | None = None) -> Iterator[str]:
+    """`api` under a real uvicorn on 127.0.0.1 (a free port), configured as `diplo serve`
+    configures it; yields its base URL and stops it (and its threads) afterwards."""
+    exposure = exposure or Exposure()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(server_config(api, "127.0.0.1", port, exposure))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"{exposure.scheme}://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

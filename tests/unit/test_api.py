@@ -1,4 +1,6 @@
-"""The REST API of `diplo serve`, as a client sees it, over the in-memory engine."""
+"""The REST API of `diplo serve`, as a client sees it, over the in-memory engine. Every
+test runs twice: on loopback without a chosen token (reads open), and with DIPLO_TOKEN and
+DIPLO_VIEWER_TOKEN chosen (the `client` then reads with the viewer token)."""
 
 from __future__ import annotations
 
@@ -18,24 +20,27 @@ from fastapi.testclient import TestClient
 from diplo import __version__
 from diplo.model import redact
 
-from .apiworld import AUTH, SECRET, TOKEN, World, app_specs, build_world
+from .apiworld import ACCESS, AUTH, SECRET, TOKEN, World, app_specs, build_world
 
 PROBLEM = "application/problem+json"
 APP_READS = ("", "/health", "/deployments", "/logs")  # GET /apps/{app}<suffix>
 ACTIONS = ("sync", "restart", "cancel")  # POST /apps/{app}/<action>
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+@pytest.fixture(params=sorted(ACCESS))
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[World]:
     monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
-    w = build_world(tmp_path)
+    w = build_world(tmp_path, ACCESS[request.param]())
     yield w
     w.ledger.close()
 
 
 @pytest.fixture
 def client(world: World) -> TestClient:
-    return world.client()
+    """A viewer: no token on loopback, else the viewer token (POSTs here pass AUTH)."""
+    return world.client(headers=world.read_headers)
 
 
 def problem(resp: httpx.Response, status: int) -> dict[str, Any]:
@@ -239,9 +244,8 @@ def test_docs_page_loads_the_openapi_document(client: TestClient):
 
 
 @pytest.mark.parametrize("action", ACTIONS)
-def test_post_without_a_token_is_401_and_changes_nothing(
-    world: World, client: TestClient, action: str
-):
+def test_post_without_a_token_is_401_and_changes_nothing(world: World, action: str):
+    client = world.client()
     world.engine.calls.clear()
     for headers in ({}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer "}):
         resp = client.post(f"/apps/web/{action}", headers=headers)
@@ -321,8 +325,9 @@ def test_cancel_stops_a_deploy_in_flight_and_keeps_the_running_revision(
 def test_posts_are_rate_limited_per_client(world: World, client: TestClient):
     for _ in range(20):
         assert client.post("/apps/web/cancel", headers=AUTH).status_code == 200
-    body = problem(client.post("/apps/web/cancel", headers=AUTH), 429)
-    assert body["detail"] == "at most 20 per 10s"
+    resp = client.post("/apps/web/cancel", headers=AUTH)
+    assert problem(resp, 429)["detail"] == "at most 20 per 10s"
+    assert resp.headers["retry-after"] == "10"
     assert problem(client.post("/apps/web/sync", headers=AUTH), 429)  # every POST counts
     assert client.get("/apps/web").status_code == 200  # reads are not limited
     other = world.client(host="10.0.0.2")

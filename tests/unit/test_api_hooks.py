@@ -22,7 +22,7 @@ from diplo.ledger import Ledger
 from diplo.ops.context import Context
 from diplo.runtime.memory import MemoryRuntime
 
-from .apiworld import AUTH, TOKEN, build_world
+from .apiworld import AUTH, HOST, build_world, loopback
 
 SECRET = "hook-s3cret"
 PROBLEM = "application/problem+json"
@@ -46,7 +46,8 @@ class Hooks:
         self.ledger = Ledger(root / "home" / "ledger.db")
         ctx = Context(_runtime=MemoryRuntime(), _ledger=self.ledger)
         self.controller = Controller(sources, ctx)
-        self.client = TestClient(asgi_app(self.controller, TOKEN, webhook_secret=secret))
+        api = asgi_app(self.controller, loopback(), webhook_secret=secret)
+        self.client = TestClient(api, base_url=f"http://{HOST}")
 
     def post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
         return self.client.post("/hooks/git", content=body, headers=headers)

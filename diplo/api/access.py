@@ -1,0 +1,95 @@
+"""Who may use the API: two bearer tokens (admin: reads and actions; viewer: reads only),
+and the Host header check that keeps a web page from reaching the API by DNS rebinding."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+from diplo.api.problems import Problem, problem_response
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _digest(token: str) -> bytes:
+    # Compared as digests: equal lengths, so the comparison time says nothing of the token.
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Access:
+    """`open_reads`: GETs need no token (loopback, and the operator chose none)."""
+
+    def __init__(self, admin: str, viewer: str | None = None, *, open_reads: bool = False):
+        self._admin = _digest(admin)
+        self._viewer = _digest(viewer) if viewer else None
+        self.open_reads = open_reads
+
+    def check(self, authorization: str, *, act: bool) -> None:
+        """Raise the 401/403 Problem of a request that may not read (or act, `act`)."""
+        scheme, _, given = authorization.partition(" ")
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
+            if self.open_reads and not act:
+                return
+            raise Problem(401, "authentication required", "send Authorization: Bearer <token>")
+        digest = _digest(given)
+        admin = hmac.compare_digest(digest, self._admin)
+        # Both are compared, so timing does not tell which token was close.
+        viewer = self._viewer is not None and hmac.compare_digest(digest, self._viewer)
+        if admin or (viewer and not act):
+            return
+        if viewer:
+            raise Problem(403, "read-only token", "this token can read, not act")
+        raise Problem(403, "invalid token")
+
+
+def header(scope: dict[str, Any] | Any, name: bytes) -> str:
+    return next((v for k, v in scope["headers"] if k == name), b"").decode("latin-1")
+
+
+def host_name(value: str) -> str:
+    """The name part of a Host header: `[::1]:7700` -> `::1`, `Web.Local.:80` -> `web.local`."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    if value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+class HostCheck:
+    """Answers 421 to a request whose Host is not a name of this server. A page loaded from
+    evil.example whose name then resolves to 127.0.0.1 sends `Host: evil.example`. An IP
+    address in Host cannot be rebound, so any is fine when listening on all interfaces."""
+
+    def __init__(self, app: Any, listen_host: str, allowed: Iterable[str] = ()) -> None:
+        self.app = app
+        self.names = {host_name(n) for n in (*LOOPBACK_NAMES, listen_host, *allowed)}
+        self.any_ip = listen_host in ("0.0.0.0", "::", "")
+
+    def allows(self, host: str) -> bool:
+        name = host_name(host)
+        if name in self.names:
+            return True
+        if not self.any_ip:
+            return False
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self.allows(header(scope, b"host")):
+            answer = problem_response(
+                421,
+                "unknown host",
+                "this server does not answer to that Host name; "
+                "start `diplo serve` with --allowed-host NAME to add one",
+            )
+            await answer(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
