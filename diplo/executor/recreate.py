@@ -5,6 +5,7 @@ one is started again: a failed release never leaves the app worse off."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import partial
 
@@ -12,7 +13,7 @@ import structlog
 
 from diplo.errors import DiploError
 from diplo.executor.containers import container_spec
-from diplo.executor.job import Cancelled, Job, StepFailed, guard
+from diplo.executor.job import Job, StepFailed, guard
 from diplo.executor.strategy import DeployContext
 from diplo.model import ObservedContainer, RunContainer
 
@@ -59,7 +60,9 @@ class Recreate:
                 state = guard("start", partial(runtime.state, new_id))
                 if state.status != "running":
                     raise StepFailed("start", self.ctx.gate.exit_reason(new_id, state))
-        except (StepFailed, Cancelled):
+        except BaseException:
+            # Any failure, not only the expected ones: a bug or an unexpected exception in
+            # a probe must leave the app as it was, never half-deployed.
             self._roll_back(app, new_id, stopped, renamed)
             raise
         for old in action.replaces:
@@ -89,9 +92,11 @@ class Recreate:
                 runtime.rename(old_id, name)
             for old in stopped:
                 runtime.start(old.id)
-        except DiploError as exc:
-            log.error("app.rollback_failed", app=app, error=exc.message)
-            ledger.event("rollback.failed", exc.message, app)
+        except Exception as exc:
+            why = exc.message if isinstance(exc, DiploError) else f"{type(exc).__name__}: {exc}"
+            log.error("app.rollback_failed", app=app, error=why)
+            with contextlib.suppress(Exception):
+                ledger.event("rollback.failed", why, app)
             return
         if stopped:
             ledger.event("rollback", "previous revision restarted", app)

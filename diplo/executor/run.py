@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from diplo.errors import DeployFailed, DiploError
 from diplo.executor import images
@@ -215,7 +216,10 @@ class Executor:
 
     def _run_app(self, p: AppPlan, ctx: DeployContext) -> AppOutcome:
         with self._slots:
-            return self._run_app_in_slot(p, ctx)
+            try:
+                return self._run_app_in_slot(p, ctx)
+            except Exception as exc:  # e.g. the ledger failed before a deployment row
+                return self._internal_error(p, "prepare", exc, None)
 
     def _run_app_in_slot(self, p: AppPlan, ctx: DeployContext) -> AppOutcome:
         if p.kind == "remove":
@@ -302,7 +306,34 @@ class Executor:
                 self.ledger.finish_deployment(dep_id, "failed", step=exc.step, error=exc.cause)
             message = str(DeployFailed(p.app, exc.step, exc.cause))
             return AppOutcome(p.app, p.kind, False, message, exc.step, deployment_id=dep_id)
+        except Exception as exc:
+            # Not a failure we expected (a bug, an odd input): the strategy has rolled
+            # back already; the deployment is closed as failed, never left `running`.
+            return self._internal_error(p, job.step, exc, dep_id)
 
+        try:
+            self._finish_success(p, spec, dep_id, image_id, bound)
+        except Exception as exc:  # the ledger could not record it: not a success
+            return self._internal_error(p, "record", exc, dep_id)
+        bound.info("app.done", result="succeeded")
+        return AppOutcome(
+            p.app,
+            p.kind,
+            True,
+            _success_message(p),
+            deployment_id=dep_id,
+            container_id=container_id,
+        )
+
+    def _finish_success(
+        self,
+        p: AppPlan,
+        spec: DesiredApp,
+        dep_id: int | None,
+        image_id: str | None,
+        bound: FilteringBoundLogger,
+    ) -> None:
+        runtime = self.runtime
         if dep_id is not None:
             run = next(a for a in p.actions if isinstance(a, RunContainer))
             self.ledger.set_ports(
@@ -318,15 +349,22 @@ class Executor:
                 images.keep_image(
                     runtime, self.ledger, p.app, dep_id, image_id, spec.keep_images, bound
                 )
-        bound.info("app.done", result="succeeded")
-        return AppOutcome(
-            p.app,
-            p.kind,
-            True,
-            _success_message(p),
-            deployment_id=dep_id,
-            container_id=container_id,
-        )
+
+    def _internal_error(
+        self, p: AppPlan, step: str, exc: Exception, dep_id: int | None
+    ) -> AppOutcome:
+        """An unexpected exception during one app's deploy: a failed outcome (never an
+        exception out of `run`), and the deployment closed as failed."""
+        cause = f"internal error: {type(exc).__name__}: {exc}"
+        # The type and message only: a traceback's locals could hold secrets (env values).
+        log.error("app.internal_error", app=p.app, step=step, error=cause)
+        if dep_id is not None:
+            try:
+                self.ledger.finish_deployment(dep_id, "failed", step=step, error=cause)
+            except Exception as ledger_exc:
+                log.error("app.finish_failed", app=p.app, deployment=dep_id, error=str(ledger_exc))
+        message = str(DeployFailed(p.app, step, cause))
+        return AppOutcome(p.app, p.kind, False, message, step, deployment_id=dep_id)
 
     def _remove_app(self, p: AppPlan) -> AppOutcome:
         self.reporter.step(p.app, "remove")

@@ -344,3 +344,31 @@ def test_the_apps_strategy_replaces_its_container(engine, ledger, monkeypatch):
     assert result.ok and seen == [("web", "shop-web-1", True)]
     (cid,) = engine.containers
     assert result.outcomes["web"].container_id == cid
+
+
+class BuggyRuntime(MemoryRuntime):
+    """Inspecting a container of `buggy_image` raises an exception no code expects."""
+
+    def state(self, container_id):
+        if self.containers[container_id].spec.image == "v2:latest":
+            raise UnicodeEncodeError("ascii", "/é", 1, 2, "ordinal not in range(128)")
+        return super().state(container_id)
+
+
+def test_an_unexpected_exception_during_a_deploy_rolls_back_and_fails_the_deployment(ledger):
+    engine = BuggyRuntime(images={"busybox:latest": IMAGE_ID, "v2:latest": "sha256:" + "2" * 64})
+    assert converge(engine, ledger, state(app("web"))).ok
+    (good_id,) = engine.containers
+    result = converge(engine, ledger, state(app("web", image="v2:latest")))
+    (failed,) = result.failed
+    assert failed.step == "health"
+    assert "internal error: UnicodeEncodeError" in failed.message
+    (c,) = engine.containers.values()  # the new container is gone, the old one serves
+    assert c.id == good_id and c.state == "running" and c.spec.name == "shop-web-1"
+    last = ledger.deployments("web")[0]
+    assert last.result == "failed" and last.step == "health"
+    assert last.error.startswith("internal error: UnicodeEncodeError")
+    assert ledger.snapshot().apps["web"].spec["image"] == "busybox:latest"
+    # ...and the next reconcile retries the release instead of adopting anything
+    again = plan(state(app("web", image="v2:latest")), engine.observe(), ledger.snapshot(), {})
+    assert [a.kind for a in again.apps] == ["update"]
