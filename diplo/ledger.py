@@ -434,6 +434,15 @@ class Ledger:
             flagged.append(dep)
         return flagged
 
+    def close_interrupted(self) -> list[int]:
+        """Close the deployments left `running` by a process that died (a crash, kill -9,
+        a reboot) as interrupted; returns their ids."""
+        rows = self._query("SELECT id, pid FROM deployments WHERE result = 'running'")
+        dead = [int(r["id"]) for r in rows if r["pid"] is not None and not _alive(r["pid"])]
+        for dep_id in dead:
+            self.finish_deployment(dep_id, "interrupted", error="the deploying process died")
+        return dead
+
     def in_flight(self, app: str) -> list[Deployment]:
         rows = self._query(
             "SELECT * FROM deployments WHERE app = ? AND result = 'running' ORDER BY id", (app,)

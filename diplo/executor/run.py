@@ -131,6 +131,11 @@ class Executor:
     def run(self, plan: Plan) -> ApplyResult:
         self._plan = plan
         result = ApplyResult()
+        try:
+            for dep_id in self.ledger.close_interrupted():
+                log.warning("deploy.interrupted", deployment=dep_id)
+        except DiploError as exc:  # only bookkeeping: the run goes on
+            log.warning("deploy.sweep_failed", error=exc.message)
         for net in plan.networks:
             try:
                 self.runtime.ensure_network(net.name, {LABEL_PROJECT: net.project})
@@ -281,6 +286,9 @@ class Executor:
                     container_id = strategy_for(spec, ctx).deploy(job, action)
                 elif isinstance(action, StartContainer):
                     self.reporter.step(p.app, "start", action.container.name)
+                    if action.rename_to and action.rename_to != action.container.name:
+                        rename = partial(runtime.rename, action.container.id, action.rename_to)
+                        guard("start", rename)
                     guard("start", partial(runtime.start, action.container.id))
                     self.ledger.event("app.started", f"started {action.container.name}", p.app)
                 elif isinstance(action, RemoveContainers):

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from diplo.executor import Executor
+from diplo.executor import Executor, container_spec
 from diplo.executor.recreate import Recreate
 from diplo.executor.run import STRATEGIES
 from diplo.ledger import Ledger
@@ -372,3 +372,45 @@ def test_an_unexpected_exception_during_a_deploy_rolls_back_and_fails_the_deploy
     # ...and the next reconcile retries the release instead of adopting anything
     again = plan(state(app("web", image="v2:latest")), engine.observe(), ledger.snapshot(), {})
     assert [a.kind for a in again.apps] == ["update"]
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_after_a_crash_mid_deploy_the_verified_release_serves_and_the_row_is_closed(
+    ledger, tmp_path
+):
+    import sqlite3
+
+    t = FakeTime()
+    engine = MemoryRuntime(
+        images={"busybox:latest": IMAGE_ID, "v2:latest": "sha256:" + "2" * 64}, wall=t.clock
+    )
+    ex, p = gated(engine, ledger, state(cmd_app()), t)
+    assert ex.run(p).ok
+    (good_id,) = engine.containers
+    # A deploy of v2 dies between stop-old and the health verdict (OOM, kill -9, reboot):
+    v2 = cmd_app(image="v2:latest")
+    crashed = ledger.start_deployment("web", "shop", v2.spec_hash)
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        db.execute("UPDATE deployments SET pid = ? WHERE id = ?", (dead_pid(), crashed))
+    engine.stop(good_id, 10)
+    engine.rename(good_id, f"shop-web-1-old-{good_id[:12]}")
+    (run,) = [a for a in plan(state(v2), engine.observe(), ledger.snapshot(), {}).apps[0].actions]
+    engine.start(engine.create(replace(container_spec(run, 10))))
+    # v2 is in fact broken: the next reconcile must find out, not adopt it.
+    engine.exec_results["v2:latest"] = (1, "db unreachable")
+    ex, p = gated(engine, ledger, state(v2), t)
+    (failed,) = ex.run(p).failed
+    assert failed.step == "health"
+    (c,) = engine.containers.values()
+    assert c.id == good_id and c.state == "running" and c.spec.name == "shop-web-1"
+    assert ledger.snapshot().apps["web"].spec["image"] == "busybox:latest"
+    swept = ledger.deployment(crashed)
+    assert swept.result == "interrupted" and swept.error == "the deploying process died"
