@@ -414,3 +414,59 @@ def test_after_a_crash_mid_deploy_the_verified_release_serves_and_the_row_is_clo
     assert ledger.snapshot().apps["web"].spec["image"] == "busybox:latest"
     swept = ledger.deployment(crashed)
     assert swept.result == "interrupted" and swept.error == "the deploying process died"
+
+
+def slow_stopping(ledger, **kw):
+    """v1 runs on an image whose PID 1 ignores SIGTERM (every stop takes the full grace
+    period); returns the engine, v1's container id and a v2 release."""
+    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID, "v2:latest": "sha256:" + "2" * 64})
+    engine.slow_stop.add("busybox:latest")
+    assert converge(engine, ledger, state(app("web", stop_grace_period=5, **kw))).ok
+    (old_id,) = engine.containers
+    return engine, old_id, app("web", image="v2:latest", stop_grace_period=5, **kw)
+
+
+def test_cancel_during_a_slow_stop_of_the_old_container_is_fast_and_restores_it(ledger):
+    engine, old_id, v2 = slow_stopping(ledger)
+    p = plan(state(v2), engine.observe(), ledger.snapshot(), {})
+    ex = Executor(engine, ledger)
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("r", ex.run(p)))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while ("stop", old_id) not in engine.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    asked = time.monotonic()
+    assert ledger.request_cancel("web")  # `diplo cancel` from another process
+    worker.join(10)
+    took = time.monotonic() - asked
+    assert took < 1.0, took
+    result = outcome["r"]
+    assert result.cancelled
+    assert "stop-old cancelled by diplo cancel" in result.outcomes["web"].message
+    (c,) = engine.containers.values()
+    assert c.id == old_id and c.state == "running" and c.spec.name == "shop-web-1"
+    assert ledger.deployments("web")[0].result == "cancelled"
+
+
+def test_the_stop_of_the_old_container_is_capped_at_the_deploy_deadline(ledger):
+    engine, _, v2 = slow_stopping(ledger)
+    v2 = replace(v2, deploy_timeout=1)
+    started = time.monotonic()
+    assert converge(engine, ledger, state(v2)).ok
+    assert time.monotonic() - started < 1.5
+    assert engine.stop_timeouts[-1] == 0  # 5s of grace cut to the (under 1s) left
+
+
+def test_a_deploy_deadline_passing_during_the_stop_fails_it_and_restores_the_old(ledger):
+    t = FakeTime()  # the deploy's clock jumps past its deadline once the stop began
+    engine, old_id, v2 = slow_stopping(ledger)
+    p = plan(state(v2), engine.observe(), ledger.snapshot(), {})
+    clock = lambda: t.now + (1000 if ("stop", old_id) in engine.calls else 0)  # noqa: E731
+    ex = Executor(engine, ledger, clock=clock)
+    started = time.monotonic()
+    (failed,) = ex.run(p).failed
+    assert time.monotonic() - started < 1.0
+    assert failed.step == "stop-old" and "deploy deadline of 120s exceeded" in failed.message
+    (c,) = engine.containers.values()
+    assert c.id == old_id and c.state == "running"

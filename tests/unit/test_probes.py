@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from diplo.executor.probes import run_probe
-from diplo.model import HealthSpec
+from diplo.model import ContainerSpec, HealthSpec
 from diplo.runtime.memory import MemoryRuntime
 
 
@@ -93,3 +93,47 @@ class BrokenRuntime(MemoryRuntime):
 def test_a_probe_that_hits_an_unexpected_exception_fails_with_the_reason():
     probe = run_probe(HealthSpec(kind="cmd", cmd=("true",)), None, BrokenRuntime(), "c")
     assert not probe.ok and probe.detail == "probe error: ValueError: unexpected"
+
+
+def hanging(image: str = "busybox:latest") -> tuple[MemoryRuntime, str]:
+    engine = MemoryRuntime(images={image: "sha256:" + "a" * 64})
+    cid = engine.create(ContainerSpec(name="shop-db-1", image=image, labels={}, network="n"))
+    engine.start(cid)
+    return engine, cid
+
+
+def test_hanging_cmd_probes_are_killed_not_leaked():
+    engine, cid = hanging()
+    engine.hang_exec.add("busybox:latest")
+    health = HealthSpec(kind="cmd", cmd=("pg_isready",), timeout=0.01)
+    before = threading.active_count()
+    for _ in range(50):
+        probe = run_probe(health, None, engine, cid)
+        assert not probe.ok
+        assert probe.detail == "pg_isready: timed out after 0.01s (killed)"
+    assert threading.active_count() <= before
+
+
+def test_no_second_probe_starts_while_an_unkillable_one_runs():
+    engine, cid = hanging()
+    engine.stuck_exec.add("busybox:latest")
+    health = HealthSpec(kind="cmd", cmd=("pg_isready",), timeout=0.01)
+    try:
+        first = run_probe(health, None, engine, cid)
+        assert "timed out after 0.01s and could not be killed" in first.detail
+        before = threading.active_count()
+        for _ in range(20):
+            again = run_probe(health, None, engine, cid)
+            assert (
+                not again.ok
+                and "the previous command in this container is still running" in again.detail
+            )
+        assert threading.active_count() == before
+    finally:
+        engine.unstuck.set()
+    deadline = time.monotonic() + 2
+    while engine._execs.busy() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine._execs.busy() == 0  # once it ends, probes run again
+    engine.stuck_exec.clear()
+    assert run_probe(health, None, engine, cid).ok
