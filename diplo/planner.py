@@ -177,12 +177,19 @@ def _plan_app(
 
     actions = []
     replaces = tuple(containers)
-    previous = _previous_release(containers, record.spec_hash) if unverified and record else None
+    previous = None
+    if record is not None and record.spec_hash != app.spec_hash:
+        # ...also when the deploy died before creating anything: the recorded release,
+        # renamed aside, is the one to put back.
+        candidate = _previous_release(containers, record.spec_hash)
+        if candidate is not None and (unverified or candidate.name != name):
+            previous = candidate
     if previous is not None:
         # Put the recorded release back first (its name, running), so the deploy below
         # replaces it, and a failed one restores it.
         others = tuple(c for c in containers if c is not previous)
-        actions.append(RemoveContainers(app.name, others, "unverified containers"))
+        if others:
+            actions.append(RemoveContainers(app.name, others, "unverified containers"))
         if previous.state not in RUNNING or previous.name != name:
             rename_to = name if previous.name != name else None
             actions.append(StartContainer(app.name, previous, rename_to))
@@ -223,9 +230,11 @@ def _plan_app(
     else:
         kind = "update"
         changes = diff_specs(record.spec if record else None, app.public_spec())
-        if unverified:
-            reason = "a deploy of this spec never finished; its container is not adopted" + (
-                ", the previous release is restored first" if previous else ""
+        if unverified or previous is not None:
+            reason = (
+                "a deploy of this spec never finished"
+                + ("; its container is not adopted" if unverified else "")
+                + ("; the previous release is restored first" if previous else "")
             )
         elif image_moved:
             reason = f"image {app.image} now points to another image"

@@ -139,10 +139,11 @@ class Executor:
         for net in plan.networks:
             try:
                 self.runtime.ensure_network(net.name, {LABEL_PROJECT: net.project})
-            except DiploError as exc:
+            except Exception as exc:  # never an exception out of `run`
+                why = exc.message if isinstance(exc, DiploError) else _internal(exc)
                 for p in plan.apps:
                     if p.actions:
-                        message = str(DeployFailed(p.app, "network", exc.message))
+                        message = str(DeployFailed(p.app, "network", why))
                         result.outcomes[p.app] = AppOutcome(
                             p.app, p.kind, False, message, "network"
                         )
@@ -363,7 +364,7 @@ class Executor:
     ) -> AppOutcome:
         """An unexpected exception during one app's deploy: a failed outcome (never an
         exception out of `run`), and the deployment closed as failed."""
-        cause = f"internal error: {type(exc).__name__}: {exc}"
+        cause = _internal(exc)
         # The type and message only: a traceback's locals could hold secrets (env values).
         log.error("app.internal_error", app=p.app, step=step, error=cause)
         if dep_id is not None:
@@ -388,6 +389,10 @@ class Executor:
         self.ledger.forget_app(p.app)
         images.prune_kept_images(self.runtime, self.ledger, p.app, keep=0)
         return AppOutcome(p.app, p.kind, True, "removed (named volumes kept)")
+
+
+def _internal(exc: Exception) -> str:
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def _success_message(p: AppPlan) -> str:

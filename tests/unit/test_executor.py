@@ -19,6 +19,7 @@ from diplo.model import (
     BuildSpec,
     HealthSpec,
     ResolvedPort,
+    RunContainer,
 )
 from diplo.planner import plan
 from diplo.runtime.memory import MemoryRuntime
@@ -402,7 +403,8 @@ def test_after_a_crash_mid_deploy_the_verified_release_serves_and_the_row_is_clo
         db.execute("UPDATE deployments SET pid = ? WHERE id = ?", (dead_pid(), crashed))
     engine.stop(good_id, 10)
     engine.rename(good_id, f"shop-web-1-old-{good_id[:12]}")
-    (run,) = [a for a in plan(state(v2), engine.observe(), ledger.snapshot(), {}).apps[0].actions]
+    actions = plan(state(v2), engine.observe(), ledger.snapshot(), {}).apps[0].actions
+    (run,) = [a for a in actions if isinstance(a, RunContainer)]
     engine.start(engine.create(replace(container_spec(run, 10))))
     # v2 is in fact broken: the next reconcile must find out, not adopt it.
     engine.exec_results["v2:latest"] = (1, "db unreachable")

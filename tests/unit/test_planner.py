@@ -279,3 +279,14 @@ def test_an_unverified_container_without_a_previous_release_is_gated_again():
     assert p.kind == "update"
     (run,) = p.actions
     assert isinstance(run, RunContainer) and run.replaces == (unverified,)
+
+
+def test_a_release_renamed_aside_by_a_deploy_that_died_before_create_is_restored():
+    old, new = app("web"), app("web", env=(("A", "1"),))
+    observed, previous, _ = crashed_mid_deploy(old, new)
+    observed = replace(observed, containers=(previous,))  # died before `create`
+    (p,) = plan(state(new), observed, ledger_for(old), {}).apps
+    assert p.kind == "update" and "never finished" in p.reason
+    start, run = p.actions
+    assert isinstance(start, StartContainer) and start.rename_to == "shop-web-1"
+    assert isinstance(run, RunContainer) and run.replaces[0].id == previous.id
