@@ -298,3 +298,29 @@ def test_cancel_during_a_slow_stop_of_the_old_container_is_fast(sandbox: Sandbox
     assert now["Id"] == old["Id"] and now["State"] == "running"
     assert http_get(port) == "v1\n"
     assert sandbox.status()[web]["last_deployment"]["result"] == "cancelled"
+
+
+def test_a_hanging_cmd_probe_is_killed_in_the_container(sandbox: Sandbox):
+    from diplo.executor.probes import run_probe
+    from diplo.model import HealthSpec
+    from diplo.runtime.docker_engine import DockerRuntime
+
+    from .conftest import TEST_LABEL
+
+    api = sandbox.api
+    c = api.create_container(
+        "busybox:latest", ["sleep", "300"], labels={TEST_LABEL: sandbox.id}, name=sandbox.name("p")
+    )
+    api.start(c["Id"])
+    runtime = DockerRuntime()
+    before = threading.active_count()
+    for cmd in (("sleep", "100"), ("sh", "-c", "sleep 100; echo")):
+        for _ in range(3):
+            started = time.monotonic()
+            probe = run_probe(HealthSpec(kind="cmd", cmd=cmd, timeout=0.5), None, runtime, c["Id"])
+            assert time.monotonic() - started < 2.0
+            assert probe.detail.endswith("timed out after 0.5s (killed)"), probe.detail
+    assert threading.active_count() <= before
+    processes = [p[-1] for p in api.top(c["Id"])["Processes"]]
+    assert processes == ["sleep 300"]  # no probe command is left running
+    assert run_probe(HealthSpec(kind="cmd", cmd=("true",)), None, runtime, c["Id"]).ok
