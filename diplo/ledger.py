@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -122,7 +122,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 PROBES_KEPT = 50  # per app
-EVENTS_KEPT = 20_000  # in all: the newest, trimmed as deployments finish
+EVENTS_KEPT = 20_000  # in all: the newest, trimmed on every insert
+DEPLOYMENTS_KEPT = 200  # per app: the newest, and any that keeps an image or is pinned
 
 
 def now() -> str:
@@ -158,13 +159,22 @@ class Ledger:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. Every sqlite3 error comes out as a LedgerError that
+        names its cause (a failed BEGIN has nothing to roll back)."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise LedgerError(
+                    f"ledger write failed: cannot start a transaction in {self.path}: {exc}",
+                    hint="another process may hold the ledger locked; try again",
+                ) from exc
+            try:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException as exc:
-                self._db.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # the cause below matters, not this
+                    self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise LedgerError(f"ledger write failed: {exc}") from exc
                 raise
@@ -289,6 +299,7 @@ class Ledger:
                 "INSERT INTO events (at, app, kind, message, deployment_id) VALUES (?,?,?,?,?)",
                 (now(), app, "deploy.started", f"revision {number}", dep_id),
             )
+            _trim_events(db)
             return dep_id
 
     def finish_deployment(
@@ -315,11 +326,8 @@ class Ledger:
                 "INSERT INTO events (at, app, kind, message, deployment_id) VALUES (?,?,?,?,?)",
                 (now(), row["app"] if row else None, f"deploy.{result}", message, dep_id),
             )
-            db.execute(
-                "DELETE FROM events WHERE id <= "
-                "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (EVENTS_KEPT,),
-            )
+            _trim_events(db)
+            _trim_deployments(db, row["app"] if row else None)
             if applied is not None:
                 app, project, spec_hash, spec = applied
                 self._upsert_app(db, app, project, spec_hash, spec, image_id)
@@ -352,12 +360,14 @@ class Ledger:
         """The app was removed: drop its applied spec (and port allocations unless kept)."""
         with self._tx() as db:
             db.execute("DELETE FROM apps WHERE app = ?", (app,))
+            db.execute("DELETE FROM probes WHERE app = ?", (app,))
             if not keep_ports:
                 db.execute("DELETE FROM ports WHERE app = ?", (app,))
             db.execute(
                 "INSERT INTO events (at, app, kind, message) VALUES (?, ?, ?, ?)",
                 (now(), app, "app.removed", "removed"),
             )
+            _trim_events(db)
 
     def set_ports(self, app: str, allocations: list[PortAllocation]) -> None:
         """Replace the app's host-port allocations."""
@@ -426,6 +436,7 @@ class Ledger:
                 "INSERT INTO events (at, app, kind, message, deployment_id) VALUES (?,?,?,?,?)",
                 (now(), app, "app.pinned", reason, deployment_id),
             )
+            _trim_events(db)
 
     def unpin(self, app: str) -> bool:
         with self._tx() as db:
@@ -435,6 +446,7 @@ class Ledger:
                     "INSERT INTO events (at, app, kind, message) VALUES (?, ?, ?, ?)",
                     (now(), app, "app.resumed", "following the source again"),
                 )
+                _trim_events(db)
             return bool(cur.rowcount)
 
     def pins(self) -> dict[str, Pin]:
@@ -457,8 +469,18 @@ class Ledger:
                     "VALUES (?, ?, ?, ?, ?)",
                     (now(), app, "deploy.cancel_requested", "cancel requested", dep.id),
                 )
+                _trim_events(db)
             flagged.append(dep)
         return flagged
+
+    def close_interrupted(self) -> list[int]:
+        """Close the deployments left `running` by a process that died (a crash, kill -9,
+        a reboot) as interrupted; returns their ids."""
+        rows = self._query("SELECT id, pid FROM deployments WHERE result = 'running'")
+        dead = [int(r["id"]) for r in rows if r["pid"] is not None and not _alive(r["pid"])]
+        for dep_id in dead:
+            self.finish_deployment(dep_id, "interrupted", error="the deploying process died")
+        return dead
 
     def in_flight(self, app: str) -> list[Deployment]:
         rows = self._query(
@@ -515,6 +537,7 @@ class Ledger:
                 "INSERT INTO events (at, app, kind, message) VALUES (?, ?, ?, ?)",
                 (now(), app, kind, message),
             )
+            _trim_events(db)
 
 
 def _alive(pid: int) -> bool:
@@ -525,3 +548,24 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _trim_events(db: sqlite3.Connection) -> None:
+    db.execute(
+        "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
+        (EVENTS_KEPT,),
+    )
+
+
+def _trim_deployments(db: sqlite3.Connection, app: str | None) -> None:
+    """Keep the app's newest deployments; older ones go unless a rollback or the history
+    needs them (a kept image, a pin, the release that runs) or they are still running."""
+    if app is None:
+        return
+    db.execute(
+        "DELETE FROM deployments WHERE app = ? AND result != 'running' AND kept_image IS NULL"
+        " AND id NOT IN (SELECT deployment_id FROM pins)"
+        " AND id NOT IN (SELECT MAX(id) FROM deployments WHERE app = ? AND result = 'succeeded')"
+        " AND id <= (SELECT id FROM deployments WHERE app = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+        (app, app, app, DEPLOYMENTS_KEPT),
+    )

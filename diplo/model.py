@@ -433,6 +433,7 @@ class RunContainer:
 class StartContainer:
     app: str
     container: ObservedContainer
+    rename_to: str | None = None  # give it back its name first (a restored `-old-` one)
 
 
 @dataclass(frozen=True)

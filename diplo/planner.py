@@ -7,7 +7,8 @@ spec hashes an update."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -141,7 +142,16 @@ def _plan_app(
     image_id = observed.images.get(image)
     if image.startswith("sha256:"):  # an image by ID: a rollback to a kept image
         image_id = image if image in observed.images.values() else None
+    record = ledger.apps.get(app.name)
     matching = [c for c in containers if c.spec_hash == app.spec_hash]
+    # A container is the app's release only once a deploy recorded its spec as applied.
+    # One with the desired spec but another recorded spec comes from a deploy that never
+    # finished (the process died before the health verdict): it was never verified, so
+    # it is replaced through the gate, never adopted, and the recorded release (stopped
+    # and renamed `-old-` by that deploy) is the one to come back to.
+    unverified = record is not None and record.spec_hash != app.spec_hash and bool(matching)
+    if unverified:
+        matching = []
     live = next((c for c in matching if c.state in RUNNING), None)
     keep = live or (matching[0] if matching else None)
     extras = tuple(c for c in containers if c is not keep)
@@ -151,15 +161,14 @@ def _plan_app(
         and app.build is None
         and keep.image_id != image_id
     )
-    record = ledger.apps.get(app.name)
 
     base = partial(AppPlan, app.name, app.project, depends_on=app.depends_on, spec=app, ports=ports)
     if keep is not None and not image_moved:
         actions: list[Action] = []
         if extras:
             actions.append(RemoveContainers(app.name, extras, "superseded containers"))
-        if keep.state not in RUNNING:
-            actions.append(StartContainer(app.name, keep))
+        if keep.state not in RUNNING:  # e.g. a release stopped and renamed by a crashed deploy
+            actions.append(StartContainer(app.name, keep, name if keep.name != name else None))
         if record is None or record.spec_hash != app.spec_hash or record.spec != app.public_spec():
             actions.append(RecordApplied(app.name, app))
         kind: ChangeKind
@@ -172,6 +181,24 @@ def _plan_app(
         return base(kind, reason, actions=tuple(actions), current=keep), problems
 
     actions = []
+    replaces = tuple(containers)
+    previous = None
+    if record is not None and record.spec_hash != app.spec_hash:
+        # ...also when the deploy died before creating anything: the recorded release,
+        # renamed aside, is the one to put back.
+        candidate = _previous_release(containers, record.spec_hash)
+        if candidate is not None and (unverified or candidate.name != name):
+            previous = candidate
+    if previous is not None:
+        # Put the recorded release back first (its name, running), so the deploy below
+        # replaces it, and a failed one restores it.
+        others = tuple(c for c in containers if c is not previous)
+        if others:
+            actions.append(RemoveContainers(app.name, others, "unverified containers"))
+        if previous.state not in RUNNING or previous.name != name:
+            rename_to = name if previous.name != name else None
+            actions.append(StartContainer(app.name, previous, rename_to))
+        replaces = (replace(previous, name=name, state="running", status="running"),)
     if app.build is not None:
         built = ledger.builds.get(image)
         fresh = (
@@ -198,7 +225,7 @@ def _plan_app(
             ports,
             network=network_name(app.project),
             name=name,
-            replaces=tuple(containers),
+            replaces=replaces,
             image_id=image_id if app.build is None else None,
         )
     )
@@ -208,13 +235,29 @@ def _plan_app(
     else:
         kind = "update"
         changes = diff_specs(record.spec if record else None, app.public_spec())
-        if image_moved:
+        if unverified or previous is not None:
+            reason = (
+                "a deploy of this spec never finished"
+                + ("; its container is not adopted" if unverified else "")
+                + ("; the previous release is restored first" if previous else "")
+            )
+        elif image_moved:
             reason = f"image {app.image} now points to another image"
         elif changes:
             reason = ", ".join(c.path for c in changes)
         else:
             reason = "the running container was made from another spec"
     return base(kind, reason, changes=changes, actions=tuple(actions)), problems
+
+
+def _previous_release(
+    containers: Sequence[ObservedContainer], spec_hash: str
+) -> ObservedContainer | None:
+    """The container of the recorded release: a running one, else the newest."""
+    verified = [c for c in containers if c.spec_hash == spec_hash]
+    running = [c for c in verified if c.state in RUNNING]
+    pool = running or verified
+    return max(pool, key=lambda c: c.created) if pool else None
 
 
 def diff_specs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> tuple[FieldChange, ...]:

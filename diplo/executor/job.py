@@ -90,6 +90,10 @@ class Job:
             self._flagged = bool(self._cancel_requested([self.dep_id]))
         return "diplo cancel" if self._flagged else None
 
+    def remaining(self) -> float:
+        """Seconds left before the deadline (0 once past it)."""
+        return max(0.0, self.deadline - self._clock())
+
     def expired(self) -> bool:
         return self._clock() > self.deadline
 

@@ -1,12 +1,12 @@
 """Running health probes: HTTP and TCP from this host against the app's published port
 (or the container's address when the port is not published), and commands inside the
-container through the runtime. Every probe has a timeout."""
+container through the runtime. Every probe has a total timeout, and none raises."""
 
 from __future__ import annotations
 
-import http.client
 import socket
 import time
+import urllib.parse
 
 from diplo.errors import DiploError
 from diplo.health import Probe
@@ -33,6 +33,8 @@ def run_probe(
     runtime: Runtime,
     container_id: str,
 ) -> Probe:
+    """One probe. Never raises: whatever goes wrong is a failed probe with its reason,
+    so an odd manifest value or a bug can never get past the health gate."""
     started = time.monotonic()
     try:
         if health.kind == "cmd":
@@ -53,18 +55,55 @@ def run_probe(
         ok, detail = False, f"timed out after {health.timeout:g}s"
     except OSError as exc:
         ok, detail = False, exc.strerror or str(exc)
+    except Exception as exc:
+        ok, detail = False, f"probe error: {type(exc).__name__}: {exc}"[:300]
     latency = time.monotonic() - started
     return Probe(ok, detail, latency)
 
 
+# What a path may hold as it is (RFC 3986 pchar, "/", "?" and a query); anything else,
+# non-ASCII or control characters included, is percent-encoded.
+_PATH_SAFE = "/?:@!$&'()*+,;=-._~%"
+MAX_HEAD = 16 * 1024  # bytes read at most: the status line is all a probe needs
+
+
+def request_target(path: str) -> str:
+    return urllib.parse.quote(path, safe=_PATH_SAFE) or "/"
+
+
 def _http(health: HealthSpec, address: tuple[str, int]) -> tuple[bool, str]:
-    conn = http.client.HTTPConnection(address[0], address[1], timeout=health.timeout)
-    try:
-        conn.request("GET", health.path, headers={"User-Agent": "diplo-health"})
-        code = conn.getresponse().status
-    except http.client.HTTPException as exc:
-        return False, f"bad HTTP response: {exc.__class__.__name__}"
-    finally:
-        conn.close()
+    """GET the path and read the status line, all within `health.timeout` in total: a
+    server that trickles bytes cannot hold the probe past its timeout."""
+    deadline = time.monotonic() + health.timeout
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        return remaining
+
+    host, port = address
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = (
+        f"GET {request_target(health.path)} HTTP/1.1\r\nHost: {authority}\r\n"
+        "User-Agent: diplo-health\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    ).encode("ascii")
+    with socket.create_connection(address, timeout=left()) as sock:
+        sock.settimeout(left())
+        sock.sendall(request)
+        head = b""
+        while b"\r\n" not in head:
+            if len(head) >= MAX_HEAD:
+                return False, "bad HTTP response: no status line in the first 16 KiB"
+            sock.settimeout(left())
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            head += chunk
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return False, "bad HTTP response: " + (repr(line[:60]) if line else "empty")
+    code = int(parts[1])
     ok = any(lo <= code <= hi for lo, hi in health.status)
     return ok, f"HTTP {code}"

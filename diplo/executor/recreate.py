@@ -5,18 +5,22 @@ one is started again: a failed release never leaves the app worse off."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from functools import partial
 
 import structlog
 
 from diplo.errors import DiploError
 from diplo.executor.containers import container_spec
-from diplo.executor.job import Cancelled, Job, StepFailed, guard
+from diplo.executor.job import POLL, Job, StepFailed, guard
 from diplo.executor.strategy import DeployContext
 from diplo.model import ObservedContainer, RunContainer
 
 log = structlog.get_logger("diplo.executor")
+
+KILL_WAIT = 5.0  # after a kill, how long the engine gets to report the stop done
 
 
 class Recreate:
@@ -39,8 +43,8 @@ class Recreate:
                 if old.state in ("running", "restarting", "paused"):
                     job.step = "stop-old"
                     reporter.step(app, "stop-old", old.name)
-                    guard("stop old container", partial(runtime.stop, old.id, timeout))
-                    stopped.append(old)
+                    stopped.append(old)  # from now on a rollback starts it again
+                    self._stop(job, old, timeout)
                 if old.name == action.name:
                     # Aside, not removed: the name is needed now, the container maybe later.
                     aside = f"{old.name}-old-{old.short_id}"
@@ -59,7 +63,9 @@ class Recreate:
                 state = guard("start", partial(runtime.state, new_id))
                 if state.status != "running":
                     raise StepFailed("start", self.ctx.gate.exit_reason(new_id, state))
-        except (StepFailed, Cancelled):
+        except BaseException:
+            # Any failure, not only the expected ones: a bug or an unexpected exception in
+            # a probe must leave the app as it was, never half-deployed.
             self._roll_back(app, new_id, stopped, renamed)
             raise
         for old in action.replaces:
@@ -69,6 +75,41 @@ class Recreate:
             except DiploError as exc:  # the new container runs; a leftover is only noise
                 log.warning("app.cleanup_failed", app=app, container=old.name, error=exc.message)
         return new_id
+
+    def _stop(self, job: Job, old: ObservedContainer, grace: int) -> None:
+        """Stop the old container within the deploy's deadline, and give up waiting as soon
+        as the deploy is cancelled: a PID 1 that ignores SIGTERM must not hold a cancel or
+        the deadline for its whole grace period. The stop runs in a helper thread while
+        this one watches the job; on a cancel or past the deadline the container is
+        killed (the rollback then starts it again)."""
+        runtime = self.ctx.runtime
+        grace = min(grace, math.floor(job.remaining()))
+        outcome: dict[str, BaseException] = {}
+
+        def stop() -> None:
+            try:
+                runtime.stop(old.id, grace)
+            except BaseException as exc:  # handed to the deploy's thread below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=stop, name="diplo-stop", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(POLL)
+            if worker.is_alive() and job.should_stop():
+                try:
+                    runtime.kill(old.id)
+                except DiploError as exc:
+                    log.warning(
+                        "app.kill_failed", app=job.app, container=old.name, error=exc.message
+                    )
+                worker.join(KILL_WAIT)
+                job.check("stop-old", f"stopping {old.name}")
+        error = outcome.get("error")
+        if isinstance(error, DiploError):
+            raise StepFailed("stop old container", error.message) from error
+        if error is not None:
+            raise error
 
     def _roll_back(
         self,
@@ -89,9 +130,11 @@ class Recreate:
                 runtime.rename(old_id, name)
             for old in stopped:
                 runtime.start(old.id)
-        except DiploError as exc:
-            log.error("app.rollback_failed", app=app, error=exc.message)
-            ledger.event("rollback.failed", exc.message, app)
+        except Exception as exc:
+            why = exc.message if isinstance(exc, DiploError) else f"{type(exc).__name__}: {exc}"
+            log.error("app.rollback_failed", app=app, error=why)
+            with contextlib.suppress(Exception):
+                ledger.event("rollback.failed", why, app)
             return
         if stopped:
             ledger.event("rollback", "previous revision restarted", app)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from diplo.errors import DeployFailed, DiploError
 from diplo.executor import images
@@ -130,13 +131,19 @@ class Executor:
     def run(self, plan: Plan) -> ApplyResult:
         self._plan = plan
         result = ApplyResult()
+        try:
+            for dep_id in self.ledger.close_interrupted():
+                log.warning("deploy.interrupted", deployment=dep_id)
+        except DiploError as exc:  # only bookkeeping: the run goes on
+            log.warning("deploy.sweep_failed", error=exc.message)
         for net in plan.networks:
             try:
                 self.runtime.ensure_network(net.name, {LABEL_PROJECT: net.project})
-            except DiploError as exc:
+            except Exception as exc:  # never an exception out of `run`
+                why = exc.message if isinstance(exc, DiploError) else _internal(exc)
                 for p in plan.apps:
                     if p.actions:
-                        message = str(DeployFailed(p.app, "network", exc.message))
+                        message = str(DeployFailed(p.app, "network", why))
                         result.outcomes[p.app] = AppOutcome(
                             p.app, p.kind, False, message, "network"
                         )
@@ -215,7 +222,10 @@ class Executor:
 
     def _run_app(self, p: AppPlan, ctx: DeployContext) -> AppOutcome:
         with self._slots:
-            return self._run_app_in_slot(p, ctx)
+            try:
+                return self._run_app_in_slot(p, ctx)
+            except Exception as exc:  # e.g. the ledger failed before a deployment row
+                return self._internal_error(p, "prepare", exc, None)
 
     def _run_app_in_slot(self, p: AppPlan, ctx: DeployContext) -> AppOutcome:
         if p.kind == "remove":
@@ -277,6 +287,9 @@ class Executor:
                     container_id = strategy_for(spec, ctx).deploy(job, action)
                 elif isinstance(action, StartContainer):
                     self.reporter.step(p.app, "start", action.container.name)
+                    if action.rename_to and action.rename_to != action.container.name:
+                        rename = partial(runtime.rename, action.container.id, action.rename_to)
+                        guard("start", rename)
                     guard("start", partial(runtime.start, action.container.id))
                     self.ledger.event("app.started", f"started {action.container.name}", p.app)
                 elif isinstance(action, RemoveContainers):
@@ -302,7 +315,34 @@ class Executor:
                 self.ledger.finish_deployment(dep_id, "failed", step=exc.step, error=exc.cause)
             message = str(DeployFailed(p.app, exc.step, exc.cause))
             return AppOutcome(p.app, p.kind, False, message, exc.step, deployment_id=dep_id)
+        except Exception as exc:
+            # Not a failure we expected (a bug, an odd input): the strategy has rolled
+            # back already; the deployment is closed as failed, never left `running`.
+            return self._internal_error(p, job.step, exc, dep_id)
 
+        try:
+            self._finish_success(p, spec, dep_id, image_id, bound)
+        except Exception as exc:  # the ledger could not record it: not a success
+            return self._internal_error(p, "record", exc, dep_id)
+        bound.info("app.done", result="succeeded")
+        return AppOutcome(
+            p.app,
+            p.kind,
+            True,
+            _success_message(p),
+            deployment_id=dep_id,
+            container_id=container_id,
+        )
+
+    def _finish_success(
+        self,
+        p: AppPlan,
+        spec: DesiredApp,
+        dep_id: int | None,
+        image_id: str | None,
+        bound: FilteringBoundLogger,
+    ) -> None:
+        runtime = self.runtime
         if dep_id is not None:
             run = next(a for a in p.actions if isinstance(a, RunContainer))
             self.ledger.set_ports(
@@ -318,15 +358,22 @@ class Executor:
                 images.keep_image(
                     runtime, self.ledger, p.app, dep_id, image_id, spec.keep_images, bound
                 )
-        bound.info("app.done", result="succeeded")
-        return AppOutcome(
-            p.app,
-            p.kind,
-            True,
-            _success_message(p),
-            deployment_id=dep_id,
-            container_id=container_id,
-        )
+
+    def _internal_error(
+        self, p: AppPlan, step: str, exc: Exception, dep_id: int | None
+    ) -> AppOutcome:
+        """An unexpected exception during one app's deploy: a failed outcome (never an
+        exception out of `run`), and the deployment closed as failed."""
+        cause = _internal(exc)
+        # The type and message only: a traceback's locals could hold secrets (env values).
+        log.error("app.internal_error", app=p.app, step=step, error=cause)
+        if dep_id is not None:
+            try:
+                self.ledger.finish_deployment(dep_id, "failed", step=step, error=cause)
+            except Exception as ledger_exc:
+                log.error("app.finish_failed", app=p.app, deployment=dep_id, error=str(ledger_exc))
+        message = str(DeployFailed(p.app, step, cause))
+        return AppOutcome(p.app, p.kind, False, message, step, deployment_id=dep_id)
 
     def _remove_app(self, p: AppPlan) -> AppOutcome:
         self.reporter.step(p.app, "remove")
@@ -342,6 +389,10 @@ class Executor:
         self.ledger.forget_app(p.app)
         images.prune_kept_images(self.runtime, self.ledger, p.app, keep=0)
         return AppOutcome(p.app, p.kind, True, "removed (named volumes kept)")
+
+
+def _internal(exc: Exception) -> str:
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def _success_message(p: AppPlan) -> str:

@@ -31,7 +31,8 @@ class DeployContext:
 class Strategy(Protocol):
     def deploy(self, job: Job, action: RunContainer) -> str:
         """Put `action`'s container in place of `action.replaces` and return its id.
-        On StepFailed or Cancelled, the app must be left running as it was before."""
+        On any exception (StepFailed, Cancelled, or a bug), the app must be left running
+        as it was before, and the exception re-raised."""
         ...
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import os
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -42,6 +44,7 @@ from diplo.model import (
     PublishedPort,
 )
 from diplo.runtime.base import LineSink, StopCheck
+from diplo.runtime.execguard import ExecGuard
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -99,6 +102,7 @@ class DockerRuntime:
         self._kwargs = docker.utils.kwargs_from_env()
         self._network_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="diplo-engine")
+        self._execs = ExecGuard()
         try:
             self.api = docker.APIClient(version="auto", timeout=timeout, **self._kwargs)
         except docker.errors.DockerException as exc:
@@ -379,6 +383,11 @@ class DockerRuntime:
     def stop(self, container_id: str, timeout: int) -> None:
         self.api.stop(container_id, timeout=timeout)
 
+    @mapped("killing a container")
+    def kill(self, container_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.api.kill(container_id)
+
     @mapped("renaming a container")
     def rename(self, container_id: str, name: str) -> None:
         self.api.rename(container_id, name)
@@ -407,24 +416,28 @@ class DockerRuntime:
     @mapped("running a command in a container")
     def exec(self, container_id: str, cmd: list[str], timeout: float) -> tuple[int, str]:
         exec_id = self.api.exec_create(container_id, cmd, stdout=True, stderr=True)["Id"]
-        result: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                result["output"] = self.api.exec_start(exec_id)
-            except Exception as exc:  # reported below, in the caller's thread
-                result["error"] = exc
-
-        worker = threading.Thread(target=run, name="diplo-exec", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if worker.is_alive():  # the engine cannot kill an exec; we stop waiting for it
-            raise RuntimeFailure(f"{' '.join(cmd)}: timed out after {timeout:g}s")
-        if "error" in result:
-            raise result["error"]
+        what = " ".join(cmd)
+        work = functools.partial(self.api.exec_start, exec_id)
+        kill = functools.partial(self._kill_exec, container_id, exec_id)
+        output = self._execs.run(container_id, what, work, kill, timeout)
         code = self.api.exec_inspect(exec_id).get("ExitCode")
-        output = result.get("output", b"")
         return int(code if code is not None else -1), output.decode("utf-8", "replace")
+
+    def _kill_exec(self, container_id: str, exec_id: str) -> bool:
+        """The engine has no call to kill an exec: signal its process ourselves. Its Pid is
+        the engine host's, so it is signalled only when it is ours to signal: on this host,
+        in this container's cgroup (an engine elsewhere leaves it running; the guard then
+        keeps a second command from starting)."""
+        pid = int(self.api.exec_inspect(exec_id).get("Pid") or 0)
+        full_id = str(self.api.inspect_container(container_id)["Id"])
+        if pid <= 0 or full_id not in _read(f"/proc/{pid}/cgroup"):
+            return False
+        killed = False
+        for target in [*_descendants(pid), pid]:  # children first: a shell's sleep too
+            with contextlib.suppress(OSError):
+                os.kill(target, signal.SIGKILL)
+                killed = True
+        return killed
 
     @mapped("reading logs")
     def logs(
@@ -535,3 +548,31 @@ def _pull_message(image: str, detail: str) -> str:
         f"image {image} is not on this host and cannot be pulled: {detail.strip()}. "
         "Build it here (`build:`), load it with `docker load`, or check registry access"
     )
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` on this host, deepest first (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _read(f"/proc/{entry}/stat")
+            fields = stat.rsplit(")", 1)[-1].split()
+            if len(fields) > 1 and fields[1].isdigit():
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    out: list[int] = []
+
+    def walk(p: int) -> None:
+        for child in children.get(p, []):
+            walk(child)
+            out.append(child)
+
+    walk(pid)
+    return out

@@ -1,10 +1,11 @@
 """An in-memory engine with the Runtime interface, for fast executor tests: containers,
 images, networks and volumes are dicts; every mutating call is recorded in `calls`.
-Failures are injected per image (`fail_start`) or per build tag (`fail_build`)."""
+Failures are injected per image (`fail_start`, `hang_exec`) or per build tag (`fail_build`)."""
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from diplo.model import (
     PublishedPort,
 )
 from diplo.runtime.base import LineSink, StopCheck
+from diplo.runtime.execguard import ExecGuard
 
 
 @dataclass
@@ -51,6 +53,13 @@ class MemoryRuntime:
         self.fail_build: set[str] = set()
         self.slow_build: set[str] = set()
         self.exec_results: dict[str, tuple[int, str]] = {}  # image -> (exit code, output)
+        self.hang_exec: set[str] = set()  # images whose commands hang until killed
+        self.stuck_exec: set[str] = set()  # ...and never die, until `unstuck` is set
+        self.unstuck = threading.Event()
+        self._execs = ExecGuard()
+        self.slow_stop: set[str] = set()  # images whose stop takes the whole grace period
+        self.stop_timeouts: list[int] = []
+        self._killed: dict[str, threading.Event] = {}
         self._ids = itertools.count(1)
         self._clock = itertools.count(1)
 
@@ -162,10 +171,21 @@ class MemoryRuntime:
         else:
             c.state = "running"
             c.started_at = self._wall()
+            self._killed.pop(container_id, None)
 
     def stop(self, container_id: str, timeout: int) -> None:
         self._call("stop", container_id)
+        self.stop_timeouts.append(timeout)
+        c = self._get(container_id)
+        if c.spec.image in self.slow_stop:  # PID 1 ignores SIGTERM: the grace period runs out
+            killed = self._killed.setdefault(container_id, threading.Event())
+            killed.wait(timeout)
+        c.state = "exited"
+
+    def kill(self, container_id: str) -> None:
+        self._call("kill", container_id)
         self._get(container_id).state = "exited"
+        self._killed.setdefault(container_id, threading.Event()).set()
 
     def rename(self, container_id: str, name: str) -> None:
         self._call("rename", container_id)
@@ -189,7 +209,24 @@ class MemoryRuntime:
 
     def exec(self, container_id: str, cmd: list[str], timeout: float) -> tuple[int, str]:
         c = self._get(container_id)
-        return self.exec_results.get(c.spec.image, (0, ""))
+        image = c.spec.image
+        if image not in self.hang_exec and image not in self.stuck_exec:
+            return self.exec_results.get(image, (0, ""))
+        killed = threading.Event()
+
+        def work() -> tuple[int, str]:  # a command that never exits by itself
+            while not killed.wait(0.01):
+                if image in self.stuck_exec and self.unstuck.is_set():
+                    break
+            return 137, ""
+
+        def kill() -> bool:
+            if image in self.stuck_exec:  # e.g. an engine on another host: cannot kill it
+                return False
+            killed.set()
+            return True
+
+        return self._execs.run(container_id, " ".join(cmd), work, kill, timeout)
 
     def remove_volume(self, name: str) -> None:
         self._call("remove_volume", name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -9,6 +10,8 @@ import threading
 import time
 import urllib.request
 from datetime import datetime
+
+from diplo.ledger import Ledger
 
 from .conftest import DIPLO, Sandbox, http_get, web_spec
 
@@ -247,3 +250,77 @@ def test_one_failing_app_does_not_stop_another(sandbox: Sandbox):
     assert f"{bad}: health failed" in proc.stderr
     assert http_get(sandbox.host_port(good)) == "ok\n"
     assert sandbox.containers(bad) == []
+
+
+def _in_flight(box: Sandbox) -> bool:
+    import sqlite3
+
+    path = box.home / "ledger.db"
+    if not path.exists():
+        return False
+    with contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
+        return bool(db.execute("SELECT 1 FROM deployments WHERE result = 'running'").fetchone())
+
+
+def test_cancel_during_a_slow_stop_of_the_old_container_is_fast(sandbox: Sandbox, capsys):
+    # Without `init`, busybox httpd is PID 1 and ignores SIGTERM: stopping it takes the
+    # whole grace period (30s here) unless Diplo stops waiting when told to cancel.
+    web = sandbox.name("web")
+    sandbox.manifest({web: web_spec(sandbox, "v1", init=False, stop_grace_period="30s")})
+    sandbox.diplo("apply", check=True)
+    port = sandbox.host_port(web)
+    (old,) = sandbox.containers()
+    sandbox.manifest({web: web_spec(sandbox, "v2", init=False, stop_grace_period="30s")})
+    apply = _start_apply(sandbox)
+    try:
+        deadline = time.monotonic() + 60
+        while not _in_flight(sandbox) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # well inside the stop of the old container
+        (still,) = sandbox.containers()
+        assert still["State"] == "running"  # ...which ignores SIGTERM
+        asked = time.monotonic()
+        # What `diplo cancel` does, without its start-up time in the measure.
+        ledger = Ledger(sandbox.home / "ledger.db")
+        try:
+            assert ledger.request_cancel(web)
+        finally:
+            ledger.close()
+        _, err = apply.communicate(timeout=30)
+        took = time.monotonic() - asked
+    finally:
+        apply.kill()
+    with capsys.disabled():
+        print(f"\n[cancel] cancel during a 30s stop -> apply returned in {took:.2f}s")
+    assert apply.returncode == 1 and f"{web}: stop-old cancelled by diplo cancel" in err
+    assert took < 2.0
+    (now,) = sandbox.containers()
+    assert now["Id"] == old["Id"] and now["State"] == "running"
+    assert http_get(port) == "v1\n"
+    assert sandbox.status()[web]["last_deployment"]["result"] == "cancelled"
+
+
+def test_a_hanging_cmd_probe_is_killed_in_the_container(sandbox: Sandbox):
+    from diplo.executor.probes import run_probe
+    from diplo.model import HealthSpec
+    from diplo.runtime.docker_engine import DockerRuntime
+
+    from .conftest import TEST_LABEL
+
+    api = sandbox.api
+    c = api.create_container(
+        "busybox:latest", ["sleep", "300"], labels={TEST_LABEL: sandbox.id}, name=sandbox.name("p")
+    )
+    api.start(c["Id"])
+    runtime = DockerRuntime()
+    before = threading.active_count()
+    for cmd in (("sleep", "100"), ("sh", "-c", "sleep 100; echo")):
+        for _ in range(3):
+            started = time.monotonic()
+            probe = run_probe(HealthSpec(kind="cmd", cmd=cmd, timeout=0.5), None, runtime, c["Id"])
+            assert time.monotonic() - started < 2.0
+            assert probe.detail.endswith("timed out after 0.5s (killed)"), probe.detail
+    assert threading.active_count() <= before
+    processes = [p[-1] for p in api.top(c["Id"])["Processes"]]
+    assert processes == ["sleep 300"]  # no probe command is left running
+    assert run_probe(HealthSpec(kind="cmd", cmd=("true",)), None, runtime, c["Id"]).ok

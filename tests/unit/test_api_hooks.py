@@ -169,10 +169,10 @@ def test_other_events_are_ignored(make: Any, event: str, body: bytes, detail: st
     assert hooks.queued() == []
 
 
-def test_a_signed_body_that_is_not_json_is_rejected(make: Any):
+def test_a_signed_body_that_is_not_json_is_a_400(make: Any):
     hooks = make()
     body = b"not json"
-    assert problem(hooks.post(body, github(body)), 401)["title"] == "webhook rejected"
+    assert problem(hooks.post(body, github(body)), 400)["title"] == "unreadable webhook"
     assert hooks.queued() == []
 
 

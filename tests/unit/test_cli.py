@@ -928,7 +928,7 @@ def test_the_running_server_refusals_exit_2(served: ServedWorld):
 
 
 def test_a_wrong_token_is_refused_by_the_running_server(served, monkeypatch):
-    monkeypatch.setenv("DIPLO_TOKEN", "not-the-token")
+    monkeypatch.setenv("DIPLO_TOKEN", "not-the-token-but-long-enough-for-it")
     result = served.run("sync", "web")
     assert result.exit_code == 2
     assert f"diplo serve at {served.url} answered 403: invalid token" in result.stderr

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from diplo.executor import Executor
+from diplo.executor import Executor, container_spec
 from diplo.executor.recreate import Recreate
 from diplo.executor.run import STRATEGIES
 from diplo.ledger import Ledger
@@ -19,6 +19,7 @@ from diplo.model import (
     BuildSpec,
     HealthSpec,
     ResolvedPort,
+    RunContainer,
 )
 from diplo.planner import plan
 from diplo.runtime.memory import MemoryRuntime
@@ -344,3 +345,130 @@ def test_the_apps_strategy_replaces_its_container(engine, ledger, monkeypatch):
     assert result.ok and seen == [("web", "shop-web-1", True)]
     (cid,) = engine.containers
     assert result.outcomes["web"].container_id == cid
+
+
+class BuggyRuntime(MemoryRuntime):
+    """Inspecting a container of `buggy_image` raises an exception no code expects."""
+
+    def state(self, container_id):
+        if self.containers[container_id].spec.image == "v2:latest":
+            raise UnicodeEncodeError("ascii", "/é", 1, 2, "ordinal not in range(128)")
+        return super().state(container_id)
+
+
+def test_an_unexpected_exception_during_a_deploy_rolls_back_and_fails_the_deployment(ledger):
+    engine = BuggyRuntime(images={"busybox:latest": IMAGE_ID, "v2:latest": "sha256:" + "2" * 64})
+    assert converge(engine, ledger, state(app("web"))).ok
+    (good_id,) = engine.containers
+    result = converge(engine, ledger, state(app("web", image="v2:latest")))
+    (failed,) = result.failed
+    assert failed.step == "health"
+    assert "internal error: UnicodeEncodeError" in failed.message
+    (c,) = engine.containers.values()  # the new container is gone, the old one serves
+    assert c.id == good_id and c.state == "running" and c.spec.name == "shop-web-1"
+    last = ledger.deployments("web")[0]
+    assert last.result == "failed" and last.step == "health"
+    assert last.error.startswith("internal error: UnicodeEncodeError")
+    assert ledger.snapshot().apps["web"].spec["image"] == "busybox:latest"
+    # ...and the next reconcile retries the release instead of adopting anything
+    again = plan(state(app("web", image="v2:latest")), engine.observe(), ledger.snapshot(), {})
+    assert [a.kind for a in again.apps] == ["update"]
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_after_a_crash_mid_deploy_the_verified_release_serves_and_the_row_is_closed(
+    ledger, tmp_path
+):
+    import sqlite3
+
+    t = FakeTime()
+    engine = MemoryRuntime(
+        images={"busybox:latest": IMAGE_ID, "v2:latest": "sha256:" + "2" * 64}, wall=t.clock
+    )
+    ex, p = gated(engine, ledger, state(cmd_app()), t)
+    assert ex.run(p).ok
+    (good_id,) = engine.containers
+    # A deploy of v2 dies between stop-old and the health verdict (OOM, kill -9, reboot):
+    v2 = cmd_app(image="v2:latest")
+    crashed = ledger.start_deployment("web", "shop", v2.spec_hash)
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        db.execute("UPDATE deployments SET pid = ? WHERE id = ?", (dead_pid(), crashed))
+    engine.stop(good_id, 10)
+    engine.rename(good_id, f"shop-web-1-old-{good_id[:12]}")
+    actions = plan(state(v2), engine.observe(), ledger.snapshot(), {}).apps[0].actions
+    (run,) = [a for a in actions if isinstance(a, RunContainer)]
+    engine.start(engine.create(replace(container_spec(run, 10))))
+    # v2 is in fact broken: the next reconcile must find out, not adopt it.
+    engine.exec_results["v2:latest"] = (1, "db unreachable")
+    ex, p = gated(engine, ledger, state(v2), t)
+    (failed,) = ex.run(p).failed
+    assert failed.step == "health"
+    (c,) = engine.containers.values()
+    assert c.id == good_id and c.state == "running" and c.spec.name == "shop-web-1"
+    assert ledger.snapshot().apps["web"].spec["image"] == "busybox:latest"
+    swept = ledger.deployment(crashed)
+    assert swept.result == "interrupted" and swept.error == "the deploying process died"
+
+
+def slow_stopping(ledger, **kw):
+    """v1 runs on an image whose PID 1 ignores SIGTERM (every stop takes the full grace
+    period); returns the engine, v1's container id and a v2 release."""
+    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID, "v2:latest": "sha256:" + "2" * 64})
+    engine.slow_stop.add("busybox:latest")
+    assert converge(engine, ledger, state(app("web", stop_grace_period=5, **kw))).ok
+    (old_id,) = engine.containers
+    return engine, old_id, app("web", image="v2:latest", stop_grace_period=5, **kw)
+
+
+def test_cancel_during_a_slow_stop_of_the_old_container_is_fast_and_restores_it(ledger):
+    engine, old_id, v2 = slow_stopping(ledger)
+    p = plan(state(v2), engine.observe(), ledger.snapshot(), {})
+    ex = Executor(engine, ledger)
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("r", ex.run(p)))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while ("stop", old_id) not in engine.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    asked = time.monotonic()
+    assert ledger.request_cancel("web")  # `diplo cancel` from another process
+    worker.join(10)
+    took = time.monotonic() - asked
+    assert took < 1.0, took
+    result = outcome["r"]
+    assert result.cancelled
+    assert "stop-old cancelled by diplo cancel" in result.outcomes["web"].message
+    (c,) = engine.containers.values()
+    assert c.id == old_id and c.state == "running" and c.spec.name == "shop-web-1"
+    assert ledger.deployments("web")[0].result == "cancelled"
+
+
+def test_the_stop_of_the_old_container_is_capped_at_the_deploy_deadline(ledger):
+    engine, _, v2 = slow_stopping(ledger)
+    v2 = replace(v2, deploy_timeout=1)
+    started = time.monotonic()
+    assert converge(engine, ledger, state(v2)).ok
+    assert time.monotonic() - started < 1.5
+    assert engine.stop_timeouts[-1] == 0  # 5s of grace cut to the (under 1s) left
+
+
+def test_a_deploy_deadline_passing_during_the_stop_fails_it_and_restores_the_old(ledger):
+    t = FakeTime()  # the deploy's clock jumps past its deadline once the stop began
+    engine, old_id, v2 = slow_stopping(ledger)
+    p = plan(state(v2), engine.observe(), ledger.snapshot(), {})
+    clock = lambda: t.now + (1000 if ("stop", old_id) in engine.calls else 0)  # noqa: E731
+    ex = Executor(engine, ledger, clock=clock)
+    started = time.monotonic()
+    (failed,) = ex.run(p).failed
+    assert time.monotonic() - started < 1.0
+    assert failed.step == "stop-old" and "deploy deadline of 120s exceeded" in failed.message
+    (c,) = engine.containers.values()
+    assert c.id == old_id and c.state == "running"

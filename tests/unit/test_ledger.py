@@ -99,3 +99,60 @@ def test_events_are_trimmed_to_the_newest(tmp_path, monkeypatch):
     assert len(events) == 5  # 8 written, the newest 5 kept
     assert events[0].kind == "deploy.succeeded"
     led.close()
+
+
+def test_a_locked_ledger_is_a_ledger_error_that_names_the_cause(ledger, tmp_path):
+    other = sqlite3.connect(tmp_path / "state" / "ledger.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writes, past the busy timeout
+    ledger._db.execute("PRAGMA busy_timeout = 50")
+    try:
+        with pytest.raises(LedgerError, match=r"cannot start a transaction.*database is locked"):
+            ledger.event("app.restarted", "restarted", "web")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    ledger.event("app.restarted", "restarted", "web")  # and the ledger still works
+    assert ledger.events("web")[0].kind == "app.restarted"
+
+
+def test_events_are_trimmed_on_every_insert_not_only_when_deployments_finish(tmp_path, monkeypatch):
+    import diplo.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "EVENTS_KEPT", 5)
+    led = ledger_module.Ledger(tmp_path / "l.db")
+    for n in range(12):
+        led.event("app.restarted", f"restart {n}", "web")
+    events = led.events(limit=100)
+    assert [e.message for e in events] == [f"restart {n}" for n in range(11, 6, -1)]
+    led.close()
+
+
+def test_old_deployments_are_trimmed_but_never_what_a_rollback_needs(tmp_path, monkeypatch):
+    import diplo.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "DEPLOYMENTS_KEPT", 3)
+    led = ledger_module.Ledger(tmp_path / "l.db")
+    ids = []
+    for n in range(10):
+        dep = led.start_deployment("web", "shop", f"h{n}")
+        ids.append(dep)
+        if n == 0:
+            led.keep_image(dep, "diplo-kept/web:1")
+        if n == 1:
+            led.pin("web", dep, "rolled back")
+        led.finish_deployment(dep, "succeeded" if n in (0, 1, 2) else "failed")
+    other = led.start_deployment("api", "shop", "x")
+    led.finish_deployment(other, "succeeded")
+    kept = [d.id for d in led.deployments("web", limit=100)]
+    # the newest 3, the kept image, the pin, and the release that runs (the last success)
+    assert sorted(kept) == [ids[0], ids[1], ids[2], ids[7], ids[8], ids[9]]
+    assert [d.id for d in led.deployments("api")] == [other]
+    assert led.start_deployment("web", "shop", "h") and led.deployments("web")[0].revision == 11
+    led.close()
+
+
+def test_forgetting_an_app_drops_its_probes(ledger):
+    ledger.record_probe("web", True, "healthy", "HTTP 200", 1.0)
+    ledger.record_probe("api", True, "healthy", "HTTP 200", 1.0)
+    ledger.forget_app("web")
+    assert ledger.probes("web") == [] and len(ledger.probes("api")) == 1

@@ -240,3 +240,63 @@ def test_normalize_image():
     assert normalize_image("localhost:5000/web") == "localhost:5000/web:latest"
     assert normalize_image("web:1") == "web:1"
     assert normalize_image("web@sha256:abc") == "web@sha256:abc"
+
+
+def crashed_mid_deploy(old, new):
+    """What a deploy that died before the health verdict leaves: the recorded release
+    stopped and renamed aside, the new container running but never verified."""
+    previous = running(
+        old, state="exited", name="shop-web-1-old-aaaaaaaaaaaa", id="a" * 64, created=1
+    )
+    unverified = running(new, id="b" * 64, created=2)
+    return Observed(containers=(previous, unverified), images=IMAGES), previous, unverified
+
+
+def test_a_container_from_a_deploy_that_never_finished_is_not_adopted():
+    old, new = app("web"), app("web", env=(("A", "1"),))
+    observed, previous, unverified = crashed_mid_deploy(old, new)
+    (p,) = plan(state(new), observed, ledger_for(old), {}).apps
+    assert p.kind == "update" and "never finished" in p.reason
+    remove, start, run = p.actions
+    # the unverified container goes, the recorded release comes back under its name...
+    assert isinstance(remove, RemoveContainers) and remove.containers == (unverified,)
+    assert isinstance(start, StartContainer) and start.container == previous
+    assert start.rename_to == "shop-web-1"
+    # ...and the new spec is deployed again through the health gate, replacing it
+    assert isinstance(run, RunContainer)
+    (replaced,) = run.replaces
+    assert replaced.id == previous.id and replaced.name == "shop-web-1"
+    assert replaced.state == "running"
+    assert not any(isinstance(a, RecordApplied) for a in p.actions)
+
+
+def test_reverting_to_the_recorded_release_after_a_crash_restores_it():
+    old, new = app("web"), app("web", env=(("A", "1"),))
+    observed, previous, unverified = crashed_mid_deploy(old, new)
+    (p,) = plan(state(old), observed, ledger_for(old), {}).apps
+    remove, start = p.actions
+    assert isinstance(remove, RemoveContainers) and remove.containers == (unverified,)
+    assert isinstance(start, StartContainer) and start.container == previous
+    assert start.rename_to == "shop-web-1"
+
+
+def test_an_unverified_container_without_a_previous_release_is_gated_again():
+    old, new = app("web"), app("web", env=(("A", "1"),))
+    unverified = running(new)
+    (p,) = plan(
+        state(new), Observed(containers=(unverified,), images=IMAGES), ledger_for(old), {}
+    ).apps
+    assert p.kind == "update"
+    (run,) = p.actions
+    assert isinstance(run, RunContainer) and run.replaces == (unverified,)
+
+
+def test_a_release_renamed_aside_by_a_deploy_that_died_before_create_is_restored():
+    old, new = app("web"), app("web", env=(("A", "1"),))
+    observed, previous, _ = crashed_mid_deploy(old, new)
+    observed = replace(observed, containers=(previous,))  # died before `create`
+    (p,) = plan(state(new), observed, ledger_for(old), {}).apps
+    assert p.kind == "update" and "never finished" in p.reason
+    start, run = p.actions
+    assert isinstance(start, StartContainer) and start.rename_to == "shop-web-1"
+    assert isinstance(run, RunContainer) and run.replaces[0].id == previous.id

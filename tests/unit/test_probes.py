@@ -153,7 +153,7 @@ def test_a_reply_that_is_not_http():
         t.start()
         probe = run_probe(http(), s.getsockname(), NO_ENGINE, "c1")
         t.join(5)
-    assert not probe.ok and probe.detail == "bad HTTP response: BadStatusLine"
+    assert not probe.ok and probe.detail == "bad HTTP response: 'SSH-2.0-OpenSSH_9.6'"
 
 
 def test_http_without_an_address():
