@@ -38,6 +38,14 @@ from diplo.errors import InputError
     help="Full resync period (also heals what events missed).",
 )
 @click.option(
+    "--policy",
+    "policy_file",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True, path_type=str),
+    help="What manifests may ask for (default: $DIPLO_HOME/policy.yaml, else strict "
+    "defaults; see `diplo policy check --show`).",
+)
+@click.option(
     "--workers",
     default=4,
     show_default=True,
@@ -56,11 +64,13 @@ def serve(
     listen: str,
     resync: str,
     workers: int,
+    policy_file: str | None,
 ) -> None:
     """Run the controller: watch the folder and/or poll the repository, heal drift, serve
     the API. Stops cleanly on SIGTERM or Ctrl-C, leaving the apps running."""
     from diplo.controller.sources import FolderSource, GitSource, Source
     from diplo.paths import default_home
+    from diplo.policy import load_policy
     from diplo.serve import run_server
     from diplo.units import parse_duration
 
@@ -77,11 +87,12 @@ def serve(
             raise InputError(f"{name}: {exc}") from exc
     if ".." in Path(repo_path).parts or Path(repo_path).is_absolute():
         raise InputError(f"--path {repo_path!r}: give a folder inside the repository")
+    policy = load_policy(policy_file)  # a broken policy stops serve before it starts
     sources: list[Source] = []
     if manifests is not None:
-        sources.append(FolderSource(Path(manifests)))
+        sources.append(FolderSource(Path(manifests), policy))
     if repo is not None:
-        sources.append(GitSource(repo, branch, repo_path, default_home()))
+        sources.append(GitSource(repo, branch, repo_path, default_home(), policy))
     run_server(
         ctx.obj["context"],
         sources,
