@@ -201,3 +201,24 @@ def test_apply_without_a_policy_argument_uses_the_host_policy(checkout: Path, ho
     path.write_text("apps:\n  a: {image: busybox}\n  b: {image: busybox}\n")
     with pytest.raises(ManifestError, match="more than 1 apps"):
         load_manifests([str(path)], environ={})
+
+
+# --- diplo policy check ------------------------------------------------------------------
+
+
+def test_policy_check_prints_what_would_be_refused(checkout: Path):
+    from click.testing import CliRunner
+
+    from diplo.cli.main import main
+
+    manifest(checkout, 'volumes: ["/:/host"]')
+    args = ["policy", "check", "-f", str(checkout / "deploy"), "--root", str(checkout)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "diplo.yaml:4:" in result.output and "refused" in result.output
+    result = CliRunner().invoke(main, [*args, "--as", "apply", "--show"])
+    assert result.exit_code == 2 and "exposes" in result.output  # / holds the Docker socket
+    assert "bind_mounts" in result.output  # the policy in force
+    manifest(checkout, 'volumes: ["./site:/www"]')
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "nothing would be refused" in result.output
