@@ -81,6 +81,13 @@ class Sandbox:
         self.dir = root / "manifests"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "DIPLO_HOME": str(self.home), "NO_COLOR": "1"}
+        # The tests' sites are beside the manifests (root/www-*): the host's policy lets
+        # `diplo serve` mount them; what a manifest may not reach stays refused.
+        self.home.mkdir(parents=True, exist_ok=True)
+        roots = f"['.', '{root}']"
+        (self.home / "policy.yaml").write_text(
+            f"repository:\n  bind_mounts: {roots}\nfolder:\n  bind_mounts: {roots}\n"
+        )
         self.env.pop("DIPLO_DEBUG", None)
 
     def name(self, base: str) -> str:
