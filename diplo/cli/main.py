@@ -12,6 +12,7 @@ import click
 
 from diplo import __version__
 from diplo.cli.handled import handled
+from diplo.cli.policy import policy
 from diplo.cli.serve import serve
 from diplo.errors import InputError
 from diplo.logconfig import configure
@@ -344,3 +345,4 @@ def schema() -> None:
 
 
 main.add_command(serve)
+main.add_command(policy)

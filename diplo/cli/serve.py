@@ -39,6 +39,14 @@ from diplo.logconfig import configure
     help="Full resync period (also heals what events missed).",
 )
 @click.option(
+    "--policy",
+    "policy_file",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True, path_type=str),
+    help="What manifests may ask for (default: $DIPLO_HOME/policy.yaml, else strict "
+    "defaults; see `diplo policy check --show`).",
+)
+@click.option(
     "--workers",
     default=4,
     show_default=True,
@@ -78,11 +86,13 @@ def serve(
     trusted_proxies: tuple[str, ...],
     tls_cert: str | None,
     tls_key: str | None,
+    policy_file: str | None,
 ) -> None:
     """Run the controller: watch the folder and/or poll the repository, heal drift, serve
     the API. Stops cleanly on SIGTERM or Ctrl-C, leaving the apps running."""
     from diplo.controller.sources import FolderSource, GitSource, Source
     from diplo.paths import default_home
+    from diplo.policy import load_policy
     from diplo.serve import Exposure, run_server
     from diplo.units import parse_duration
 
@@ -106,11 +116,12 @@ def serve(
         trusted_proxies=[_proxy(ip) for ip in trusted_proxies],
         tls=_tls(tls_cert, tls_key),
     )
+    policy = load_policy(policy_file)  # a broken policy stops serve before it starts
     sources: list[Source] = []
     if manifests is not None:
-        sources.append(FolderSource(Path(manifests)))
+        sources.append(FolderSource(Path(manifests), policy))
     if repo is not None:
-        sources.append(GitSource(repo, branch, repo_path, default_home()))
+        sources.append(GitSource(repo, branch, repo_path, default_home(), policy))
     run_server(
         ctx.obj["context"],
         sources,

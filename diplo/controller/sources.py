@@ -17,6 +17,7 @@ from diplo.gitsource import Commit, GitRepo, cache_path, redact_url, update_tree
 from diplo.manifest.load import load_manifests
 from diplo.model import DesiredApp, DesiredState, Revision
 from diplo.ops.provenance import folder_revision, folder_source
+from diplo.policy import Policy, SourceKind
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,11 @@ class Source(Protocol):
         ...
 
 
-def _load_folder(folder: Path) -> DesiredState:
+def _load_folder(folder: Path, policy: Policy, kind: SourceKind, root: Path) -> DesiredState:
+    """The folder's manifests, held to the host's policy for this kind of source; `root`
+    is what bind mounts, build contexts and env files must stay inside by default."""
     try:
-        return load_manifests([str(folder)])
+        return load_manifests([str(folder)], policy=policy, kind=kind, root=root)
     except InputError as exc:  # an empty folder: nothing is desired
         if "no manifest files" not in exc.message:
             raise
@@ -56,8 +59,9 @@ def _load_folder(folder: Path) -> DesiredState:
 class FolderSource:
     kind = "folder"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, policy: Policy | None = None) -> None:
         self.folder = folder.resolve()
+        self.policy = policy or Policy()
 
     @property
     def name(self) -> str:
@@ -67,7 +71,8 @@ class FolderSource:
         return {"kind": self.kind, "path": str(self.folder)}
 
     def load(self) -> Loaded:
-        return Loaded(_load_folder(self.folder), folder_revision([str(self.folder)]))
+        desired = _load_folder(self.folder, self.policy, "folder", self.folder)
+        return Loaded(desired, folder_revision([str(self.folder)]))
 
 
 @dataclass
@@ -83,8 +88,11 @@ class GitSource:
 
     kind = "git"
 
-    def __init__(self, url: str, branch: str, path: str, home: Path) -> None:
+    def __init__(
+        self, url: str, branch: str, path: str, home: Path, policy: Policy | None = None
+    ) -> None:
         self.url, self.branch, self.path = url, branch, path.strip("/")
+        self.policy = policy or Policy()  # strict by default: whoever pushes is not trusted
         self.cache = cache_path(home, url)
         self.repo = GitRepo(url, branch, self.cache / "repo")
         self.tree = self.cache / "tree"  # the last good commit's files, at a stable path
@@ -139,12 +147,11 @@ class GitSource:
             shutil.rmtree(staging, ignore_errors=True)
             try:
                 folder = self.repo.materialize(head.sha, self.path, staging)
-                _load_folder(folder)  # validated before it replaces the good tree
+                # Validated before it replaces the good tree.
+                _load_folder(folder, self.policy, "repository", staging)
             except ManifestError as exc:
                 where = f"{head.sha[:10]}:"
-                issues = [
-                    replace(i, file=i.file.replace(str(staging) + "/", where)) for i in exc.issues
-                ]
+                issues = [replace(i, file=_in_commit(i.file, staging, where)) for i in exc.issues]
                 raise self._refuse(head, ManifestError(issues)) from exc
             except DiploError as exc:
                 issue = ManifestIssue(f"{head.sha[:10]}:{self.path or '.'}", 0, 0, exc.message)
@@ -154,7 +161,8 @@ class GitSource:
                 shutil.rmtree(staging, ignore_errors=True)
             else:
                 staging.rename(self.tree)
-            desired = _load_folder(self.tree / self.path if self.path else self.tree)
+            folder = self.tree / self.path if self.path else self.tree
+            desired = _load_folder(folder, self.policy, "repository", self.tree)
             self.good, self.bad, self._desired = head, None, desired
             return Loaded(desired, self.revision(head))
 
@@ -164,6 +172,14 @@ class GitSource:
         self.bad = BadCommit(head.sha, head.subject, text, [dict(i.__dict__) for i in exc.issues])
         shutil.rmtree(self.cache / "staging", ignore_errors=True)
         return exc
+
+
+def _in_commit(file: str, staging: Path, where: str) -> str:
+    """A file of the staging checkout named as `SHA:path` (the loader resolves paths, so
+    the staging folder may be written through a link or relatively)."""
+    for root in {str(staging), str(staging.resolve())}:
+        file = file.replace(root + "/", where)
+    return file
 
 
 def merge(loads: list[Loaded]) -> Loaded:

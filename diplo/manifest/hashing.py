@@ -7,18 +7,34 @@ import hashlib
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
 
 
+class ContextTooLarge(ValueError):
+    """A build context with more files or bytes than the policy allows."""
+
+
 def file_digest(path: str | Path) -> str:
+    """Digest of a regular file. Anything else (a FIFO, a device, a socket) is never
+    opened: reading /dev/zero never ends, a FIFO blocks, and opening some devices acts."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        h.update(f"special\0{stat.S_IFMT(st.st_mode)}".encode())
+        return h.hexdigest()
+    with open(path, "rb", opener=_nonblocking) as fh:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    # Should the file have been swapped for a FIFO since the stat, open does not block.
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def _dockerignore(context: Path) -> list[tuple[bool, re.Pattern[str]]]:
@@ -65,10 +81,12 @@ def _ignored(rel: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
     return ignored
 
 
-def context_digest(context: str | Path) -> str:
+def context_digest(context: str | Path, max_files: int = 100_000, max_bytes: int = 4 << 30) -> str:
     """Digest of every file the builder would receive: paths, modes, symlink targets and
-    contents, honouring .dockerignore."""
+    contents, honouring .dockerignore. Only regular files are read; more than `max_files`
+    entries or `max_bytes` bytes raise ContextTooLarge."""
     root = Path(context)
+    files = size = 0
     patterns = _dockerignore(root)
     # An ignored folder is skipped whole, unless a "!" rule may bring part of it back.
     prune = not any(negate for negate, _ in patterns)
@@ -82,11 +100,20 @@ def context_digest(context: str | Path) -> str:
             if patterns and _ignored(rel, patterns):
                 continue
             st = os.lstat(full)
+            files += 1
+            size += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            if files > max_files or size > max_bytes:
+                raise ContextTooLarge(
+                    f"the build context holds more than {max_files} files or {max_bytes} "
+                    "bytes; add a .dockerignore, or choose a smaller folder"
+                )
             h.update(f"{rel}\0{st.st_mode & 0o777}\0".encode())
-            if os.path.islink(full):
+            if stat.S_ISLNK(st.st_mode):
                 h.update(os.readlink(full).encode())
-            else:
+            elif stat.S_ISREG(st.st_mode):
                 h.update(file_digest(full).encode())
+            else:  # a FIFO, device or socket: never opened
+                h.update(f"special\0{stat.S_IFMT(st.st_mode)}".encode())
         dirnames[:] = [
             d
             for d in dirnames

@@ -17,8 +17,18 @@ class InterpolationError(ValueError):
     pass
 
 
-def interpolate(text: str, env: Mapping[str, str] | Lookup) -> str:
-    lookup: Lookup = env if callable(env) else env.get
+MAX_DEPTH = 16
+
+
+def interpolate(text: str, env: Mapping[str, str] | Lookup, max_depth: int = MAX_DEPTH) -> str:
+    return _interpolate(text, env if callable(env) else env.get, max_depth)
+
+
+def _interpolate(text: str, lookup: Lookup, depth: int) -> str:
+    if depth < 0:
+        # Each nested default is a level; a bound keeps a crafted value from exhausting
+        # the stack (and the error from quoting the value).
+        raise InterpolationError("substitutions are nested too deeply (${A:-${B:-...}})")
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -33,10 +43,10 @@ def interpolate(text: str, env: Mapping[str, str] | Lookup) -> str:
             i += 2
         elif nxt == "{":
             end = _closing_brace(text, i + 2)
-            out.append(_substitute(text[i + 2 : end], lookup))
+            out.append(_substitute(text[i + 2 : end], lookup, depth))
             i = end + 1
         elif m := _NAME.match(text, i + 1):
-            out.append(_substitute(m.group(0), lookup))
+            out.append(_substitute(m.group(0), lookup, depth))
             i = m.end()
         else:
             out.append("$")
@@ -59,7 +69,7 @@ def _closing_brace(text: str, start: int) -> int:
     )
 
 
-def _substitute(expr: str, lookup: Lookup) -> str:
+def _substitute(expr: str, lookup: Lookup, depth: int) -> str:
     m = _BRACED.fullmatch(expr)
     if not m:
         raise InterpolationError(
@@ -70,7 +80,7 @@ def _substitute(expr: str, lookup: Lookup) -> str:
     value = lookup(name)
     unset_or_empty = value is None or (value == "" and op is not None and op.startswith(":"))
     if op in (":-", "-"):
-        return interpolate(arg, lookup) if unset_or_empty else (value or "")
+        return _interpolate(arg, lookup, depth - 1) if unset_or_empty else (value or "")
     if op in (":?", "?"):
         if unset_or_empty:
             raise InterpolationError(f"${{{name}}}: {arg or f'{name} is required'}")

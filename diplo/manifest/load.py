@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from diplo.errors import InputError, ManifestError, ManifestIssue
 from diplo.manifest.envfile import parse_env_text
-from diplo.manifest.hashing import context_digest, file_digest, spec_digest
+from diplo.manifest.hashing import ContextTooLarge, context_digest, file_digest, spec_digest
 from diplo.manifest.interpolate import InterpolationError, Lookup, interpolate
 from diplo.manifest.spec import (
     APP_NAME,
@@ -30,24 +30,32 @@ from diplo.manifest.spec import (
     Resources,
     TcpProbe,
 )
-from diplo.manifest.yamlpos import Located, load_located
+from diplo.manifest.yamlpos import Located, YamlTooBig, load_located
 from diplo.manifest.yamlpos import Path as DataPath
 from diplo.model import BuildSpec, DesiredApp, DesiredState, HealthSpec, Mount, PortSpec
+from diplo.policy import Policy, Rules, SourceKind, load_policy, rules
 
 MANIFEST_NAMES = ("diplo.yaml", "diplo.yml")
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_POLICY_HINT = (
+    "the host's owner decides this in $DIPLO_HOME/policy.yaml (diplo policy check --show)"
+)
 
 
 @dataclass
 class _File:
     path: Path
     located: Located
+    rules: Rules
     project: str = ""
     prune: bool = True
     allow_empty: bool = False
     apps: dict[str, AppConfig] = field(default_factory=dict)  # the apps that validated
     names: list[str] = field(default_factory=list)  # every app name written
     issues: list[ManifestIssue] = field(default_factory=list)
+    # Values that interpolation put at a path: (variable, its value). They may be secrets,
+    # so no message about that path quotes them.
+    interpolated: dict[DataPath, list[tuple[str, str]]] = field(default_factory=dict)
 
     def issue(
         self, path: DataPath, message: str, hint: str | None = None, *, key: bool = False
@@ -56,7 +64,24 @@ class _File:
         # One problem per place: a value that failed interpolation is not judged again.
         if any((i.line, i.col) == (pos.line, pos.col) for i in self.issues):
             return
+        message, hint = self.scrub(path, message), hint and self.scrub(path, hint)
         self.issues.append(ManifestIssue(str(self.path), pos.line, pos.col, message, hint))
+
+    def variables_at(self, path: DataPath) -> list[tuple[str, str]]:
+        """The substitutions made at `path`, inside it, or in a value that holds it."""
+        return [
+            used
+            for where, subs in self.interpolated.items()
+            if where[: len(path)] == path or path[: len(where)] == where
+            for used in subs
+        ]
+
+    def scrub(self, path: DataPath, text: str) -> str:
+        for name, value in sorted(self.variables_at(path), key=lambda s: -len(s[1])):
+            if len(value) >= 3:  # shorter ones are no secret, and would garble the text
+                shown = f"the value of ${{{name}}}"
+                text = text.replace(repr(value), shown).replace(value, shown)
+        return text
 
 
 def find_manifest_files(paths: Iterable[str]) -> list[Path]:
@@ -92,9 +117,25 @@ def find_manifest_files(paths: Iterable[str]) -> list[Path]:
     return list(unique)
 
 
-def load_manifests(paths: Iterable[str], environ: Mapping[str, str] | None = None) -> DesiredState:
+def load_manifests(
+    paths: Iterable[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    policy: Policy | None = None,
+    kind: SourceKind = "apply",
+    root: str | Path | None = None,
+    home: Path | None = None,
+) -> DesiredState:
+    """The desired state of the manifests in `paths`, as the host's policy for this kind of
+    source allows (`root`: the source's checkout or folder; without `policy`,
+    $DIPLO_HOME/policy.yaml or the defaults). Raises ManifestError, with file:line:col,
+    for anything invalid or refused."""
     environ = dict(os.environ if environ is None else environ)
-    files = [_parse(p, environ) for p in find_manifest_files(paths)]
+    if policy is None:
+        policy = load_policy(home=home)
+    allowed = rules(policy, kind, root, home=home, environ=environ)
+    budget = [allowed.limits.apps]
+    files = [_parse(p, environ, allowed, budget) for p in find_manifest_files(paths)]
     apps: list[DesiredApp] = []
     owners: dict[str, tuple[_File, str]] = {}
     for f in files:
@@ -138,15 +179,31 @@ def load_manifests(paths: Iterable[str], environ: Mapping[str, str] | None = Non
     )
 
 
-def _parse(path: Path, environ: dict[str, str]) -> _File:
-    f = _File(path, Located(None))
+def _parse(path: Path, environ: dict[str, str], allowed: Rules, budget: list[int]) -> _File:
+    f = _File(path, Located(None), allowed)
+    limits = allowed.limits
+    refused = allowed.file_refusal(os.path.realpath(path))
+    if refused:
+        f.issues.append(ManifestIssue(str(path), 1, 1, f"not read: {refused}", _POLICY_HINT))
+        return f
     try:
+        if path.stat().st_size > limits.manifest_bytes:
+            message = f"the file is larger than {limits.manifest_bytes} bytes"
+            f.issues.append(ManifestIssue(str(path), 1, 1, message, "split it, or trim it"))
+            return f
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         f.issues.append(ManifestIssue(str(path), 1, 1, f"cannot read the file: {exc}"))
         return f
     try:
-        f.located = load_located(text)
+        f.located = load_located(text, limits.yaml_depth, limits.yaml_nodes)
+    except YamlTooBig as exc:
+        hint = "write the values out, or use fewer aliases (*name)"
+        f.issues.append(ManifestIssue(str(path), exc.pos.line, exc.pos.col, exc.message, hint))
+        return f
+    except (RecursionError, MemoryError):  # a last guard; the limits above come first
+        f.issues.append(ManifestIssue(str(path), 1, 1, "the document is too large or too deep"))
+        return f
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -181,6 +238,16 @@ def _parse(path: Path, environ: dict[str, str]) -> _File:
     if not isinstance(raw_apps, dict):
         return f
     for name, raw in raw_apps.items():
+        budget[0] -= 1
+        if budget[0] < 0:
+            f.issue(
+                ("apps", name),
+                f"more than {limits.apps} apps in this source",
+                "split them over several sources, or ask the host's owner to raise "
+                "limits.apps in policy.yaml",
+                key=True,
+            )
+            break
         f.names.append(name)
         if not APP_NAME.match(name):
             f.issue(
@@ -207,23 +274,51 @@ def _env_lookup(folder: Path, environ: dict[str, str], f: _File) -> Lookup:
     dotenv: dict[str, str] = {}
     env_path = folder / ".env"
     if env_path.is_file():
-        dotenv, problems = parse_env_text(env_path.read_text(encoding="utf-8", errors="replace"))
-        for line, problem in problems:
-            f.issues.append(ManifestIssue(str(env_path), line, 1, problem))
+        refused = f.rules.file_refusal(os.path.realpath(env_path))
+        if refused:
+            f.issues.append(ManifestIssue(str(env_path), 1, 1, f"not read: {refused}"))
+        elif env_path.stat().st_size > f.rules.limits.manifest_bytes:
+            message = f"larger than {f.rules.limits.manifest_bytes} bytes"
+            f.issues.append(ManifestIssue(str(env_path), 1, 1, message))
+        else:
+            text = env_path.read_text(encoding="utf-8", errors="replace")
+            dotenv, problems = parse_env_text(text)
+            for line, problem in problems:
+                f.issues.append(ManifestIssue(str(env_path), line, 1, problem))
 
     def lookup(name: str) -> str | None:
-        return environ.get(name, dotenv.get(name))
+        if name.startswith("DIPLO_"):
+            raise InterpolationError(
+                f"${{{name}}}: Diplo's own variables (DIPLO_*) are never given to a manifest"
+            )
+        # Diplo's environment wins, as far as the policy lets this source read it; a
+        # variable it may not read is as if unset, so that ${VAR:-default} still works.
+        if f.rules.may_read(name) and name in environ:
+            return environ[name]
+        return dotenv.get(name)
 
     return lookup
 
 
 def _interpolate(value: Any, path: DataPath, lookup: Lookup, f: _File) -> Any:
     if isinstance(value, str):
+        used: list[tuple[str, str]] = []
+
+        def recording(name: str) -> str | None:
+            found = lookup(name)
+            if found is not None:
+                used.append((name, found))
+            return found
+
         try:
-            return interpolate(value, lookup)
+            result = interpolate(value, recording, f.rules.limits.interpolation_depth)
         except InterpolationError as exc:
             f.issue(path, str(exc))
             return value
+        finally:
+            if used:
+                f.interpolated[path] = used
+        return result
     if isinstance(value, dict):
         return {k: _interpolate(v, (*path, k), lookup, f) for k, v in value.items()}
     if isinstance(value, list):
@@ -272,6 +367,8 @@ def _report(f: _File, err: Any) -> None:
     got = err.get("input")
     plain = kind != "value_error" and not isinstance(got, dict | list) and got is not None
     shown = f" (got {got!r})" if plain else ""
+    if plain and (names := sorted({n for n, _ in f.variables_at(loc)})):
+        shown = " (got the value of " + ", ".join(f"${{{n}}}" for n in names) + ")"
     f.issue(loc, f"{field_name}: {message}{shown}")
 
 
@@ -322,12 +419,19 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
 
     env: dict[str, str] = {}
     for i, rel in enumerate(app.env_file):
-        p = (base / rel).resolve()
+        p = Path(os.path.realpath(base / rel))
         loc: DataPath = (*at, "env_file", i)
         if loc not in f.located.values:  # `env_file: .env` (a single string)
             loc = (*at, "env_file")
+        refused = f.rules.file_refusal(str(p))
+        if refused:
+            f.issue(loc, f"env_file {rel!r} refused: {refused}", _POLICY_HINT)
+            continue
         if not p.is_file():
             f.issue(loc, f"env_file {rel!r} does not exist ({p})", "create it or fix the path")
+            continue
+        if p.stat().st_size > f.rules.limits.manifest_bytes:
+            f.issue(loc, f"env_file {rel!r} is larger than {f.rules.limits.manifest_bytes} bytes")
             continue
         values, problems = parse_env_text(p.read_text(encoding="utf-8", errors="replace"))
         for line, problem in problems:
@@ -336,7 +440,19 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         file_hashes[str(p)] = file_digest(p)
     for key, value in app.env.items():
         if value is None:  # `KEY` alone: passed through from Diplo's environment
-            if key in environ:
+            if not f.rules.may_read(key):
+                never = key.startswith("DIPLO_")
+                f.issue(
+                    (*at, "env", key),
+                    f"env {key}: "
+                    + (
+                        "Diplo's own variables (DIPLO_*) are never given to a manifest"
+                        if never
+                        else f"a {f.rules.kind} source may not pass Diplo's variable through"
+                    ),
+                    None if never else _POLICY_HINT,
+                )
+            elif key in environ:
                 env[key] = environ[key]
             else:
                 env.pop(key, None)
@@ -446,18 +562,37 @@ def with_spec_hash(app: DesiredApp) -> DesiredApp:
 
 
 def _resolve_build(f: _File, cfg: BuildConfig, base: Path, loc: DataPath) -> BuildSpec | None:
-    context = (base / cfg.context).resolve()
+    context = Path(os.path.realpath(base / cfg.context))
+    refused = f.rules.file_refusal(str(context))
+    if refused:
+        f.issue(loc, f"build context {cfg.context!r} refused: {refused}", _POLICY_HINT)
+        return None
     if not context.is_dir():
         f.issue(loc, f"build context {cfg.context!r} is not a folder ({context})")
         return None
     dockerfile = context / cfg.dockerfile
+    refused = f.rules.file_refusal(os.path.realpath(dockerfile))
+    if refused:
+        f.issue(loc, f"dockerfile {cfg.dockerfile!r} refused: {refused}", _POLICY_HINT)
+        return None
     if not dockerfile.is_file():
         f.issue(loc, f"no Dockerfile at {dockerfile}", "add one or set build.dockerfile")
+        return None
+    limits = f.rules.limits
+    try:
+        context_hash = context_digest(
+            context, limits.build_context_files, limits.build_context_bytes
+        )
+    except ContextTooLarge as exc:
+        f.issue(loc, f"build context {cfg.context!r}: {exc}")
+        return None
+    except OSError as exc:
+        f.issue(loc, f"build context {cfg.context!r} cannot be read: {exc.strerror}")
         return None
     args = tuple(sorted(cfg.args.items()))
     digest = spec_digest(
         {
-            "context": context_digest(context),
+            "context": context_hash,
             "dockerfile": cfg.dockerfile,
             "dockerfile_content": file_digest(dockerfile),
             "args": list(args),
@@ -483,7 +618,11 @@ def _resolve_volume(f: _File, text: str, base: Path, loc: DataPath, project: str
         f.issue(loc, f"volume target {target!r} must be an absolute path in the container")
         return None
     if source.startswith((".", "/", "~")):
-        host = (base / os.path.expanduser(source)).resolve()
+        host = Path(os.path.realpath(base / os.path.expanduser(source)))
+        refused = f.rules.bind_refusal(str(host))
+        if refused:  # before looking at the path: a refused manifest learns nothing of it
+            f.issue(loc, f"bind mount of {source!r} refused: {refused}", _POLICY_HINT)
+            return None
         if not host.exists():
             f.issue(
                 loc,

@@ -79,6 +79,27 @@ def _size(value: Any) -> int:
 Duration = Annotated[
     float, BeforeValidator(_duration, json_schema_input_type=str | float), Field(ge=0)
 ]
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def _within(low: float, high: float) -> AfterValidator:
+    """Bounds on a duration: an unbounded wait holds a worker and the app's lock (a stop
+    grace of 10000h), and a zero interval makes the health gate a busy loop."""
+
+    def check(value: float) -> float:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {_human(low)} and {_human(high)}")
+        return value
+
+    return AfterValidator(check)
+
+
 Size = Annotated[int, BeforeValidator(_size, json_schema_input_type=str | int), Field(gt=0)]
 Command = Annotated[
     list[str] | None,
@@ -165,13 +186,20 @@ class HealthConfig(_Strict):
     http: HttpProbe | None = None
     tcp: TcpProbe | None = None
     cmd: Command = Field(None, description="Run in the container; exit 0 means healthy.")
-    interval: Duration = Field(1.0, description="Time between probes.")
-    start_interval: Duration = Field(
-        0.1, description="Time between probes until the first success (a fast first gate)."
+    interval: Annotated[Duration, _within(0.1, 3600)] = Field(
+        1.0, description="Time between probes (100ms to 1h)."
     )
-    timeout: Duration = Field(2.0, description="A probe slower than this failed.")
+    start_interval: Annotated[Duration, _within(0.01, 3600)] = Field(
+        0.1,
+        description="Time between probes until the first success (a fast first gate; 10ms to 1h).",
+    )
+    timeout: Annotated[Duration, _within(0.01, 600)] = Field(
+        2.0, description="A probe slower than this failed (10ms to 10m)."
+    )
     retries: int = Field(3, ge=1, description="Consecutive failures before unhealthy.")
-    start_period: Duration = Field(3.0, description="Failures while starting don't count.")
+    start_period: Annotated[Duration, _within(0, 3600)] = Field(
+        3.0, description="Failures while starting don't count (up to 1h)."
+    )
 
     @model_validator(mode="after")
     def _one_probe(self) -> HealthConfig:
@@ -182,8 +210,8 @@ class HealthConfig(_Strict):
 
 
 class DeployConfig(_Strict):
-    timeout: Duration = Field(
-        120.0, description="Deadline for build, pull, start and health of a deploy."
+    timeout: Annotated[Duration, _within(1, 86400)] = Field(
+        120.0, description="Deadline for build, pull, start and health of a deploy (1s to 24h)."
     )
     strategy: Literal["recreate"] = Field(
         "recreate", description="recreate: stop the old container, then start the new one."
@@ -237,7 +265,9 @@ class AppConfig(_Strict):
     labels: dict[str, LabelValue] = Field(default_factory=dict, description="Container labels.")
     init: bool = Field(False, description="Run an init process (forwards signals, reaps).")
     stop_signal: str | None = Field(None, description="Signal sent to stop, e.g. SIGQUIT.")
-    stop_grace_period: Duration = Field(10.0, description="Wait before SIGKILL, e.g. 10s.")
+    stop_grace_period: Annotated[Duration, _within(0, 600)] = Field(
+        10.0, description="Wait before SIGKILL, e.g. 10s (up to 10m)."
+    )
     user: str | None = None
     working_dir: str | None = None
     pull_policy: Literal["missing", "never"] = Field(

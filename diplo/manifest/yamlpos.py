@@ -92,8 +92,95 @@ class _Builder:
         return result
 
 
-def load_located(text: str) -> Located:
-    """Parse one YAML document. Raises yaml.YAMLError (with a mark) on a syntax error."""
+class YamlTooBig(ValueError):
+    """The document would be too deep or too large once its aliases are expanded."""
+
+    def __init__(self, pos: Pos, message: str) -> None:
+        super().__init__(message)
+        self.pos = pos
+        self.message = message
+
+
+@dataclass
+class _Open:
+    anchor: str | None
+    start: int  # values counted when it opened
+    depth: int
+    deepest: int
+
+
+def check_size(text: str, max_depth: int, max_nodes: int) -> None:
+    """Refuse, before building anything, a document whose expansion is too deep or too big.
+
+    An alias (*name) shares its anchor's node, so a few hundred bytes can stand for
+    millions of values (the "billion laughs"). This counts the values each anchor stands
+    for from the parser's events, in one pass and without expanding anything."""
+    size: dict[str, int] = {}  # values an anchor stands for
+    height: dict[str, int] = {}  # how deep it nests
+    stack: list[_Open] = []
+    nodes = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.DocumentStartEvent):
+            size.clear()
+            height.clear()
+        depth = len(stack)
+        if isinstance(event, yaml.AliasEvent):
+            anchor = event.anchor
+            if any(o.anchor == anchor for o in stack):
+                raise YamlTooBig(
+                    _pos(event), f"the alias *{anchor} refers to a value that holds it (a loop)"
+                )
+            if anchor not in size:
+                continue  # undefined: the composer says so, with the place
+            nodes += size[anchor]
+            reach = depth + height[anchor]
+        elif isinstance(event, yaml.ScalarEvent):
+            nodes += 1
+            reach = depth
+            if event.anchor is not None:
+                size[event.anchor], height[event.anchor] = 1, 0
+        elif isinstance(event, yaml.CollectionStartEvent):
+            nodes += 1
+            reach = depth + 1
+            stack.append(_Open(event.anchor, nodes - 1, depth + 1, depth + 1))
+        elif isinstance(event, yaml.CollectionEndEvent):
+            done = stack.pop()
+            if done.anchor is not None:
+                size[done.anchor] = nodes - done.start
+                height[done.anchor] = done.deepest - done.depth + 1
+            if stack:
+                stack[-1].deepest = max(stack[-1].deepest, done.deepest)
+            continue
+        else:
+            continue
+        if stack:
+            stack[-1].deepest = max(stack[-1].deepest, reach)
+        if reach > max_depth:
+            raise YamlTooBig(
+                _pos(event),
+                f"the document nests deeper than {max_depth} levels"
+                + (
+                    f" once *{event.anchor} is expanded"
+                    if isinstance(event, yaml.AliasEvent)
+                    else ""
+                ),
+            )
+        if nodes > max_nodes:
+            raise YamlTooBig(
+                _pos(event),
+                f"the document holds more than {max_nodes} values"
+                + (
+                    f" once its aliases are expanded (*{event.anchor} here)"
+                    if isinstance(event, yaml.AliasEvent)
+                    else ""
+                ),
+            )
+
+
+def load_located(text: str, max_depth: int = 64, max_nodes: int = 200_000) -> Located:
+    """Parse one YAML document. Raises yaml.YAMLError (with a mark) on a syntax error and
+    YamlTooBig (with a position) when it is too deep or too big once expanded."""
+    check_size(text, max_depth, max_nodes)
     builder = _Builder()
     node = yaml.compose(text, Loader=_LOADER)
     if node is None:

@@ -81,6 +81,13 @@ class Sandbox:
         self.dir = root / "manifests"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "DIPLO_HOME": str(self.home), "NO_COLOR": "1"}
+        # The tests' sites are beside the manifests (root/www-*): this host policy (given
+        # to `diplo serve --policy`) lets serve mount them; the rest stays refused.
+        self.policy = root / "policy.yaml"
+        roots = f"['.', '{root}']"
+        self.policy.write_text(
+            f"repository:\n  bind_mounts: {roots}\nfolder:\n  bind_mounts: {roots}\n"
+        )
         self.env.pop("DIPLO_DEBUG", None)
 
     def name(self, base: str) -> str:

@@ -8,6 +8,7 @@ import hmac
 import json
 import os
 import subprocess
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +262,49 @@ def test_rollback_without_serve_pins_until_resume(sandbox: Sandbox):
     assert serving(sandbox, web, "v2")
     deps = json.loads(sandbox.diplo("history", web, "--json", check=True).stdout)
     assert [d["rollback_of"] for d in deps] == [None, 1, None, None]
+
+
+def test_a_hostile_repository_is_refused_and_the_last_good_commit_keeps_serving(
+    sandbox: Sandbox, repo: Repo, servers: list[Server]
+):
+    web = sandbox.name("web")
+    good = repo.commit({web: web_spec(sandbox, "v1")}, "Add web")
+    srv = serve_repo(sandbox, repo, servers)
+    wait_for(lambda: deployed_commit(srv, web) == good, 40, "the good commit to deploy")
+    good_app = textwrap.indent(
+        yaml.safe_dump({web: {**web_spec(sandbox, "v1"), "labels": {TEST_LABEL: sandbox.id}}}),
+        "  ",
+    )
+    head = f"project: {sandbox.project}\napps:\n  pwn:\n    image: busybox:latest\n"
+    bomb = "x-a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"x-{n}: &{n} [" + ", ".join([f"*{p}"] * 10) + "]\n"
+        for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    many = "".join(f"  a{i}: {{image: busybox}}\n" for i in range(10_000))
+    escapes = [  # (name, manifest text, line of the refusal or None: any line)
+        ("bind /", head + '    volumes: ["/:/host"]\n' + good_app, 5),
+        ("docker socket", head + '    volumes: ["/var/run/docker.sock:/s"]\n' + good_app, 5),
+        ("context ../..", head + "    build: {context: ../..}\n" + good_app, 5),
+        ("env_file", head + "    env_file: /etc/shadow\n" + good_app, 5),
+        ("DIPLO_TOKEN", head + '    labels: {leak: "${DIPLO_TOKEN}"}\n' + good_app, 5),
+        ("alias bomb", bomb + f"project: {sandbox.project}\napps:\n" + good_app, None),
+        ("recursive anchor", "x-loop: &l [*l]\napps:\n" + good_app, 1),
+        ("10,000 apps", f"project: {sandbox.project}\napps:\n" + many + good_app, 503),
+    ]
+    for name, text, line in escapes:
+        sha = repo.commit(text, f"Try: {name}")
+        where = f"{sha[:10]}:deploy/diplo.yaml:{line if line is not None else ''}"
+        listing = wait_for(
+            lambda sha=sha: (
+                (r := srv.get("/apps"))
+                and (r["sources"][0]["refused"] or {}).get("sha") == sha
+                and r
+            ),
+            20,
+            f"the refusal of {name}",
+        )
+        assert where in listing["manifest"]["error"], (name, listing["manifest"]["error"])
+        assert SECRET not in json.dumps(listing)
+        assert serving(sandbox, web, "v1"), name
+        assert srv.app(web)["revision"]["commit"] == good, name
+    assert not any(a["app"] == "pwn" for a in srv.get("/apps")["apps"])

@@ -47,6 +47,8 @@ class Server:
                 f"127.0.0.1:{self.port}",
                 "--resync",
                 "5s",
+                "--policy",
+                str(self.box.policy),
             ],
             env=self.env,
             text=True,

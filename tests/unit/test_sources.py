@@ -214,12 +214,6 @@ def test_a_branch_reset_to_the_applied_commit_forgets_the_refusal(upstream: Path
     assert src.describe()["refused"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue files are rewritten to SHA:path by replacing the unresolved staging "
-    "path, but load_manifests resolves them: with DIPLO_HOME behind a symlink (or "
-    "relative) the refused commit's issues name the deleted staging folder",
-)
 def test_issues_name_the_commit_when_diplo_home_is_a_symlink(upstream: Path, tmp_path: Path):
     (tmp_path / "real-home").mkdir()
     (tmp_path / "home").symlink_to(tmp_path / "real-home")
