@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import ipaddress
 import json
@@ -106,6 +107,7 @@ def run_server(
     exposure = exposure or Exposure()
     home = default_home()
     access = access_of(home, host)
+    sole = _sole_server(home)
     controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
     app = asgi_app(
         controller,
@@ -134,6 +136,24 @@ def run_server(
         stop_gc.set()
         controller.stop()
         info.unlink(missing_ok=True)
+        os.close(sole)  # the lock goes with it
+
+
+def _sole_server(home: Path) -> int:
+    """One `diplo serve` per DIPLO_HOME: a second would fight the first over every app
+    and overwrite its serve.json. Held (flock) for the process's life; the kernel drops
+    it when the process dies."""
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InputError(
+            f"another diplo serve runs with this DIPLO_HOME ({home})",
+            hint="stop it first, or give this one a DIPLO_HOME of its own",
+        ) from None
+    return fd
 
 
 def _tidy_heap(every: float = 60.0) -> threading.Event:

@@ -230,3 +230,20 @@ def test_a_server_that_fails_still_stops_the_controller(
     assert not (home / "serve.json").exists()
     # The generated token stays for the CLI to read.
     assert (home / "token").read_text().strip() == api_token(home)[0]
+
+
+def test_a_second_serve_on_one_home_is_refused_before_it_starts(
+    ctx: Context, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Two controllers on one DIPLO_HOME would fight over every app (security review L7)."""
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: None)
+    first = serve._sole_server(home)  # a diplo serve that runs
+    try:
+        with pytest.raises(InputError, match="another diplo serve runs with this DIPLO_HOME"):
+            serve.run_server(
+                ctx, [FolderSource(tmp_path)], "127.0.0.1", 18081, resync=60, workers=1
+            )
+        assert not (home / "serve.json").exists()
+    finally:
+        os.close(first)
+    serve.run_server(ctx, [FolderSource(tmp_path)], "127.0.0.1", 18081, resync=60, workers=1)
