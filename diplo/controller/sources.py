@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from diplo.checkout import update_tree
 from diplo.errors import DiploError, InputError, ManifestError, ManifestIssue
-from diplo.gitsource import Commit, GitRepo, cache_path, redact_url, update_tree
+from diplo.gitsource import Commit, GitRepo, cache_path, redact_url
 from diplo.manifest.load import load_manifests
 from diplo.model import DesiredApp, DesiredState, Revision
 from diplo.ops.provenance import folder_revision, folder_source

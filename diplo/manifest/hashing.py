@@ -8,8 +8,11 @@ import json
 import os
 import re
 import stat
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+from diplo.model import DesiredApp
 
 _CHUNK = 1 << 20
 
@@ -125,3 +128,15 @@ def context_digest(context: str | Path, max_files: int = 100_000, max_bytes: int
 def spec_digest(spec: dict[str, Any]) -> str:
     blob = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def with_spec_hash(app: DesiredApp) -> DesiredApp:
+    """`app` with its spec hash: what its container is made from, so that a change of it
+    (and only of it) replaces the container."""
+    data = asdict(app)
+    data.pop("source")
+    data.pop("spec_hash")
+    # Ordering and Diplo-side checks: changing them does not need a new container.
+    for key in ("depends_on", "health", "deploy_timeout", "strategy", "prune", "keep_images"):
+        data.pop(key)
+    return replace(app, spec_hash=spec_digest(data))

@@ -14,9 +14,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from diplo.errors import InputError, ManifestError, ManifestIssue
+from diplo.errors import ManifestError, ManifestIssue
 from diplo.manifest.envfile import parse_env_text
-from diplo.manifest.hashing import ContextTooLarge, context_digest, file_digest, spec_digest
+from diplo.manifest.files import find_manifest_files
+from diplo.manifest.hashing import (
+    ContextTooLarge,
+    context_digest,
+    file_digest,
+    spec_digest,
+    with_spec_hash,
+)
 from diplo.manifest.interpolate import InterpolationError, Lookup, interpolate
 from diplo.manifest.spec import (
     APP_NAME,
@@ -29,13 +36,13 @@ from diplo.manifest.spec import (
     ManifestConfig,
     Resources,
     TcpProbe,
+    health_spec,
 )
 from diplo.manifest.yamlpos import Located, YamlTooBig, load_located
 from diplo.manifest.yamlpos import Path as DataPath
-from diplo.model import BuildSpec, DesiredApp, DesiredState, HealthSpec, Mount, PortSpec
+from diplo.model import BuildSpec, DesiredApp, DesiredState, Mount, PortSpec
 from diplo.policy import Policy, Rules, SourceKind, load_policy, rules
 
-MANIFEST_NAMES = ("diplo.yaml", "diplo.yml")
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _POLICY_HINT = (
     "the host's owner decides this in $DIPLO_HOME/policy.yaml (diplo policy check --show)"
@@ -82,39 +89,6 @@ class _File:
                 shown = f"the value of ${{{name}}}"
                 text = text.replace(repr(value), shown).replace(value, shown)
         return text
-
-
-def find_manifest_files(paths: Iterable[str]) -> list[Path]:
-    """Files named by `-f`: a file as is; a folder gives its *.yaml/*.yml files and,
-    in sub-folders, every diplo.yaml/diplo.yml."""
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_file():
-            found.append(p)
-        elif p.is_dir():
-            direct = sorted(
-                f
-                for f in p.iterdir()
-                if f.is_file() and f.suffix in (".yaml", ".yml") and not f.name.startswith(".")
-            )
-            nested = sorted(
-                f
-                for name in MANIFEST_NAMES
-                for f in p.rglob(name)
-                if f.parent != p
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            if not direct and not nested:
-                raise InputError(f"{raw}: no manifest files (*.yaml, */diplo.yaml) in this folder")
-            found.extend(direct + nested)
-        else:
-            hint = "create it, or point -f at a manifest file or folder"
-            raise InputError(f"{raw}: no such file or folder", hint=hint)
-    unique: dict[Path, None] = {}
-    for f in found:
-        unique.setdefault(f.resolve(), None)
-    return list(unique)
 
 
 def load_manifests(
@@ -511,54 +485,13 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         working_dir=app.working_dir,
         pull_policy=app.pull_policy,
         file_hashes=tuple(sorted(file_hashes.items())),
-        health=_health(app.health),
+        health=health_spec(app.health),
         deploy_timeout=app.deploy.timeout,
         strategy=app.deploy.strategy,
         keep_images=app.deploy.keep_images,
         prune=f.prune,
     )
     return with_spec_hash(desired)
-
-
-def _health(cfg: HealthConfig | None) -> HealthSpec:
-    if cfg is None:
-        return HealthSpec()
-    timing = {
-        "interval": cfg.interval,
-        "timeout": cfg.timeout,
-        "retries": cfg.retries,
-        "start_period": cfg.start_period,
-        "start_interval": cfg.start_interval,
-    }
-    if cfg.http is not None:
-        ranges = []
-        for part in cfg.http.status.split(","):
-            lo, _, hi = part.partition("-")
-            ranges.append((int(lo), int(hi or lo)))
-        return HealthSpec(
-            "http",
-            cfg.http.port,
-            cfg.http.path,
-            tuple(ranges),
-            **timing,  # type: ignore[arg-type]
-        )
-    if cfg.tcp is not None:
-        return HealthSpec("tcp", cfg.tcp.port, **timing)  # type: ignore[arg-type]
-    if cfg.cmd is not None:
-        return HealthSpec("cmd", cmd=tuple(cfg.cmd), **timing)  # type: ignore[arg-type]
-    return HealthSpec(**timing)  # type: ignore[arg-type]
-
-
-def with_spec_hash(app: DesiredApp) -> DesiredApp:
-    from dataclasses import asdict, replace
-
-    data = asdict(app)
-    data.pop("source")
-    data.pop("spec_hash")
-    # Ordering and Diplo-side checks: changing them does not need a new container.
-    for key in ("depends_on", "health", "deploy_timeout", "strategy", "prune", "keep_images"):
-        data.pop(key)
-    return replace(app, spec_hash=spec_digest(data))
 
 
 def _resolve_build(f: _File, cfg: BuildConfig, base: Path, loc: DataPath) -> BuildSpec | None:

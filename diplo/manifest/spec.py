@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from diplo.model import HealthSpec
 from diplo.units import parse_duration, parse_size
 
 APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -328,3 +330,29 @@ def json_schema() -> dict[str, Any]:
     schema.setdefault("properties", {})["apps"]["propertyNames"] = {"pattern": APP_NAME.pattern}
     schema["patternProperties"] = {"^x-": {}}
     return schema
+
+
+def health_spec(cfg: HealthConfig | None) -> HealthSpec:
+    """The health check as Diplo runs it (status ranges parsed, durations in seconds)."""
+    if cfg is None:
+        return HealthSpec()
+    timing = HealthSpec(
+        interval=cfg.interval,
+        timeout=cfg.timeout,
+        retries=cfg.retries,
+        start_period=cfg.start_period,
+        start_interval=cfg.start_interval,
+    )
+    if cfg.http is not None:
+        ranges = []
+        for part in cfg.http.status.split(","):
+            lo, _, hi = part.partition("-")
+            ranges.append((int(lo), int(hi or lo)))
+        return replace(
+            timing, kind="http", port=cfg.http.port, path=cfg.http.path, status=tuple(ranges)
+        )
+    if cfg.tcp is not None:
+        return replace(timing, kind="tcp", port=cfg.tcp.port)
+    if cfg.cmd is not None:
+        return replace(timing, kind="cmd", cmd=tuple(cfg.cmd))
+    return timing

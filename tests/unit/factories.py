@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diplo.manifest.load import with_spec_hash
+from diplo.manifest.hashing import with_spec_hash
 from diplo.model import (
     DesiredApp,
     DesiredState,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from diplo.checkout import update_tree
 from diplo.controller.sources import GitSource
-from diplo.gitsource import update_tree
 
 
 def _git(repo: Path, *args: str) -> None:

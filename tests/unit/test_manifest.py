@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from diplo.errors import InputError, ManifestError, ManifestIssue
-from diplo.manifest.load import find_manifest_files, load_manifests
+from diplo.manifest.files import find_manifest_files
+from diplo.manifest.load import load_manifests
 from diplo.model import DesiredApp, Mount, PortSpec
 
 # --- helpers -----------------------------------------------------------------------------
