@@ -127,8 +127,11 @@ class Controller:
     def _health_loop(self) -> None:
         self.view.refresh()
         while not self._stop.wait(self.health_every):
-            self.view.refresh()
-            self.heal()
+            try:
+                self.view.refresh()
+                self.heal()
+            except Exception as exc:  # a bug must not end the health loop for good
+                log.exception("health.loop_crashed", error=str(exc))
 
     def heal(self) -> None:
         """Restart the apps that turned unhealthy, with backoff."""
