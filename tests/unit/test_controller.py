@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -302,3 +303,25 @@ def test_a_slow_older_reload_never_wins_over_a_newer_one(tmp_path: Path, monkeyp
     assert c.state.loaded.revision.commit == "c2"
     assert c.state.source_desired.app("web").command == ("c2",)
     ledger.close()
+
+
+def test_the_health_loop_survives_an_unexpected_error(controller: Controller, monkeypatch):
+    import threading
+
+    calls: list[int] = []
+
+    def refresh(apps: list[str] | None = None) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a bug")
+
+    monkeypatch.setattr(controller.view, "refresh", refresh)
+    controller.health_every = 0.01
+    loop = threading.Thread(target=controller._health_loop, daemon=True)
+    loop.start()
+    deadline = time.monotonic() + 5
+    while len(calls) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    controller._stop.set()
+    loop.join(2)
+    assert len(calls) >= 4 and not loop.is_alive()
