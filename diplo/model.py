@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -210,14 +210,28 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data))
 
 
-# The key of `redact`: the host's (`set_digest_key`, by the composition roots), so that
-# the CLI and `diplo serve` agree; until then a random one, never a guessable default.
-_digest_key = secrets.token_bytes(32)
+# The key of `redact`: the host's, so that the CLI and `diplo serve` agree. The
+# composition roots say where it comes from (`use_digest_key`), and it is read only when a
+# digest is first needed: bad input is refused before anything on the host is touched.
+# Without a source, a random key: never a guessable default.
+_digest_key: bytes | None = None
+_key_source: Callable[[], bytes] = lambda: secrets.token_bytes(32)  # noqa: E731
+
+
+def use_digest_key(source: Callable[[], bytes]) -> None:
+    global _digest_key, _key_source
+    _digest_key, _key_source = None, source
 
 
 def set_digest_key(key: bytes) -> None:
+    use_digest_key(lambda: key)
+
+
+def _key() -> bytes:
     global _digest_key
-    _digest_key = hmac.new(key, b"diplo env digests", "sha256").digest()
+    if _digest_key is None:
+        _digest_key = hmac.new(_key_source(), b"diplo env digests", "sha256").digest()
+    return _digest_key
 
 
 def redact(value: str) -> str:
@@ -225,7 +239,7 @@ def redact(value: str) -> str:
     one host, so changes show, but without the host's key a digest cannot be checked
     against guesses (HMAC-SHA256, 128 bits; a bare hash of a human-chosen secret falls to
     a dictionary in milliseconds)."""
-    return "hmac:" + hmac.new(_digest_key, value.encode(), "sha256").hexdigest()[:32]
+    return "hmac:" + hmac.new(_key(), value.encode(), "sha256").hexdigest()[:32]
 
 
 def _port_text(p: PortSpec) -> str:

@@ -12,7 +12,7 @@ import click
 
 from diplo.errors import DiploError
 from diplo.hostkey import host_key
-from diplo.model import set_digest_key
+from diplo.model import use_digest_key
 from diplo.ops.context import Context
 from diplo.paths import default_home
 
@@ -36,7 +36,7 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
         click_ctx.ensure_object(dict)
         ctx = click_ctx.obj.setdefault("context", Context())
         try:
-            set_digest_key(host_key(default_home()))  # digests agree with serve's
+            use_digest_key(lambda: host_key(default_home()))  # digests agree with serve's
             return fn(*args, **kwargs)
         except DiploError as exc:
             _fail(str(exc), exc.exit_code)

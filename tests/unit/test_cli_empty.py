@@ -18,4 +18,4 @@ def test_apply_of_a_file_without_apps_is_exit_2_naming_it(tmp_path: Path, monkey
     result = CliRunner().invoke(main, ["apply", "-f", str(path)])
     assert result.exit_code == 2, result.output
     assert f"{path.resolve()}: no apps; nothing was changed" in result.output
-    assert not (tmp_path / "home" / "ledger.db").exists()  # nothing touched
+    assert not (tmp_path / "home").exists()  # nothing touched, not even DIPLO_HOME

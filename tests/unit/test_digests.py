@@ -16,9 +16,9 @@ from diplo.model import redact, set_digest_key
 
 @pytest.fixture(autouse=True)
 def _restore_key():
-    saved = model._digest_key
+    saved = model._digest_key, model._key_source
     yield
-    model._digest_key = saved
+    model._digest_key, model._key_source = saved
 
 
 def test_a_digest_is_keyed_and_128_bits():
