@@ -11,8 +11,11 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
+
 
 
 def host_key(home: Path) -> bytes:
@@ -41,6 +44,8 @@ def _private(home: Path) -> None:
 
 
 def _fernet(key: bytes) -> Fernet:
+    from cryptography.fernet import Fernet  # only when something is sealed: a slow import
+
     derived = hmac.new(key, b"diplo sealed values", "sha256").digest()
     return Fernet(base64.urlsafe_b64encode(derived))
 
@@ -51,6 +56,8 @@ def seal(key: bytes, data: bytes) -> bytes:
 
 def unseal(key: bytes, blob: bytes) -> bytes | None:
     """The sealed data, or None when this key did not seal it (another host's ledger)."""
+    from cryptography.fernet import InvalidToken
+
     try:
         return _fernet(key).decrypt(blob)
     except InvalidToken:

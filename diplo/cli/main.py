@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,8 +18,10 @@ from diplo.cli.serve import serve
 from diplo.errors import InputError
 from diplo.logconfig import configure
 from diplo.model import MAX_ID
-from diplo.ops.commands import Operations, Outcome
 from diplo.ops.context import Context
+
+if TYPE_CHECKING:  # the operations are imported by the commands that run them
+    from diplo.ops.commands import Operations, Outcome
 
 FILES_HELP = "Manifest file or folder (repeatable). Default: ./diplo.yaml"
 

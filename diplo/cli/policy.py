@@ -6,11 +6,18 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from diplo.errors import InputError, ManifestError
-from diplo.policy import KINDS, SourceKind
+
+if TYPE_CHECKING:
+    from diplo.policy import SourceKind
+
+# diplo.policy's KINDS, written out so that `diplo --help` need not import the policy
+# model (pydantic); a test keeps the two equal.
+KINDS = ("repository", "folder", "apply")
 
 
 @click.group()

@@ -11,15 +11,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import structlog
 
 from diplo.model import AppPlan, Deployment, Plan
 from diplo.ops.apply import ApplyReport, DeployHandle, Watch
-from diplo.ops.commands import Statuses
-from diplo.ops.status import AppView
+
+if TYPE_CHECKING:
+    from diplo.ops.commands import Statuses
+    from diplo.ops.status import AppView
 
 _MARK = {"create": "+", "update": "~", "start": ">", "remove": "-", "unchanged": "="}
 

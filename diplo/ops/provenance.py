@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diplo.gitsource import worktree_revision
 from diplo.model import Deployment, Revision
 
 
@@ -17,6 +16,8 @@ def folder_source(folder: Path) -> str:
 def folder_revision(paths: list[str]) -> Revision:
     """The revision of manifests read from files: their folder, and the git commit when
     the folder is in a work tree (dirty when it has uncommitted changes)."""
+    from diplo.gitsource import worktree_revision  # git's adapter, only when asked
+
     first = Path(paths[0]).resolve() if paths else Path.cwd()
     folder = first if first.is_dir() else first.parent
     tree = worktree_revision(folder)

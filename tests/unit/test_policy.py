@@ -222,3 +222,10 @@ def test_policy_check_prints_what_would_be_refused(checkout: Path):
     manifest(checkout, 'volumes: ["./site:/www"]')
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and "nothing would be refused" in result.output
+
+
+def test_the_cli_names_the_kinds_of_the_policy():
+    from diplo.cli.policy import KINDS as CLI_KINDS
+    from diplo.policy import KINDS
+
+    assert CLI_KINDS == KINDS
