@@ -61,30 +61,28 @@ class EventStream(EventSourceResponse):
     media_type = "text/event-stream"
 
 
-class SlotText(StreamingResponse):
-    """A text stream that gives its slot back however it ends (even if never started)."""
+class _GivesSlotBack:
+    """A stream that gives its slot back however it ends (even if never started)."""
 
+    release: Callable[[], None]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)  # type: ignore[misc]
+        finally:
+            self.release()
+
+
+class SlotText(_GivesSlotBack, StreamingResponse):
     def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None]) -> None:
         super().__init__(content, media_type="text/plain; charset=utf-8")
         self.release = release
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.release()
 
-
-class SlotEvents(EventSourceResponse):
+class SlotEvents(_GivesSlotBack, EventSourceResponse):
     def __init__(self, content: AsyncIterator[dict[str, str]], release: Callable[[], None]):
         super().__init__(content, ping=15)
         self.release = release
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.release()
 
 
 class Accepted(BaseModel):

@@ -3,8 +3,6 @@ repository made in tmp_path (no network), and several sources merged."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,42 +11,10 @@ from diplo.controller.sources import FolderSource, GitSource, Loaded, merge
 from diplo.errors import DiploError, InputError, ManifestError
 from diplo.model import DesiredState, Revision
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Ann Dev",
-    "GIT_AUTHOR_EMAIL": "ann@example.test",
-    "GIT_COMMITTER_NAME": "Ann Dev",
-    "GIT_COMMITTER_EMAIL": "ann@example.test",
-}
+from .gitrepo import commit, git
+
 WEB = "project: shop\napps:\n  web:\n    image: busybox:latest\n"
 INVALID = "project: shop\napps:\n  web:\n    image: busybox:latest\n    bogus: 1\n"
-
-
-def git(cwd: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | GIT_ENV
-    out = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
-def commit(repo: Path, files: dict[str, str | None], message: str) -> str:
-    for name, text in files.items():
-        path = repo / name
-        if text is None:
-            path.unlink()
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Path:
-    repo = tmp_path / "upstream"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    return repo
 
 
 def source(upstream: Path, home: Path, path: str = "deploy") -> GitSource:
