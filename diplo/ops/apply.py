@@ -150,10 +150,11 @@ def _drop_empty_networks(ctx: Context, report: ApplyReport) -> None:
     """A project's network goes with its last app (networks are a scarce resource: the
     engine's default address pools hold about 30)."""
     assert report.result is not None
+    outcomes = report.result.outcomes
     pruned = {
         p.project
         for p in report.plan.apps
-        if p.kind == "remove" and p.actions and report.result.outcomes[p.app].ok
+        if p.kind == "remove" and p.actions and p.app in outcomes and outcomes[p.app].ok
     }
     if not pruned:
         return
