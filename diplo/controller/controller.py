@@ -296,7 +296,7 @@ class Controller:
         spec) and reconcile it there; returns the deployment ID. Raises InputError when it
         cannot be restored (nothing is changed then)."""
         current = self.state.source_desired.app(app)
-        dep = rollback.pin(self.ctx, app, to, current, lock_wait=COMMAND_LOCK_WAIT)
+        dep, _ = rollback.pin(self.ctx, app, to, current, lock_wait=COMMAND_LOCK_WAIT)
         self.state.repin()
         log.info("rollback.started", app=app, deployment=dep.id)
         self.bus.publish("rollback.started", app, deployment=dep.id)

@@ -81,10 +81,9 @@ class LocalOps:
         """Pin `app` to an earlier deployment and deploy it there, health-gated."""
         desired = self._desired(optional=True)
         current = desired.app(app)
-        dep = rollbacks.pin(self.ctx, app, to, current, lock_wait=LOCK_WAIT)
+        dep, restored = rollbacks.pin(self.ctx, app, to, current, lock_wait=LOCK_WAIT)
         self.say(f"{app}: rolling back to deployment {dep.id} (revision {dep.revision})")
         # The app may not be in the files at all: the restored record is its desired state.
-        restored = rollbacks.restore(self.ctx, dep.id, current)
         report = self._apply(rollbacks.with_app(desired, restored), app)
         if app in report.unpinned:
             return Outcome(False, f"rollback failed; {app} is not pinned", report)

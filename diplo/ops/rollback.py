@@ -20,8 +20,6 @@ from diplo.model import Deployment, DesiredApp, DesiredState, Revision, restore_
 from diplo.ops.context import Context
 from diplo.ops.provenance import deployment_revision
 
-API_LOCK_WAIT = 60.0  # how long a rollback or resume waits for a deploy in flight
-
 
 @dataclass
 class Pinned:
@@ -119,14 +117,15 @@ def restore(ctx: Context, dep_id: int, current: DesiredApp | None) -> DesiredApp
 
 def pin(
     ctx: Context, app: str, to: int | None, current: DesiredApp | None, *, lock_wait: float
-) -> Deployment:
+) -> tuple[Deployment, DesiredApp]:
     """Pin `app` to the deployment a rollback restores (see `target`), under the app's
-    lock. Fails before the pin, changing nothing, when it cannot be restored."""
+    lock; returns it and the app as it restores it. Fails before the pin, changing
+    nothing, when it cannot be restored."""
     with ctx.locks.hold([app], timeout=lock_wait):
         dep = target(ctx, app, to)
-        restore(ctx, dep.id, current)
+        restored = restore(ctx, dep.id, current)
         ctx.ledger.pin(app, dep.id, f"rolled back to deployment {dep.id}")
-    return dep
+    return dep, restored
 
 
 def resume(ctx: Context, app: str, *, lock_wait: float) -> bool:
