@@ -60,10 +60,20 @@ def plan_state(
     snapshot = ctx.ledger.snapshot()
     prunable = None
     if prune and owners is not None:
-        deployed = ctx.ledger.deployed()
+        # Only recorded apps that this plan would prune need their source looked up: a
+        # reconcile of a desired app (the usual case) asks the ledger nothing more.
+        wanted = {a.name for a in desired.apps}
+        candidates = {
+            name
+            for name, record in snapshot.apps.items()
+            if record.project in desired.projects
+            and name not in wanted
+            and (only is None or name in only)
+        }
+        deployed = ctx.ledger.deployed() if candidates else {}
         prunable = frozenset(
             name
-            for name in snapshot.apps
+            for name in candidates
             if name not in deployed or (deployed[name].source or "") in owners
         )
     draft = plan(desired, observed, snapshot, {}, prune=prune, only=only, prunable=prunable)
