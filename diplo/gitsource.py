@@ -125,7 +125,8 @@ def cache_path(home: Path, url: str) -> Path:
 
 # Diplo's own secrets: git and ssh (and any helper they run) have no use for them.
 _SECRET_VARS = frozenset(
-    {"DIPLO_TOKEN", "DIPLO_VIEWER_TOKEN", "DIPLO_WEBHOOK_SECRET", "DIPLO_GIT_USER",
+    {"DIPLO_TOKEN", "DIPLO_VIEWER_TOKEN", "DIPLO_WEBHOOK_SECRET", "DIPLO_WEBHOOK_SECRET_GITHUB",
+     "DIPLO_WEBHOOK_SECRET_GITEA", "DIPLO_WEBHOOK_SECRET_GITLAB", "DIPLO_GIT_USER",
      "DIPLO_GIT_PASSWORD"}
 )  # fmt: skip
 
