@@ -39,6 +39,10 @@ class Limits(BaseModel):
     interpolation_depth: int = Field(16, gt=0, le=200, description="Nested ${A:-${B}}.")
     build_context_files: int = Field(100_000, gt=0, description="Files hashed per context.")
     build_context_bytes: int = Field(4 << 30, gt=0, description="Bytes hashed per context.")
+    checkout_files: int = Field(200_000, gt=0, description="Files in a repository's checkout.")
+    checkout_bytes: int = Field(
+        2 << 30, gt=0, description="Bytes written for a repository's checkout (before any check)."
+    )
 
 
 class SourcePolicy(BaseModel):

@@ -134,3 +134,15 @@ def test_rollback_runs_the_secret_the_old_deployment_ran_with(world, monkeypatch
         )
         dumped = json.dumps(rows.fetchall())
     assert "${DB_PASS}" in dumped and SECRET not in dumped and OTHER not in dumped
+
+
+def test_spec_hashes_are_shown_keyed_and_alike_everywhere(world):
+    world.write({"web": spec()})
+    assert world.apply().exit_code == 0
+    (c,) = world.containers("web")
+    raw = c.spec.labels["diplo.spec-hash"]  # what the container carries, unchanged
+    (view,) = json.loads(world.run("status", "--json").stdout)
+    (dep,) = json.loads(world.run("history", "web", "--json").stdout)
+    shown = {view["spec_hash"], view["containers"][0]["spec_hash"], dep["spec_hash"]}
+    assert len(shown) == 1 and len(next(iter(shown))) == 12
+    assert next(iter(shown)) not in raw  # not the bare SHA-256 a guess can be checked against
