@@ -390,6 +390,10 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
     image = app.image or f"diplo/{f.project}-{name}:latest"
     if app.image is not None and not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.:/@-]*$", app.image):
         f.issue((*at, "image"), f"{app.image!r} is not an image reference", "e.g. shop/web:1")
+    elif app.image is not None and (refused := f.rules.image_refusal(app.image)):
+        f.issue((*at, "image"), f"image {app.image!r} refused: {refused}", _POLICY_HINT)
+    if app.build is not None and not f.rules.builds:
+        f.issue((*at, "build"), f"a {f.rules.kind} source may not build images", _POLICY_HINT)
 
     env: dict[str, str] = {}
     for i, rel in enumerate(app.env_file):
@@ -446,6 +450,10 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         )
         if port.key in seen_ports:
             f.issue((*at, "ports", i), f"container port {port.key} is published twice")
+        elif port.host_port is not None and (refused := f.rules.port_refusal(port.host_port)):
+            f.issue(
+                (*at, "ports", i), f"host port {port.host_port} refused: {refused}", _POLICY_HINT
+            )
         seen_ports.add(port.key)
         ports.append(port)
 
