@@ -316,11 +316,12 @@ def test_an_invalid_manifest_exits_2_and_changes_nothing(world: CliWorld):
 
 
 def test_a_port_claimed_twice_exits_2_and_changes_nothing(world: CliWorld):
-    world.write({"web": spec(ports=["18080:80"]), "api": spec(ports=["18080:81"])})
+    host = free_port()  # the clash is between the two apps, not with this host
+    world.write({"web": spec(ports=[f"{host}:80"]), "api": spec(ports=[f"{host}:81"])})
     result = world.apply()
     assert result.exit_code == 2
     assert "error: cannot apply (1 problem); nothing was changed" in result.stderr
-    assert "host port 18080/tcp is also claimed" in result.stderr
+    assert f"host port {host}/tcp is also claimed" in result.stderr
     assert world.engine.calls == []
 
 
