@@ -376,9 +376,10 @@ def test_ctrl_c_cancels_the_deploy_exits_130_and_keeps_the_previous_revision(wor
     result = world.apply()
     thread.join(timeout=10)
     assert result.exit_code == 130, result.output
-    assert "error: web: health cancelled by Ctrl-C; the previous revision was kept" in (
-        result.stderr
-    )
+    # The step it lands in (create, start, health) depends on the machine's speed.
+    assert re.search(
+        r"error: web: [a-z-]+ cancelled by Ctrl-C; the previous revision was kept", result.stderr
+    ), result.stderr
     assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
     (kept,) = world.containers("web")
     assert kept.id == good.id and kept.state == "running"
