@@ -202,6 +202,7 @@ def _plan_app(
         )
     )
     changes: tuple[FieldChange, ...] = ()
+    kind: ChangeKind
     if not containers:
         kind, reason = "create", ""
     else:
@@ -274,7 +275,8 @@ def _plan_release(
         which = ", ".join(str(k) for k in missing)
         reasons.append(
             f"replicas {recorded} -> {app.replicas} (start {which})"
-            if recorded != app.replicas and len(missing) == app.replicas - len(present)
+            if recorded != app.replicas
+            and len(missing) == app.replicas - len(present)
             and record is not None
             else f"replica(s) {which} missing"
         )
@@ -297,9 +299,7 @@ def _plan_release(
     if stopped and not (missing or surplus or superseded):
         k, c = stopped[0]
         kind = "start"
-        reasons = [
-            f"container is {c.state}" if app.replicas == 1 else f"replica {k} is {c.state}"
-        ]
+        reasons = [f"container is {c.state}" if app.replicas == 1 else f"replica {k} is {c.state}"]
     elif reasons or stopped:
         kind = "update"
         reasons += [f"replica {k} is {c.state}" for k, c in stopped]
