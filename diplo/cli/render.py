@@ -290,7 +290,7 @@ def status_table(statuses: Statuses) -> None:
             r.project,
             r.state,
             r.health,
-            f"{r.running}/{r.desired}",
+            r.replicas or f"{r.running}/{r.desired}",
             r.image,
             ", ".join(r.ports) or "-",
             r.spec_hash or "-",
