@@ -550,6 +550,12 @@ class AppPlan:
     spec: DesiredApp | None = None
     current: ObservedContainer | None = None  # the container kept, when there is one
     ports: tuple[ResolvedPort, ...] = ()
+    ready: int = 0  # replicas of the desired spec running now
+
+    @property
+    def replicas(self) -> str:
+        """Ready over desired replicas, e.g. "2/3" ("" for an app leaving)."""
+        return f"{self.ready}/{self.spec.replicas}" if self.spec is not None else ""
 
     @property
     def mutates(self) -> bool:

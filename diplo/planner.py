@@ -306,7 +306,9 @@ def _plan_release(
     else:
         kind = "unchanged"
     current = stay[0] if stay else next(iter(keeps.values()))
-    return base(kind, "; ".join(reasons), actions=tuple(actions), current=current), problems
+    ready = sum(1 for c in stay if c.state in RUNNING)
+    out = base(kind, "; ".join(reasons), actions=tuple(actions), current=current, ready=ready)
+    return out, problems
 
 
 def _image_actions(

@@ -223,13 +223,28 @@ def _fill_health(
         ports = tuple(
             ResolvedPort(a.key, a.host_ip, a.host_port) for a in snapshot.ports if a.app == row.app
         )
+        health = health_spec_of(snapshot.apps.get(row.app))
+        # With replicas, each is looked at (the newest container of each number) and the
+        # app is as healthy as its worst replica.
+        newest: dict[int, ObservedContainer] = {}
+        for one_of in sorted(live, key=lambda c: c.created):
+            newest[one_of.replica] = one_of
+        targets: list[tuple[int, ObservedContainer | None]] = (
+            list(newest.items()) if row.desired > 1 else [(0, current)]
+        )
+        worst: tuple[Health, str, ContainerState | None] | None = None
         try:
-            verdict, detail, state = check_health(
-                ctx, row.app, current, health_spec_of(snapshot.apps.get(row.app)), ports
-            )
+            for replica, target in sorted(targets, key=lambda t: t[0]):
+                verdict, detail, state = check_health(ctx, row.app, target, health, ports)
+                if replica:
+                    detail = f"replica {replica}: {detail}"
+                if worst is None or verdict > worst[0]:
+                    worst = (verdict, detail, state)
         except DiploError as exc:
             row.health, row.health_detail = Health.UNKNOWN.label, exc.message
             return
+        assert worst is not None
+        verdict, detail, state = worst
         row.health, row.health_detail = verdict.label, detail
         if state is not None:
             row.restarts = state.restart_count

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from diplo.cli.render import describe_app_plan
 from diplo.executor import Executor
 from diplo.ledger import Ledger
 from diplo.model import (
@@ -151,6 +152,9 @@ def test_scaling_3_to_1_to_3_touches_only_the_extra_replicas(engine, ledger, t):
     (ap,) = p.apps
     (run,) = [a for a in ap.actions if isinstance(a, RunContainer)]
     assert run.replicas == (2, 3) and run.replaces == ()
+    assert describe_app_plan(ap) == [
+        "~ web                  update: replicas 1 -> 3 (start 2, 3) [replicas 1/3]"
+    ]
     after = replicas(engine)
     assert after[1] == before[1]  # the survivor: same container, never stopped
     assert before[1][0] not in ids_touched(engine)

@@ -36,6 +36,7 @@ def test_status_shows_ready_over_desired_replicas(world: World):
     assert ops.sync("web", resume=False).ok
     (row,) = ops.status(None).apps
     assert (row.replicas, row.state, row.desired) == ("3/3", "running", 3)
+    assert row.health == "healthy" and row.health_detail.startswith("replica 1: ")
     containers(world)[1].state = "exited"
     (row,) = ops.status(None).apps
     assert (row.replicas, row.state) == ("2/3", "partial")
