@@ -11,6 +11,7 @@ import pytest
 from diplo.model import LABEL_APP, LABEL_REPLICA, LABEL_SPEC_HASH
 
 from .test_commands import World, logs, web  # noqa: F401  (logs: an autouse fixture)
+from .test_replicas import FakeRouter
 
 
 @pytest.fixture
@@ -57,3 +58,13 @@ def test_rollback_restores_every_replica_of_the_earlier_release(world: World):
     assert all(c.spec.labels[LABEL_SPEC_HASH] == first.spec_hash for c in got)
     assert all(c.spec.command is None and c.state == "running" for c in got)
     assert world.ledger.snapshot().apps["web"].spec["domains"] == ["shop.localhost"]
+
+
+def test_the_contexts_router_is_switched_by_a_deploy(world: World):
+    router = FakeRouter(world.engine)
+    world.ctx.router = router
+    ops = world.ops()
+    world.write(web=routed())
+    assert ops.sync("web", resume=False).ok
+    ((key, ups, _),) = router.switches
+    assert key == "shop/web" and len(ups) == 3 and all(u.endswith(":8080") for u in ups)
