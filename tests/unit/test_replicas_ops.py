@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from diplo.model import LABEL_APP, LABEL_REPLICA, LABEL_SPEC_HASH
+from diplo.ops import lifecycle
 
 from .test_commands import World, logs, web  # noqa: F401  (logs: an autouse fixture)
 from .test_replicas import FakeRouter
@@ -68,3 +69,13 @@ def test_the_contexts_router_is_switched_by_a_deploy(world: World):
     assert ops.sync("web", resume=False).ok
     ((key, ups, _),) = router.switches
     assert key == "shop/web" and len(ups) == 3 and all(u.endswith(":8080") for u in ups)
+
+
+def test_restart_restarts_every_replica_in_turn(world: World):
+    world.write(web=routed())
+    assert world.ops().sync("web", resume=False).ok
+    ids = [c.id for c in containers(world)]
+    world.engine.calls.clear()
+    assert lifecycle.restart(world.ctx, "web", grace=1, reason="test", lock_wait=1)
+    assert world.engine.calls == [(k, i) for i in ids for k in ("stop", "start")]
+    assert [c.id for c in containers(world)] == ids
