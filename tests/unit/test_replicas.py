@@ -377,3 +377,44 @@ def test_ephemeral_host_ports_for_replicated_apps_are_not_recorded(engine, ledge
     ex = Executor(engine, ledger, workers=4, sleep=t.sleep, clock=t.clock, wall=t.clock)
     assert ex.run(p).ok
     assert len(engine.containers) == 2 and ledger.snapshot().ports == ()
+
+
+def test_start_first_waits_for_the_slowest_replica_before_switching(engine, ledger, t):
+    router = FakeRouter(engine)
+    health = HealthSpec(kind="cmd", cmd=("check",), interval=1, retries=3, start_period=60)
+    deploy(engine, ledger, t, routed(2, health=health), router=router)
+    router.switches.clear()
+    engine.exec_results["v2:latest"] = (1, "warming up")
+    ready_at: list[float] = []
+    switched_at: list[float] = []
+    real_switch = router.switch
+
+    def switch(key, upstreams):
+        switched_at.append(t.now)
+        real_switch(key, upstreams)
+
+    router.switch = switch  # type: ignore[method-assign]
+
+    def warm_up_later(ex):
+        real = t.sleep
+
+        def sleep(seconds):
+            real(seconds)
+            if t.now > 1020 and not ready_at:
+                engine.exec_results["v2:latest"] = (0, "ok")
+                ready_at.append(t.now)
+
+        ex._sleep = sleep
+
+    result, _ = deploy(
+        engine,
+        ledger,
+        t,
+        routed(2, image="v2:latest", health=health),
+        router=router,
+        executor_hook=warm_up_later,
+    )
+    assert result.ok
+    assert len(switched_at) == 1 and ready_at and switched_at[0] >= ready_at[0]
+    failed_before = [p for p in ledger.probes("web", 100) if not p.ok]
+    assert failed_before  # the new replicas were probed, and failed, before the switch
