@@ -371,6 +371,8 @@ class Executor:
             if c.state in ("running", "restarting", "paused"):
                 guard("stop", partial(self.runtime.stop, c.id, grace))
             guard("cleanup", partial(self.runtime.remove, c.id))
+        names = ", ".join(c.name for c in action.containers)
+        self.ledger.event("app.scaled", f"{action.reason}: removed {names}", spec.name)
 
     def _finish_success(
         self,

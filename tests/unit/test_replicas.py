@@ -144,6 +144,8 @@ def test_scaling_3_to_1_to_3_touches_only_the_extra_replicas(engine, ledger, t):
     assert not any(isinstance(a, RunContainer) for a in ap.actions)
     assert replicas(engine) == {1: before[1]}
     assert ids_touched(engine) == {before[2][0], before[3][0]}  # stop + remove, no more
+    (scaled,) = [e for e in ledger.events("web") if e.kind == "app.scaled"]
+    assert scaled.message == "replicas 3 -> 1: removed shop-web-2, shop-web-3"
     assert ledger.snapshot().apps["web"].spec.get("replicas") is None  # back to one
 
     engine.calls.clear()
