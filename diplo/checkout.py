@@ -14,13 +14,28 @@ from pathlib import Path, PurePosixPath
 from diplo.errors import GitError
 
 
-def unpack(tar: tarfile.TarFile, dest: Path) -> None:
+def unpack(
+    tar: tarfile.TarFile, dest: Path, max_files: int | None = None, max_bytes: int | None = None
+) -> None:
     """Extract files, folders and symlinks only. Nothing is written through a symlink,
     and a symlink that resolves outside dest is refused, so later readers of dest (the
-    manifest loader, docker build) cannot be led to files of the host."""
+    manifest loader, docker build) cannot be led to files of the host. Stops at
+    `max_files` entries or `max_bytes` of file content: a commit of a small, highly
+    compressible pack must not fill the disk before anything in it is validated."""
     root = os.path.realpath(dest)
     links: list[tuple[str, str]] = []
+    files = size = 0
     for member in tar:
+        files += 1
+        size += member.size if member.isreg() else 0
+        if (max_files is not None and files > max_files) or (
+            max_bytes is not None and size > max_bytes
+        ):
+            raise GitError(
+                f"the checkout holds more than {max_files} files or {max_bytes} bytes; "
+                "nothing of it is used",
+                hint="the host's policy sets limits.checkout_files and limits.checkout_bytes",
+            )
         name = PurePosixPath(member.name)
         if name.is_absolute() or ".." in name.parts:
             raise GitError(f"archive entry {member.name!r} leaves the destination")

@@ -125,7 +125,8 @@ def cache_path(home: Path, url: str) -> Path:
 
 # Diplo's own secrets: git and ssh (and any helper they run) have no use for them.
 _SECRET_VARS = frozenset(
-    {"DIPLO_TOKEN", "DIPLO_VIEWER_TOKEN", "DIPLO_WEBHOOK_SECRET", "DIPLO_GIT_USER",
+    {"DIPLO_TOKEN", "DIPLO_VIEWER_TOKEN", "DIPLO_WEBHOOK_SECRET", "DIPLO_WEBHOOK_SECRET_GITHUB",
+     "DIPLO_WEBHOOK_SECRET_GITEA", "DIPLO_WEBHOOK_SECRET_GITLAB", "DIPLO_GIT_USER",
      "DIPLO_GIT_PASSWORD"}
 )  # fmt: skip
 
@@ -432,9 +433,12 @@ class GitRepo:
         subject = next(iter(body.strip().splitlines()), "")
         return Commit(sha, subject, author, time)
 
-    def materialize(self, sha: str, subpath: str, dest: Path) -> Path:
+    def materialize(
+        self, sha: str, subpath: str, dest: Path, limits: tuple[int, int] | None = None
+    ) -> Path:
         """Write the tree of `subpath` at `sha` into `dest` (absent or empty), laid out as
-        in the repository; returns dest/subpath. Symlinks may not leave dest."""
+        in the repository; returns dest/subpath. Symlinks may not leave dest. `limits`:
+        (files, bytes) beyond which nothing is used."""
         rev = _check_sha(sha)
         parts = _subpath_parts(subpath)
         sub = "/".join(parts)
@@ -446,7 +450,7 @@ class GitRepo:
             if any(dest.iterdir()):
                 raise GitError(f"{dest} is not empty", hint="materialize into a fresh folder")
             try:
-                self._archive(full, sub, dest)
+                self._archive(full, sub, dest, limits)
             except BaseException:
                 shutil.rmtree(dest, ignore_errors=True)
                 raise
@@ -468,7 +472,9 @@ class GitRepo:
             hint="check --path: a folder in the repository, or '.' for all of it",
         )  # fmt: skip
 
-    def _archive(self, full: str, sub: str, dest: Path) -> None:
+    def _archive(
+        self, full: str, sub: str, dest: Path, limits: tuple[int, int] | None = None
+    ) -> None:
         """`git archive` streamed into dest: nothing held in memory, killed on timeout."""
         what = f"writing out commit {full[:12]} of {self._where}"
         args = [f"--git-dir={self.dir}", "--literal-pathspecs", "archive", "--format=tar", full]
@@ -489,7 +495,7 @@ class GitRepo:
             broken: tarfile.TarError | None = None
             try:
                 with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-                    unpack(tar, dest)
+                    unpack(tar, dest, *(limits or (None, None)))
                 proc.stdout.read()  # the end padding, so that git can exit
             except tarfile.TarError as exc:
                 broken = exc  # git died mid-stream: its stderr, read below, says why

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -127,13 +127,18 @@ class DesiredApp:
     tls_digest: str = ""
     prune: bool = True  # diplo serve removes the app when it leaves the manifests
     keep_images: int = 5  # images of this many recent deployments are kept for rollbacks
+    # Values that interpolation put into fields other than env, as (field, variable,
+    # value): secrets like env values, so the public spec and the record show `${VAR}`.
+    masked: tuple[tuple[str, str, str], ...] = ()
     spec_hash: str = ""
 
     def public_spec(self) -> dict[str, Any]:
         """The spec as stored in the ledger and shown in diffs: env values are replaced by
         a short digest so that secrets never leave the process, yet changes still show.
-        Plain JSON types only, so that it compares equal to what the ledger read back."""
-        return _jsonable(
+        Plain JSON types only, so that it compares equal to what the ledger read back.
+        Interpolated values elsewhere show as `${VAR}`, and their digests under
+        `interpolated`."""
+        spec = _jsonable(
             {
                 "image": self.image,
                 "build": None
@@ -171,6 +176,17 @@ class DesiredApp:
                 **(self._routes() if self.domains else {}),
             }
         )
+        if self.masked:
+            public = {"mounts": "volumes", "file_hashes": "files"}
+            _mask(spec, [(public.get(f, f), var, value) for f, var, value in self.masked])
+            spec["interpolated"] = {var: redact(value) for _, var, value in self.masked}
+        return spec
+
+    def masked_fields(self) -> dict[str, Any]:
+        """The real values of the fields that `masked` hides, as app_record lays them
+        out: what a rollback needs back, kept only sealed."""
+        data = _jsonable(asdict(self))
+        return {f: data[f] for f in dict.fromkeys(f for f, _, _ in self.masked)}
 
     def _routes(self) -> dict[str, Any]:
         tls: Any = self.tls
@@ -192,15 +208,41 @@ def app_record(app: DesiredApp) -> dict[str, Any]:
     data["env"] = [[k, redact(v)] for k, v in app.env]
     if data["build"] is not None:
         data["build"]["args"] = [[k, redact(v)] for k, v in app.build.args] if app.build else []
-    return _jsonable(data)
+    data = _jsonable(data)
+    _mask(data, app.masked)
+    data["masked"] = [[f, var, redact(value)] for f, var, value in app.masked]
+    return data
+
+
+def _mask(data: dict[str, Any], masked: Iterable[tuple[str, str, str]]) -> None:
+    """Each masked value, in the strings of its field in `data`, replaced by `${VAR}`;
+    the longest first, so a value that holds another is replaced whole."""
+    for f, var, value in sorted(masked, key=lambda m: -len(m[2])):
+        if f in data and value:
+            data[f] = _replace_in(data[f], value, "${" + var + "}")
+
+
+def _replace_in(node: Any, old: str, new: str) -> Any:
+    if isinstance(node, str):
+        return node.replace(old, new)
+    if isinstance(node, list):
+        return [_replace_in(v, old, new) for v in node]
+    if isinstance(node, dict):
+        return {_replace_in(k, old, new): _replace_in(v, old, new) for k, v in node.items()}
+    return node
 
 
 def restore_app(
-    record: Mapping[str, Any], values: Mapping[str, str], image: str
+    record: Mapping[str, Any],
+    values: Mapping[str, str],
+    image: str,
+    sealed: Mapping[str, Any] | None = None,
 ) -> tuple[DesiredApp | None, list[str]]:
     """The app of `record` again, running `image` (no build), with env values taken from
-    `values` where their digest matches the recorded one. Returns (app, []) or (None, the
-    env keys whose recorded value is not known any more)."""
+    `values` where their digest matches the recorded one, and the fields that hid an
+    interpolated value from `sealed` (what `DesiredApp.masked_fields` gave, with
+    `masked`). Returns (app, []) or (None, the env keys and `${VAR}`s whose recorded
+    value is not known any more)."""
     env: list[tuple[str, str]] = []
     missing: list[str] = []
     for key, digest in record["env"]:
@@ -209,10 +251,18 @@ def restore_app(
             missing.append(key)
         else:
             env.append((key, value))
+    data = dict(record)
+    recorded = [tuple(m) for m in record.get("masked", [])]
+    kept = [tuple(m) for m in (sealed or {}).get("masked", [])]
+    if [(f, var, redact(value)) for f, var, value in kept] == recorded:
+        data.update((sealed or {}).get("fields", {}))
+    else:
+        missing += [f"${{{var}}}" for _, var, _ in recorded]
+        kept = []
     if missing:
         return None, missing
-    data = dict(record)
     data.update(
+        masked=tuple(kept),
         image=image,
         build=None,
         pull_policy="never",
@@ -283,6 +333,15 @@ def redact(value: str) -> str:
     against guesses (HMAC-SHA256, 128 bits; a bare hash of a human-chosen secret falls to
     a dictionary in milliseconds)."""
     return "hmac:" + hmac.new(_key(), value.encode(), "sha256").hexdigest()[:32]
+
+
+def spec_id(spec_hash: str) -> str:
+    """A spec hash as shown to readers: keyed, so that it cannot be checked against
+    guesses of a single unknown value (the rest of the spec is public); the hash itself,
+    which containers carry as a label, stays what it is, so no app redeploys for this."""
+    if not spec_hash:
+        return ""
+    return hmac.new(_key(), b"spec\0" + spec_hash.encode(), "sha256").hexdigest()[:12]
 
 
 def _port_text(p: PortSpec) -> str:
@@ -405,6 +464,7 @@ class Deployment:
         for key in ("record_json", "cancel_requested", "pid"):
             out.pop(key)
         out["dirty"] = bool(self.dirty)
+        out["spec_hash"] = spec_id(self.spec_hash)
         return out
 
 

@@ -9,15 +9,16 @@ socket and `$DIPLO_HOME` are never given to a manifest unless named explicitly."
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from diplo.errors import InputError
+from diplo.hostfiles import problems, yaml_mapping
 from diplo.paths import default_home
 
 SourceKind = Literal["repository", "folder", "apply"]
@@ -39,6 +40,10 @@ class Limits(BaseModel):
     interpolation_depth: int = Field(16, gt=0, le=200, description="Nested ${A:-${B}}.")
     build_context_files: int = Field(100_000, gt=0, description="Files hashed per context.")
     build_context_bytes: int = Field(4 << 30, gt=0, description="Bytes hashed per context.")
+    checkout_files: int = Field(200_000, gt=0, description="Files in a repository's checkout.")
+    checkout_bytes: int = Field(
+        2 << 30, gt=0, description="Bytes written for a repository's checkout (before any check)."
+    )
 
 
 class SourcePolicy(BaseModel):
@@ -58,7 +63,38 @@ class SourcePolicy(BaseModel):
         description="Diplo's environment variables a manifest may read with ${VAR} or a "
         "bare `env: [KEY]`; `*` for all. DIPLO_* never."
     )
+    images: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Images an app may run, as patterns (`*` any text): "
+        "`registry.example.com/team/*`, `busybox:*`. Matched against the reference as "
+        "written and in full (docker.io/library/busybox:latest).",
+    )
+    builds: bool = Field(True, description="Apps may be built from a `build:` context.")
+    host_ports: list[str] = Field(
+        default_factory=lambda: ["1-65535"],
+        description='Host ports an app may publish by number, as "8000-8999" or "443"; '
+        "ports Diplo picks itself are always allowed.",
+    )
     limits: Limits = Field(default_factory=Limits)  # type: ignore[arg-type]
+
+    @field_validator("host_ports")
+    @classmethod
+    def _ranges(cls, value: list[str]) -> list[str]:
+        for text in value:
+            port_range(text)
+        return value
+
+
+def port_range(text: str) -> tuple[int, int]:
+    """ "8000-8999" or "443" as (low, high); ValueError when it is neither."""
+    low, _, high = str(text).partition("-")
+    try:
+        lo, hi = int(low), int(high or low)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port or a range of ports like 8000-8999") from None
+    if not 1 <= lo <= hi <= 65535:
+        raise ValueError(f"{text!r}: ports go from 1 to 65535, the low one first")
+    return lo, hi
 
 
 def _defaults(kind: SourceKind) -> dict[str, object]:
@@ -91,12 +127,7 @@ class Policy(BaseModel):
 
 def parse_policy(text: str, where: str = POLICY_FILE) -> Policy:
     """A policy from YAML text; each section's missing keys take that kind's defaults."""
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{where}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: a policy is a mapping of repository/folder/apply")
+    data = yaml_mapping(text, where, "a policy is a mapping of repository/folder/apply")
     try:
         sections = {}
         for key, value in data.items():
@@ -105,10 +136,7 @@ def parse_policy(text: str, where: str = POLICY_FILE) -> Policy:
             sections[key] = value
         return Policy.model_validate(sections)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InputError(f"{where}: invalid policy: {problems}") from exc
+        raise InputError(f"{where}: invalid policy: {problems(exc)}") from exc
 
 
 def load_policy(path: str | Path | None = None, home: Path | None = None) -> Policy:
@@ -148,6 +176,22 @@ class Rules:
     confine_files: bool
     env: frozenset[str] | None  # None: all of Diplo's environment (but DIPLO_*)
     limits: Limits
+    images: tuple[str, ...] = ("*",)
+    builds: bool = True
+    host_ports: tuple[tuple[int, int], ...] = ((1, 65535),)
+
+    def image_refusal(self, image: str) -> str | None:
+        """Why running `image` is refused, or None."""
+        names = {image, _qualified(image)}
+        if any(fnmatch.fnmatchcase(n, p) for n in names for p in self.images):
+            return None
+        return f"the policy lets a {self.kind} source run only images {list(self.images)}"
+
+    def port_refusal(self, port: int) -> str | None:
+        if any(lo <= port <= hi for lo, hi in self.host_ports):
+            return None
+        shown = [f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in self.host_ports]
+        return f"the policy lets a {self.kind} source publish only host ports {shown}"
 
     def bind_refusal(self, host: str) -> str | None:
         """Why a bind mount of the real path `host` is refused, or None."""
@@ -218,4 +262,19 @@ def rules(
         confine_files=section.confine_files,
         env=None if section.env == "*" else frozenset(section.env),
         limits=section.limits,
+        images=tuple(section.images),
+        builds=section.builds,
+        host_ports=tuple(port_range(t) for t in section.host_ports),
     )
+
+
+def _qualified(image: str) -> str:
+    """`busybox` as docker.io/library/busybox:latest; a reference with a registry (a
+    first part with a dot, a colon or `localhost`) as written, with :latest if untagged."""
+    name, at, digest = image.partition("@")
+    first, slash, _ = name.partition("/")
+    if not slash or not ("." in first or ":" in first or first == "localhost"):
+        name = "docker.io/" + (name if slash else "library/" + name)
+    if not at and ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    return name + at + digest

@@ -25,6 +25,7 @@ from diplo.errors import InputError
 from diplo.ops.context import Context
 from diplo.paths import default_home
 from diplo.tokens import WeakToken, api_token, viewer_token
+from diplo.webhooks import secrets_from_env
 
 log = structlog.get_logger("diplo.serve")
 
@@ -107,12 +108,15 @@ def run_server(
     exposure = exposure or Exposure()
     home = default_home()
     access = access_of(home, host)
+    hooks = secrets_from_env()
+    if unsafe := hooks.gitlab_exposes():
+        log.warning("serve.webhook_secret_shared", detail=unsafe[0], hint=unsafe[1])
     sole = _sole_server(home)
     controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
     app = asgi_app(
         controller,
         access,
-        webhook_secret=os.environ.get("DIPLO_WEBHOOK_SECRET"),
+        webhook_secrets=hooks,
         listen_host=host,
         allowed_hosts=exposure.allowed_hosts,
     )

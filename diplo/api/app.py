@@ -13,7 +13,7 @@ import json
 import queue
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import anyio.to_thread
@@ -44,6 +44,9 @@ from diplo.api.problems import (
 from diplo.controller.controller import Controller
 from diplo.errors import DiploError
 from diplo.ops import lifecycle, status
+
+if TYPE_CHECKING:
+    from diplo.webhooks import WebhookSecrets
 
 RATE = (20, 10.0)  # POSTs per client: at most 20 per 10 s
 FOLLOWS = (8, 64)  # open `logs?follow=true` streams: per client, in all
@@ -99,17 +102,17 @@ def asgi_app(
     controller: Controller,
     access: Access,
     *,
-    webhook_secret: str | None = None,
+    webhook_secrets: WebhookSecrets | None = None,
     listen_host: str = "127.0.0.1",
     allowed_hosts: Iterable[str] = (),
 ) -> HostCheck:
     """What `diplo serve` runs: the Host check, then the GET /apps fast path, then the API."""
-    api = create_app(controller, access, webhook_secret)
+    api = create_app(controller, access, webhook_secrets)
     return HostCheck(ListingFastPath(api, controller, access), listen_host, allowed_hosts)
 
 
 def create_app(
-    controller: Controller, access: Access, webhook_secret: str | None = None
+    controller: Controller, access: Access, webhook_secrets: WebhookSecrets | None = None
 ) -> FastAPI:
     api = FastAPI(
         title="Diplo",
@@ -347,5 +350,5 @@ def create_app(
             detail="cancel requested" if cancelled else "no deploy in flight",
         )
 
-    add_gitops_routes(api, controller, authorized, view, Problem, webhook_secret)
+    add_gitops_routes(api, controller, authorized, view, Problem, webhook_secrets)
     return api

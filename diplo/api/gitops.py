@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 from fastapi import Body, Depends, FastAPI, Request
@@ -16,6 +16,9 @@ from diplo.controller.controller import Controller
 from diplo.controller.sources import GitSource
 from diplo.errors import DiploError, LockTimeout
 from diplo.model import MAX_ID
+
+if TYPE_CHECKING:
+    from diplo.webhooks import WebhookSecrets
 
 log = structlog.get_logger("diplo.api")
 
@@ -66,7 +69,7 @@ def add_gitops_routes(
     authorized: Callable[[Request], None],
     known: Callable[[str], Any],
     problem: Callable[..., Exception],
-    webhook_secret: str | None,
+    webhook_secrets: WebhookSecrets | None,
 ) -> None:
     """`known(app)` answers 404 for an app this host does not have."""
 
@@ -123,10 +126,11 @@ def add_gitops_routes(
         "/hooks/git",
         response_model=HookAnswer,
         status_code=202,
-        summary="Push webhooks (GitHub, Gitea/Forgejo, GitLab), verified with a shared secret",
+        summary="Push webhooks (GitHub, Gitea/Forgejo, GitLab), verified with their provider's"
+        " secret",
         responses={
             400: problem_doc("A verified body that is not a JSON object"),
-            401: problem_doc("Signature or token missing or wrong"),
+            401: problem_doc("Signature or token missing or wrong, or no secret for its provider"),
             404: problem_doc("Webhooks are not configured"),
             413: problem_doc(f"The body is over {MAX_HOOK_BODY} bytes"),
             429: problem_doc("Too many deliveries from this client"),
@@ -137,11 +141,12 @@ def add_gitops_routes(
         from diplo.webhooks import parse_push, verify
 
         gits = [s for s in controller.sources if isinstance(s, GitSource)]
-        if webhook_secret is None or not gits:
+        if not webhook_secrets or not gits:
             raise problem(
                 404,
                 "webhooks are not configured",
-                "serve a --repo and set DIPLO_WEBHOOK_SECRET",
+                "serve a --repo and set DIPLO_WEBHOOK_SECRET_GITHUB, DIPLO_WEBHOOK_SECRET_GITEA"
+                " or DIPLO_WEBHOOK_SECRET_GITLAB (or DIPLO_WEBHOOK_SECRET for every provider)",
             )
         client = request.client.host if request.client else "?"
         if not hook_limiter.allow(client):
@@ -155,9 +160,10 @@ def add_gitops_routes(
         body = await read_body(request, client)
         headers = dict(request.headers)
         try:
-            provider = verify(headers, body, webhook_secret)
+            provider = verify(headers, body, webhook_secrets)
         except WebhookError as exc:
-            raise rejected(client, 401, "webhook rejected", exc.message) from exc
+            detail = f"{exc.message}: {exc.hint}" if exc.hint else exc.message
+            raise rejected(client, 401, "webhook rejected", detail) from exc
         try:
             push = parse_push(provider, headers, body)
         except WebhookError as exc:  # signed by someone with the secret: tell them why

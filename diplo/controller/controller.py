@@ -86,6 +86,8 @@ class Controller:
         self.inflight: dict[str, DeployHandle] = {}
         self.started_at = time.time()
         self._threads: list[threading.Thread] = []
+        self._restarting: dict[str, threading.Thread] = {}  # apps a heal is restarting
+        self._restart_lock = threading.Lock()
 
     def _sync_changed(self, apps: set[str] | None) -> None:
         self.view.compute_sync(apps)
@@ -119,6 +121,7 @@ class Controller:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        self.wait_restarts(max(0.0, deadline - time.monotonic()))
         log.info("controller.stopped")
 
     def _spawn(self, name: str, target: Any) -> None:
@@ -139,9 +142,43 @@ class Controller:
         """Restart the apps that turned unhealthy, with backoff."""
         self.healer.tick(
             list(self.view.rows.values()),
-            leave_alone=lambda a: a in self.inflight or self.state.desired.app(a) is None,
-            restart=self.restart,
+            leave_alone=lambda a: (
+                a in self.inflight or a in self._restarting or self.state.desired.app(a) is None
+            ),
+            restart=self._restart_aside,
         )
+
+    def _restart_aside(self, app: str, reason: str) -> None:
+        """A heal's restart in a thread of its own: stopping a container can take its
+        whole grace period (a PID 1 that ignores SIGTERM), and the health loop must go on
+        for every other app meanwhile."""
+
+        def run() -> None:
+            try:
+                self.restart(app, reason)
+            except DiploError as exc:
+                log.warning("app.restart_failed", app=app, error=exc.message)
+            except Exception as exc:  # a bug must not pass silently either
+                log.exception("app.restart_crashed", app=app, error=str(exc))
+            finally:
+                with self._restart_lock:
+                    self._restarting.pop(app, None)
+
+        with self._restart_lock:
+            if app in self._restarting:
+                return
+            thread = threading.Thread(target=run, name=f"diplo-restart-{app}", daemon=True)
+            self._restarting[app] = thread
+        thread.start()
+
+    def wait_restarts(self, timeout: float) -> bool:
+        """Wait for the heals' restarts in flight; False if some still run."""
+        deadline = time.monotonic() + timeout
+        with self._restart_lock:
+            threads = list(self._restarting.values())
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
 
     # --- work ----------------------------------------------------------------------------
 

@@ -147,7 +147,9 @@ class GitSource:
             staging = self.cache / "staging"
             shutil.rmtree(staging, ignore_errors=True)
             try:
-                folder = self.repo.materialize(head.sha, self.path, staging)
+                limits = self.policy.of("repository").limits
+                bounds = (limits.checkout_files, limits.checkout_bytes)
+                folder = self.repo.materialize(head.sha, self.path, staging, bounds)
                 # Validated before it replaces the good tree.
                 _load_folder(folder, self.policy, "repository", staging)
             except ManifestError as exc:

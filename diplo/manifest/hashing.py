@@ -136,6 +136,7 @@ def with_spec_hash(app: DesiredApp) -> DesiredApp:
     data = asdict(app)
     data.pop("source")
     data.pop("spec_hash")
+    data.pop("masked")  # the values are in the fields themselves
     # Ordering and Diplo-side checks: changing them does not need a new container. Nor
     # does the number of replicas (replicas are added or removed, the others stay), nor
     # what the proxy serves (domains, TLS: a proxy change).

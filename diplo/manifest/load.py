@@ -404,6 +404,10 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
     image = app.image or f"diplo/{f.project}-{name}:latest"
     if app.image is not None and not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.:/@-]*$", app.image):
         f.issue((*at, "image"), f"{app.image!r} is not an image reference", "e.g. shop/web:1")
+    elif app.image is not None and (refused := f.rules.image_refusal(app.image)):
+        f.issue((*at, "image"), f"image {app.image!r} refused: {refused}", _POLICY_HINT)
+    if app.build is not None and not f.rules.builds:
+        f.issue((*at, "build"), f"a {f.rules.kind} source may not build images", _POLICY_HINT)
 
     env: dict[str, str] = {}
     for i, rel in enumerate(app.env_file):
@@ -460,6 +464,10 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         )
         if port.key in seen_ports:
             f.issue((*at, "ports", i), f"container port {port.key} is published twice")
+        elif port.host_port is not None and (refused := f.rules.port_refusal(port.host_port)):
+            f.issue(
+                (*at, "ports", i), f"host port {port.host_port} refused: {refused}", _POLICY_HINT
+            )
         seen_ports.add(port.key)
         ports.append(port)
 
@@ -504,9 +512,37 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         deploy_timeout=app.deploy.timeout,
         keep_images=app.deploy.keep_images,
         prune=f.prune,
+        masked=_masked(f, at),
         **routing,
     )
     return with_spec_hash(desired)
+
+
+# Where a manifest key lands in DesiredApp; None: nothing of it is shown in clear (env
+# values are digests, numbers and durations hold no secret worth hiding).
+_LANDS_IN: dict[str, str | None] = {
+    "volumes": "mounts",
+    "env": None,
+    "env_file": None,
+    "resources": None,
+    "deploy": None,
+}
+
+
+def _masked(f: _File, at: DataPath) -> tuple[tuple[str, str, str], ...]:
+    """The values interpolation put into the app's fields other than env, by field: they
+    are secrets too (a password in a command, a token in a label)."""
+    found: set[tuple[str, str, str]] = set()
+    for where, subs in f.interpolated.items():
+        if len(where) < 3 or where[:2] != at or not isinstance(where[2], str):
+            continue
+        field_name = _LANDS_IN.get(where[2], where[2])
+        if field_name is None:
+            continue
+        for var, value in subs:
+            if len(value) >= 3:  # as in messages: shorter ones would garble the text
+                found.add((field_name, var, value))
+    return tuple(sorted(found))
 
 
 def _resolve_build(f: _File, cfg: BuildConfig, base: Path, loc: DataPath) -> BuildSpec | None:

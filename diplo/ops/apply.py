@@ -137,13 +137,17 @@ def apply(
 
 
 def _seal_env(ctx: Context, report: ApplyReport) -> None:
-    """Each new deployment's env values, sealed with the host's key: the ledger shows
-    only digests, and a rollback to this deployment needs the values themselves."""
+    """Each new deployment's env values and interpolated fields, sealed with the host's
+    key: the ledger shows only digests and `${VAR}`, and a rollback to this deployment
+    needs the values themselves."""
     assert report.result is not None
     for name, outcome in report.result.outcomes.items():
         spec = report.prepared.desired.app(name)
-        if outcome.ok and outcome.deployment_id is not None and spec is not None and spec.env:
-            blob = seal(ctx.key, json.dumps(spec.env).encode())
+        if outcome.ok and outcome.deployment_id is not None and spec is not None:
+            if not spec.env and not spec.masked:
+                continue
+            kept = {"env": spec.env, "masked": spec.masked, "fields": spec.masked_fields()}
+            blob = seal(ctx.key, json.dumps(kept).encode())
             ctx.ledger.seal_env(outcome.deployment_id, name, blob)
 
 

@@ -101,10 +101,12 @@ def restore(ctx: Context, dep_id: int, current: DesiredApp | None) -> DesiredApp
         )
     values = dict(current.env) if current is not None else {}
     blob = ctx.ledger.sealed_env(dep_id)
-    sealed = unseal(ctx.key, blob) if blob is not None else None
-    if sealed is not None:  # the values that deployment ran with
-        values.update((k, v) for k, v in json.loads(sealed))
-    app, missing = restore_app(json.loads(dep.record_json), values, image_id)
+    opened = unseal(ctx.key, blob) if blob is not None else None
+    kept = json.loads(opened) if opened is not None else {}
+    if isinstance(kept, list):  # sealed by an older Diplo: the env pairs alone
+        kept = {"env": kept}
+    values.update((k, v) for k, v in kept.get("env", []))  # the values that deployment ran with
+    app, missing = restore_app(json.loads(dep.record_json), values, image_id, kept)
     if app is None:
         raise InputError(
             f"{dep.app}: deployment {dep_id} ran with env {', '.join(missing)} whose value "

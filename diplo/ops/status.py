@@ -23,6 +23,7 @@ from diplo.model import (
     ObservedContainer,
     ProbeRecord,
     ResolvedPort,
+    spec_id,
 )
 from diplo.ops.context import Context
 from diplo.planner import RUNNING, diff_specs
@@ -204,7 +205,7 @@ def _observed_view(
         replicas=f"{ready}/{desired}",
         image=str(image),
         ports=ports,
-        spec_hash=spec_hash[:12],
+        spec_hash=spec_id(spec_hash),
         in_sync=in_sync,
         containers=[_container_dict(c) for c in containers],
         last_deployment=_deployment_dict(last),
@@ -261,7 +262,7 @@ def _container_dict(c: ObservedContainer) -> dict[str, Any]:
         "state": c.state,
         "status": c.status,
         "image_id": c.image_id[:19],
-        "spec_hash": c.spec_hash[:12],
+        "spec_hash": spec_id(c.spec_hash),
     }
 
 

@@ -30,6 +30,7 @@ from diplo.cli import main
 from diplo.controller import controller as controller_module
 from diplo.controller.sources import GitSource
 from diplo.serve import Exposure, server_config
+from diplo.webhooks import WebhookSecrets
 
 from .apiworld import (
     AUTH,
@@ -160,7 +161,7 @@ def hooked(world: World) -> Any:
     world.controller.sources.append(
         GitSource("file:///nowhere", "main", "", world.folder.parent / "home")
     )
-    return asgi_app(world.controller, tokens(), webhook_secret=HOOK_SECRET)
+    return asgi_app(world.controller, tokens(), webhook_secrets=WebhookSecrets.shared(HOOK_SECRET))
 
 
 def signed(body: bytes) -> dict[str, str]:

@@ -3,7 +3,8 @@
 5xx, and every answer has a documented status code, content type and body schema. It
 runs as the admin of a server whose operator chose its tokens (DIPLO_TOKEN and
 DIPLO_VIEWER_TOKEN set: no read is open), so that every operation is exercised past
-authentication."""
+authentication; then as a viewer (reads answer, every action is a 403) and without a
+token (only /healthz answers), where no generated request may change anything."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 
 from diplo.api.app import create_app
 
-from .apiworld import APPS, AUTH, HOST, World, build_world, tokens
+from .apiworld import APPS, AUTH, HOST, VIEWER, World, build_world, tokens
 
 
 @schemathesis.check
@@ -105,3 +106,70 @@ def test_every_answer_is_documented_and_no_request_is_a_server_error(
     # documented, yet answering 429 to every POST after the first 20 would hide the rest.
     app = create_app(world.controller, tokens()) if case.method.upper() == "POST" else world.api
     case.call_and_validate(app=app, headers={**AUTH, "Host": HOST}, checks=CHECKS)
+
+
+ROLES = {"viewer": VIEWER, "anonymous": {}}
+_calling_as = ["anonymous"]
+
+
+@schemathesis.check
+def role_is_enforced(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> None:
+    """A viewer reads but never acts (403); without a token only /healthz answers (401)."""
+    role = _calling_as[0]
+    status = response.status_code
+    if case.path == "/healthz" or case.path == "/hooks/git":
+        return  # open, and the webhook has its own signatures
+    if status == 405:
+        return  # a method the path lacks is refused before anyone is asked who they are
+    # 429: the POST limiter counts before it asks who calls (it guards the token check);
+    # 400/422: FastAPI refuses a body it cannot read before it runs the token check.
+    early = (429, 400, 422) if case.method.upper() == "POST" else ()
+    if role == "anonymous":
+        assert status in (401, *early), (case.method, case.path, status)
+    elif case.method.upper() == "POST":
+        assert status in (403, *early), (case.method, case.path, status)
+    else:
+        assert status not in (401, 403), (case.method, case.path, status)
+
+
+ROLE_SETTINGS = settings(
+    max_examples=10,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def call_as(role: str, case: schemathesis.Case, world: World) -> None:
+    before = [(d.app, d.id) for a in APPS for d in world.ledger.deployments(a)]
+    _calling_as[0] = role
+    case.call_and_validate(
+        app=world.api,
+        headers={**ROLES[role], "Host": HOST},
+        checks=[
+            role_is_enforced,
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ],
+    )
+    assert [(d.app, d.id) for a in APPS for d in world.ledger.deployments(a)] == before
+
+
+@schema.parametrize()
+@ROLE_SETTINGS
+def test_as_a_viewer_every_answer_is_documented_and_no_action_runs(
+    case: schemathesis.Case, world: World
+) -> None:
+    call_as("viewer", case, world)
+
+
+@schema.parametrize()
+@ROLE_SETTINGS
+def test_without_a_token_only_healthz_answers_and_every_answer_is_documented(
+    case: schemathesis.Case, world: World
+) -> None:
+    call_as("anonymous", case, world)

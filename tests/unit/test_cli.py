@@ -316,11 +316,12 @@ def test_an_invalid_manifest_exits_2_and_changes_nothing(world: CliWorld):
 
 
 def test_a_port_claimed_twice_exits_2_and_changes_nothing(world: CliWorld):
-    world.write({"web": spec(ports=["18080:80"]), "api": spec(ports=["18080:81"])})
+    host = free_port()  # the clash is between the two apps, not with this host
+    world.write({"web": spec(ports=[f"{host}:80"]), "api": spec(ports=[f"{host}:81"])})
     result = world.apply()
     assert result.exit_code == 2
     assert "error: cannot apply (1 problem); nothing was changed" in result.stderr
-    assert "host port 18080/tcp is also claimed" in result.stderr
+    assert f"host port {host}/tcp is also claimed" in result.stderr
     assert world.engine.calls == []
 
 
@@ -375,9 +376,10 @@ def test_ctrl_c_cancels_the_deploy_exits_130_and_keeps_the_previous_revision(wor
     result = world.apply()
     thread.join(timeout=10)
     assert result.exit_code == 130, result.output
-    assert "error: web: health cancelled by Ctrl-C; the previous revision was kept" in (
-        result.stderr
-    )
+    # The step it lands in (create, start, health) depends on the machine's speed.
+    assert re.search(
+        r"error: web: [a-z-]+ cancelled by Ctrl-C; the previous revision was kept", result.stderr
+    ), result.stderr
     assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
     (kept,) = world.containers("web")
     assert kept.id == good.id and kept.state == "running"

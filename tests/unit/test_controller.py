@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -69,32 +70,66 @@ def _turn_unhealthy(controller: Controller) -> None:
     rows["web"] = replace(rows["web"], health="unhealthy", health_detail="HTTP 500")
 
 
+def heal(controller: Controller) -> None:
+    controller.heal()
+    assert controller.wait_restarts(5)
+
+
 def test_unhealthy_app_is_restarted_with_backoff(controller: Controller, clock: Clock):
     engine = controller.ctx.runtime
     controller.handle("web")
     _turn_unhealthy(controller)
     engine.calls.clear()
-    controller.heal()
+    heal(controller)
     assert [k for k, _ in engine.calls] == ["stop", "start"]
     engine.calls.clear()
     _turn_unhealthy(controller)
     clock.now += 0.9
-    controller.heal()  # within the 1 s backoff: left alone
+    heal(controller)  # within the 1 s backoff: left alone
     assert engine.calls == []
     clock.now += 0.2
-    controller.heal()
+    heal(controller)
     assert [k for k, _ in engine.calls] == ["stop", "start"]
     engine.calls.clear()
     _turn_unhealthy(controller)
     clock.now += 1.9  # the next wait is 2 s
-    controller.heal()
+    heal(controller)
     assert engine.calls == []
     clock.now += 0.2
-    controller.heal()
+    heal(controller)
     assert [k for k, _ in engine.calls] == ["stop", "start"]
     assert controller.healer.restarts("web") == 3
     kinds = [e.kind for e in controller.ctx.ledger.events("web")]
     assert kinds.count("app.restarted") == 3
+
+
+def test_a_slow_restart_does_not_hold_the_health_loop(controller: Controller, clock: Clock):
+    """A PID 1 that ignores SIGTERM takes its whole grace period to stop: the heal goes
+    on beside it, and the same app is not restarted twice meanwhile."""
+    engine = controller.ctx.runtime
+    controller.handle("web")
+    release = threading.Event()
+    stopping = threading.Event()
+    real_stop = engine.stop
+
+    def slow_stop(container_id: str, timeout: int) -> None:
+        stopping.set()
+        release.wait(10)
+        real_stop(container_id, timeout)
+
+    engine.stop = slow_stop  # type: ignore[method-assign]
+    _turn_unhealthy(controller)
+    began = time.monotonic()
+    controller.heal()
+    assert stopping.wait(5)
+    assert time.monotonic() - began < 5  # back at once, the stop still running
+    clock.now += 10
+    _turn_unhealthy(controller)
+    controller.heal()  # the restart in flight: not a second one
+    release.set()
+    assert controller.wait_restarts(5)
+    assert [k for k, _ in engine.calls].count("start") == 2  # the deploy's and the restart's
+    assert controller.healer.restarts("web") == 1
 
 
 def test_invalid_manifest_keeps_the_last_good_state(controller: Controller):

@@ -44,7 +44,9 @@ def test_git_runs_without_credentials_in_argv_nor_diplo_secrets_in_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setenv("DIPLO_TOKEN", "tok-SECRET-123")
-    monkeypatch.setenv("DIPLO_WEBHOOK_SECRET", "hook-SECRET-456")
+    hooks = [f"DIPLO_WEBHOOK_SECRET{p}" for p in ("", "_GITHUB", "_GITEA", "_GITLAB")]
+    for name in hooks:
+        monkeypatch.setenv(name, "hook-SECRET-456")
     seen: list[tuple[list[str], dict[str, str]]] = []
     real = subprocess.Popen
 
@@ -61,7 +63,7 @@ def test_git_runs_without_credentials_in_argv_nor_diplo_secrets_in_env(
     assert fetches, seen
     for args, env in seen:
         assert not any("ghp_SECRETtoken123" in a for a in args), args
-        assert "DIPLO_TOKEN" not in env and "DIPLO_WEBHOOK_SECRET" not in env
+        assert "DIPLO_TOKEN" not in env and not set(hooks) & set(env)
     args, env = fetches[0]
     assert "https://127.0.0.1:9/org/infra.git" in args
     assert env["GIT_CONFIG_KEY_0"] == "http.extraHeader"

@@ -149,6 +149,42 @@ def test_the_owner_can_allow_variables_and_paths(checkout: Path, tmp_path: Path)
     assert policy.repository.confine_files  # a section's missing keys keep their defaults
 
 
+def test_the_owner_can_restrict_images_builds_and_host_ports(checkout: Path):
+    policy = parse_policy(
+        "repository:\n  images: ['registry.example.com/shop/*', 'busybox:1.*']\n"
+        "  builds: false\n  host_ports: ['8000-8999', '443']\n"
+    )
+    manifest(checkout, 'ports: ["8080:80", "443:443", "81"]')
+    issue = refused(checkout, policy=policy)  # busybox = docker.io/library/busybox:latest
+    assert (issue.line, issue.col) == (3, 12)
+    assert "image 'busybox' refused: the policy lets a repository source run only images" in (
+        issue.message
+    )
+    (checkout / "deploy" / "diplo.yaml").write_text(
+        "apps:\n  web:\n    image: busybox:1.36\n    ports: ['8080:80', '443:443', '81']\n"
+        "  api:\n    image: registry.example.com/shop/api:2\n    ports: ['22:22']\n"
+        "  job:\n    build: ctx\n"
+    )
+    with pytest.raises(ManifestError) as exc:
+        load(checkout, policy=policy)
+    assert [(i.line, i.message.split(":")[0]) for i in exc.value.issues] == [
+        (7, "host port 22 refused"),
+        (9, "a repository source may not build images"),
+    ]  # web's ports are inside the ranges, and "81" gets a port Diplo picks
+    assert "['8000-8999', '443']" in exc.value.issues[0].message
+
+
+@pytest.mark.parametrize("ranges", ["['0-80']", "['90-80']", "['http']"])
+def test_a_bad_port_range_in_the_policy_is_an_input_error(ranges: str):
+    with pytest.raises(InputError, match="policy"):
+        parse_policy(f"repository:\n  host_ports: {ranges}\n")
+
+
+def test_by_default_any_image_builds_and_host_ports_are_allowed(checkout: Path):
+    manifest(checkout, 'ports: ["22:22"]')
+    assert load(checkout).app("web") is not None
+
+
 def test_a_folder_keeps_to_its_folder_but_reads_the_environment(checkout: Path):
     manifest(checkout, 'env: [AWS_KEY]\nvolumes: ["/:/host"]')
     assert "refused" in refused(checkout, "folder").message

@@ -20,7 +20,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from diplo import serve
-from diplo.controller.sources import FolderSource
+from diplo.controller.sources import FolderSource, GitSource
 from diplo.errors import DiploError, InputError
 from diplo.ledger import Ledger
 from diplo.ops.context import Context
@@ -41,7 +41,9 @@ def logs() -> Iterator[list[dict[str, Any]]]:
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("DIPLO_TOKEN", raising=False)
-    monkeypatch.delenv("DIPLO_WEBHOOK_SECRET", raising=False)
+    for name in ("", "_GITHUB", "_GITEA", "_GITLAB"):
+        monkeypatch.delenv(f"DIPLO_WEBHOOK_SECRET{name}", raising=False)
+        monkeypatch.delenv(f"DIPLO_WEBHOOK_SECRET{name}_FILE", raising=False)
     return tmp_path / "home"
 
 
@@ -190,6 +192,85 @@ def test_serve_runs_the_controller_around_the_server(
     assert seen["hook"] == 404  # no repository served, no webhook secret
     assert not (home / "serve.json").exists()  # gone once the server returns
     assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+
+
+SHARED_SECRET, GITLAB_TOKEN = "one-secret-for-all-8d2f", "gitlab-only-token-41ac"
+
+
+@pytest.mark.parametrize(
+    ("env", "warned"),
+    [
+        ({"DIPLO_WEBHOOK_SECRET": SHARED_SECRET}, True),
+        (
+            {
+                "DIPLO_WEBHOOK_SECRET_GITHUB": SHARED_SECRET,
+                "DIPLO_WEBHOOK_SECRET_GITLAB": SHARED_SECRET,
+            },
+            True,
+        ),
+        (
+            {"DIPLO_WEBHOOK_SECRET": SHARED_SECRET, "DIPLO_WEBHOOK_SECRET_GITLAB": GITLAB_TOKEN},
+            False,
+        ),
+    ],
+    ids=["shared", "copied", "gitlab-own"],
+)
+def test_serve_warns_when_gitlab_s_token_is_an_hmac_key_too(
+    ctx: Context,
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    signals: None,
+    no_leaked_threads: None,
+    logs: list[dict[str, Any]],
+    env: dict[str, str],
+    warned: bool,
+):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    repo = GitSource(f"file://{tmp_path}/no-repo", "main", "", home)  # for /hooks/git
+    seen: dict[str, int] = {}
+
+    def run(server: uvicorn.Server) -> None:
+        client = TestClient(server.config.app, base_url="http://127.0.0.1:18080")
+        body = json.dumps({"ref": "refs/heads/main", "after": "a" * 40}).encode()
+        for token in (SHARED_SECRET, GITLAB_TOKEN):
+            headers = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": token}
+            seen[token] = client.post("/hooks/git", content=body, headers=headers).status_code
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    serve.run_server(ctx, [repo], "127.0.0.1", 18080, resync=60, workers=1)
+    shared = [e for e in logs if e["event"] == "serve.webhook_secret_shared"]
+    if warned:
+        (warning,) = shared
+        assert warning["log_level"] == "warning"
+        assert "GitLab sends it in clear" in warning["detail"]
+        assert "DIPLO_WEBHOOK_SECRET_GITLAB" in warning["hint"]
+        assert seen[SHARED_SECRET] == 202  # a warning, not a refusal
+    else:
+        assert shared == []
+        assert (seen[SHARED_SECRET], seen[GITLAB_TOKEN]) == (401, 202)  # GitLab's own
+    logged = json.dumps(logs, default=str)
+    assert SHARED_SECRET not in logged and GITLAB_TOKEN not in logged
+
+
+def test_serve_refuses_an_unreadable_webhook_secret_file(
+    ctx: Context,
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    signals: None,
+    no_leaked_threads: None,
+):
+    monkeypatch.setenv("DIPLO_WEBHOOK_SECRET_GITLAB_FILE", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: pytest.fail("it served"))
+    (tmp_path / "m").mkdir()
+    with pytest.raises(InputError, match="cannot read DIPLO_WEBHOOK_SECRET_GITLAB_FILE"):
+        serve.run_server(
+            ctx, [FolderSource(tmp_path / "m")], "127.0.0.1", 8080, resync=60, workers=1
+        )
+    assert not (home / "serve.json").exists()
+    assert ctx.runtime.calls == []  # type: ignore[attr-defined]
 
 
 def test_tidy_heap_runs_until_its_event_is_set(no_leaked_threads: None):

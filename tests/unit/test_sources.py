@@ -10,6 +10,7 @@ import pytest
 from diplo.controller.sources import FolderSource, GitSource, Loaded, merge
 from diplo.errors import DiploError, InputError, ManifestError
 from diplo.model import DesiredState, Revision
+from diplo.policy import parse_policy
 
 from .gitrepo import commit, git
 
@@ -128,6 +129,22 @@ def test_an_invalid_commit_is_refused_and_the_last_good_tree_stays(upstream: Pat
     fixed = commit(upstream, {"deploy/diplo.yaml": WEB}, "Fix it")
     assert src.load().revision.commit == fixed
     assert src.describe()["refused"] is None
+
+
+def test_a_checkout_over_the_policy_limits_is_refused_before_it_fills_the_disk(
+    upstream: Path, tmp_path: Path
+):
+    good = commit(upstream, {"deploy/diplo.yaml": WEB}, "Add web")
+    policy = parse_policy("repository:\n  limits:\n    checkout_bytes: 100000\n")
+    src = GitSource(str(upstream), "main", "deploy", tmp_path / "home", policy)
+    src.load()
+    # 10 MB of zeros: a few kB in the pack, 10 MB on disk once written out.
+    bomb = commit(upstream, {"deploy/zeros.bin": "\0" * 10_000_000}, "Add a big file")
+    with pytest.raises(ManifestError, match="more than 200000 files or 100000 bytes"):
+        src.load()
+    assert src.describe()["refused"]["sha"] == bomb  # type: ignore[index]
+    assert src.describe()["applied"]["sha"] == good  # type: ignore[index]
+    assert not (src.cache / "staging").exists() and not (src.tree / "deploy/zeros.bin").exists()
 
 
 def test_a_commit_without_the_folder_is_refused(upstream: Path, tmp_path: Path):

@@ -10,10 +10,11 @@ from urllib.parse import urlencode
 
 import pytest
 
-from diplo.errors import WebhookError
-from diplo.webhooks import Push, parse_push, verify
+from diplo.errors import InputError, WebhookError
+from diplo.webhooks import Push, WebhookSecrets, parse_push, secrets_from_env, verify
 
 SECRET = "s3cret"
+SHARED = WebhookSecrets.shared(SECRET)
 SHA = "a" * 40
 BODY = json.dumps(
     {"ref": "refs/heads/main", "before": "b" * 40, "after": SHA, "commits": [], "pusher": {}}
@@ -48,7 +49,7 @@ def gitea_headers(body: bytes, event: str = "push") -> dict[str, str]:
     ids=["github", "github-case", "gitea-full", "gitea", "forgejo", "gitlab"],
 )
 def test_valid_signatures_name_the_provider(headers, provider):
-    assert verify(headers, BODY, SECRET) == provider
+    assert verify(headers, BODY, SHARED) == provider
 
 
 @pytest.mark.parametrize(
@@ -80,22 +81,22 @@ def test_valid_signatures_name_the_provider(headers, provider):
 )
 def test_wrong_or_missing_signatures_are_rejected(headers):
     with pytest.raises(WebhookError) as err:
-        verify(headers, BODY, SECRET)
+        verify(headers, BODY, SHARED)
     assert err.value.hint
 
 
 def test_the_body_is_what_is_signed():
     headers = {"X-Hub-Signature-256": "sha256=" + sign(BODY)}
     with pytest.raises(WebhookError, match="invalid X-Hub-Signature-256"):
-        verify(headers, BODY.replace(b"main", b"evil"), SECRET)
+        verify(headers, BODY.replace(b"main", b"evil"), SHARED)
     gitea = {"X-Gitea-Signature": sign(BODY)}
     with pytest.raises(WebhookError, match="invalid X-Gitea-Signature"):
-        verify(gitea, BODY.replace(b"main", b"evil"), SECRET)
+        verify(gitea, BODY.replace(b"main", b"evil"), SHARED)
 
 
 def test_an_empty_secret_verifies_nothing():
     with pytest.raises(WebhookError, match="no webhook secret"):
-        verify({"X-Hub-Signature-256": "sha256=" + sign(BODY, "")}, BODY, "")
+        verify({"X-Hub-Signature-256": "sha256=" + sign(BODY, "")}, BODY, WebhookSecrets.shared(""))
 
 
 def test_pushes_to_main_name_the_branch_and_head():
@@ -151,11 +152,11 @@ def test_form_encoded_deliveries():
         "X-GitHub-Event": "push",
         "X-Hub-Signature-256": "sha256=" + sign(form),
     }
-    assert verify(headers, form, SECRET) == "github"
+    assert verify(headers, form, SHARED) == "github"
     assert parse_push("github", headers, form).branch == "main"
     # Gitea signs the JSON inside the form, not the form.
     gitea = {"Content-Type": "application/x-www-form-urlencoded", **gitea_headers(BODY)}
-    assert verify(gitea, form, SECRET) == "gitea"
+    assert verify(gitea, form, SHARED) == "gitea"
     assert parse_push("gitea", gitea, form).branch == "main"
 
 
@@ -170,3 +171,150 @@ def test_a_body_that_is_not_an_object_is_rejected():
         parse_push("github", {"X-GitHub-Event": "push"}, b"[1]")
     with pytest.raises(WebhookError, match="unknown webhook provider"):
         parse_push("bitbucket", {}, BODY)
+
+
+# --- a secret per provider ------------------------------------------------------------------
+
+OWN = {"github": "github-own-secret", "gitea": "gitea-own-secret", "gitlab": "gitlab-own-token"}
+PER_PROVIDER = {
+    "DIPLO_WEBHOOK_SECRET_GITHUB": OWN["github"],
+    "DIPLO_WEBHOOK_SECRET_GITEA": OWN["gitea"],
+    "DIPLO_WEBHOOK_SECRET_GITLAB": OWN["gitlab"],
+}
+KINDS = {"github": "github", "gitea": "gitea", "forgejo": "gitea", "gitlab": "gitlab"}
+
+
+def delivery(kind: str, secret: str) -> dict[str, str]:
+    """The signature headers a provider sends, made with `secret`."""
+    return {
+        "github": {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + sign(BODY, secret)},
+        "gitea": {
+            "X-Gitea-Event": "push",
+            "X-Gitea-Signature": sign(BODY, secret),
+            "X-Hub-Signature-256": "sha256=" + sign(BODY, secret),
+        },
+        "forgejo": {"X-Forgejo-Event": "push", "X-Forgejo-Signature": sign(BODY, secret)},
+        "gitlab": {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": secret},
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_provider_is_verified_with_its_own_secret_only(kind: str):
+    secrets = secrets_from_env(PER_PROVIDER)
+    provider = KINDS[kind]
+    assert verify(delivery(kind, OWN[provider]), BODY, secrets) == provider
+    for other in set(OWN.values()) - {OWN[provider]}:  # another provider's secret
+        with pytest.raises(WebhookError, match="invalid"):
+            verify(delivery(kind, other), BODY, secrets)
+
+
+def test_the_shared_secret_serves_the_providers_without_their_own():
+    secrets = secrets_from_env(
+        {"DIPLO_WEBHOOK_SECRET": "shared-secret", "DIPLO_WEBHOOK_SECRET_GITLAB": OWN["gitlab"]}
+    )
+    assert verify(delivery("github", "shared-secret"), BODY, secrets) == "github"
+    assert verify(delivery("forgejo", "shared-secret"), BODY, secrets) == "gitea"
+    assert verify(delivery("gitlab", OWN["gitlab"]), BODY, secrets) == "gitlab"
+    with pytest.raises(WebhookError, match="invalid X-Gitlab-Token"):  # its own one wins
+        verify(delivery("gitlab", "shared-secret"), BODY, secrets)
+
+
+@pytest.mark.parametrize(
+    ("kind", "variable"),
+    [("gitea", "DIPLO_WEBHOOK_SECRET_GITEA"), ("gitlab", "DIPLO_WEBHOOK_SECRET_GITLAB")],
+)
+def test_a_provider_without_a_secret_is_refused_naming_its_variable(kind: str, variable: str):
+    secrets = secrets_from_env({"DIPLO_WEBHOOK_SECRET_GITHUB": OWN["github"]})
+    with pytest.raises(WebhookError, match="no webhook secret is configured for") as err:
+        verify(delivery(kind, OWN["github"]), BODY, secrets)  # not with GitHub's key either
+    assert err.value.hint is not None and variable in err.value.hint
+    with pytest.raises(WebhookError, match="no webhook secret"):  # nor with an empty key
+        verify(delivery(kind, ""), BODY, secrets)
+
+
+def test_empty_variables_are_no_secret():
+    assert not secrets_from_env({"DIPLO_WEBHOOK_SECRET": "", "DIPLO_WEBHOOK_SECRET_GITHUB": ""})
+    assert not secrets_from_env({})
+
+
+def test_secrets_from_files(tmp_path):
+    (tmp_path / "shared").write_text("shared-from-file\n")  # as `echo` writes it
+    (tmp_path / "gitlab").write_text(OWN["gitlab"])
+    secrets = secrets_from_env(
+        {
+            "DIPLO_WEBHOOK_SECRET_FILE": str(tmp_path / "shared"),
+            "DIPLO_WEBHOOK_SECRET_GITLAB_FILE": str(tmp_path / "gitlab"),
+        }
+    )
+    assert verify(delivery("github", "shared-from-file"), BODY, secrets) == "github"
+    assert verify(delivery("gitlab", OWN["gitlab"]), BODY, secrets) == "gitlab"
+    assert secrets.gitlab_exposes() is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"DIPLO_WEBHOOK_SECRET_GITHUB": "x" * 30, "DIPLO_WEBHOOK_SECRET_GITHUB_FILE": "F"},
+            "both DIPLO_WEBHOOK_SECRET_GITHUB and DIPLO_WEBHOOK_SECRET_GITHUB_FILE are set",
+        ),
+        ({"DIPLO_WEBHOOK_SECRET_FILE": "missing"}, "cannot read DIPLO_WEBHOOK_SECRET_FILE"),
+        ({"DIPLO_WEBHOOK_SECRET_GITEA_FILE": "empty"}, "names an empty file"),
+        ({"DIPLO_WEBHOOK_SECRET_GITLAB_FILE": "binary"}, "it is not text"),
+        ({"DIPLO_WEBHOOK_SECRET_GITLAB_FILE": "."}, "cannot read"),  # a folder
+    ],
+    ids=["both", "missing", "empty", "binary", "folder"],
+)
+def test_a_bad_secret_variable_is_an_input_error(tmp_path, env, message):
+    (tmp_path / "empty").write_text(" \n")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe" + b"s3cret-in-a-file")
+    env = {k: str(tmp_path / v) if k.endswith("_FILE") else v for k, v in env.items()}
+    with pytest.raises(InputError, match=message) as err:
+        secrets_from_env(env)
+    assert err.value.hint
+    assert "x" * 30 not in str(err.value) and "s3cret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "names", "hint"),
+    [
+        ({"DIPLO_WEBHOOK_SECRET": "one-for-all"}, "GitHub and Gitea/Forgejo", "not DIPLO_"),
+        (
+            {
+                "DIPLO_WEBHOOK_SECRET_GITEA": "copied-secret",
+                "DIPLO_WEBHOOK_SECRET_GITLAB": "copied-secret",
+            },
+            "Gitea/Forgejo",
+            "DIPLO_WEBHOOK_SECRET_GITLAB",
+        ),
+    ],
+    ids=["shared", "copied"],
+)
+def test_gitlab_sharing_its_secret_with_an_hmac_provider_is_unsafe(env, names, hint):
+    unsafe = secrets_from_env(env).gitlab_exposes()
+    assert unsafe is not None
+    message, advice = unsafe
+    assert f"also verifies {names} deliveries" in message and "in clear" in message
+    assert "DIPLO_WEBHOOK_SECRET_GITLAB" in advice and hint in advice
+    assert all(value not in message + advice for value in env.values())
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        PER_PROVIDER,
+        {"DIPLO_WEBHOOK_SECRET": "hmac-only", "DIPLO_WEBHOOK_SECRET_GITLAB": OWN["gitlab"]},
+        {"DIPLO_WEBHOOK_SECRET_GITHUB": "same", "DIPLO_WEBHOOK_SECRET_GITEA": "same"},
+        {"DIPLO_WEBHOOK_SECRET_GITLAB": OWN["gitlab"]},
+    ],
+    ids=["own", "gitlab-own", "hmac-shared", "gitlab-only"],
+)
+def test_secrets_gitlab_does_not_share_are_safe(env):
+    assert secrets_from_env(env).gitlab_exposes() is None
+
+
+def test_secrets_are_not_in_their_repr():
+    secrets = secrets_from_env(PER_PROVIDER)
+    shown = repr(secrets) + str(secrets) + repr(WebhookSecrets.shared(SECRET))
+    assert "DIPLO_WEBHOOK_SECRET_GITLAB" in shown
+    assert all(value not in shown for value in [*OWN.values(), SECRET])
