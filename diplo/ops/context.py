@@ -5,6 +5,7 @@ point and `diplo serve`) build one; tests build one over the in-memory engine.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from diplo.hostkey import host_key
 from diplo.ledger import Ledger
@@ -12,11 +13,17 @@ from diplo.locks import AppLocks
 from diplo.paths import default_home
 from diplo.runtime.base import Runtime
 
+if TYPE_CHECKING:
+    from diplo.executor.strategy import Router
+
 
 @dataclass
 class Context:
     _runtime: Runtime | None = None
     _ledger: Ledger | None = None
+    # The host's reverse proxy, when it has one: deploys of apps with domains switch and
+    # drain through it. None: no proxy (start-first then starts, gates and stops only).
+    router: Router | None = None
 
     @property
     def runtime(self) -> Runtime:
