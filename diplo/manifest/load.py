@@ -518,14 +518,15 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
     return with_spec_hash(desired)
 
 
-# Where a manifest key lands in DesiredApp; None: nothing of it is shown in clear (env
+# Where a manifest key lands in DesiredApp; (): nothing of it is shown in clear (env
 # values are digests, numbers and durations hold no secret worth hiding).
-_LANDS_IN: dict[str, str | None] = {
-    "volumes": "mounts",
-    "env": None,
-    "env_file": None,
-    "resources": None,
-    "deploy": None,
+_LANDS_IN: dict[str, tuple[str, ...]] = {
+    "volumes": ("mounts",),
+    "tls": ("tls", "tls_cert", "tls_key"),  # `tls` as shown; the paths as recorded
+    "env": (),
+    "env_file": (),
+    "resources": (),
+    "deploy": (),
 }
 
 
@@ -536,12 +537,10 @@ def _masked(f: _File, at: DataPath) -> tuple[tuple[str, str, str], ...]:
     for where, subs in f.interpolated.items():
         if len(where) < 3 or where[:2] != at or not isinstance(where[2], str):
             continue
-        field_name = _LANDS_IN.get(where[2], where[2])
-        if field_name is None:
-            continue
-        for var, value in subs:
-            if len(value) >= 3:  # as in messages: shorter ones would garble the text
-                found.add((field_name, var, value))
+        for field_name in _LANDS_IN.get(where[2], (where[2],)):
+            for var, value in subs:
+                if len(value) >= 3:  # as in messages: shorter ones would garble the text
+                    found.add((field_name, var, value))
     return tuple(sorted(found))
 
 
