@@ -120,6 +120,15 @@ MIGRATIONS: list[str] = [
         blob BLOB NOT NULL
     );
     """,
+    # v5: what the reverse proxy serves for each app with domains (domains, its HTTP
+    # port, TLS), so that the proxy's whole config can be derived again at any time.
+    """
+    CREATE TABLE routes (
+        app TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        route_json TEXT NOT NULL
+    );
+    """,
 ]
 PROBES_KEPT = 50  # per app
 EVENTS_KEPT = 20_000  # in all: the newest, trimmed on every insert
@@ -360,6 +369,7 @@ class Ledger:
         """The app was removed: drop its applied spec (and port allocations unless kept)."""
         with self._tx() as db:
             db.execute("DELETE FROM apps WHERE app = ?", (app,))
+            db.execute("DELETE FROM routes WHERE app = ?", (app,))
             db.execute("DELETE FROM probes WHERE app = ?", (app,))
             if not keep_ports:
                 db.execute("DELETE FROM ports WHERE app = ?", (app,))
@@ -368,6 +378,24 @@ class Ledger:
                 (now(), app, "app.removed", "removed"),
             )
             _trim_events(db)
+
+    def set_route(self, app: str, project: str, route: dict[str, Any] | None) -> None:
+        """What the proxy serves for `app`; None: nothing (it has no domains)."""
+        with self._tx() as db:
+            if route is None:
+                db.execute("DELETE FROM routes WHERE app = ?", (app,))
+            else:
+                db.execute(
+                    "INSERT INTO routes (app, project, route_json) VALUES (?, ?, ?) "
+                    "ON CONFLICT (app) DO UPDATE SET project = excluded.project,"
+                    " route_json = excluded.route_json",
+                    (app, project, json.dumps(route, sort_keys=True)),
+                )
+
+    def routes(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """app -> (project, route) for every app the proxy serves."""
+        rows = self._query("SELECT app, project, route_json FROM routes ORDER BY app")
+        return {r["app"]: (r["project"], json.loads(r["route_json"])) for r in rows}
 
     def set_ports(self, app: str, allocations: list[PortAllocation]) -> None:
         """Replace the app's host-port allocations."""
