@@ -90,7 +90,7 @@ class AdminClient:
 
 
 def _reason(exc: httpx.HTTPError) -> str:
-    """"[Errno 2] No such file or directory" -> "no such file or directory"."""
+    """Drop the errno prefix: "[Errno 2] No such file..." -> "no such file..."."""
     text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(exc).strip())
     return (text[:1].lower() + text[1:]) if text else type(exc).__name__
 
