@@ -14,6 +14,7 @@ and the libraries it links, with `docker import`: no registry needed."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -292,7 +293,17 @@ def _spec_hash(spec: ProxyContainerSpec, image: str, image_id: str) -> str:
 
 
 def _version(binary: str) -> str:
-    """`caddy version` says "2.6.2" (Debian) or "v2.7.6 h1:..." (upstream): a tag."""
+    """`caddy version` says "2.6.2" (Debian) or "v2.7.6 h1:..." (upstream): a tag. Asked
+    once per binary file (an upgrade changes its mtime)."""
+    try:
+        stat = os.stat(binary)
+    except OSError as exc:
+        raise ImageUnavailable(f"cannot run {binary} version: {exc.strerror}") from exc
+    return _version_of(binary, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _version_of(binary: str, mtime_ns: int, size: int) -> str:
     try:
         out = subprocess.run(
             [binary, "version"], capture_output=True, text=True, timeout=20, check=True

@@ -91,6 +91,12 @@ class Bench:
             f'#!/bin/sh\nsleep 2\nprintf "Content-Type: text/plain\\n\\nslow-{text}\\n"\n'
         )
         slow.chmod(0o755)
+        stream = www / "cgi-bin" / "stream"  # server-sent events, 2 s apart
+        stream.write_text(
+            "#!/bin/sh\nprintf 'Content-Type: text/event-stream\\n\\n'\n"
+            "echo 'data: one'; echo; sleep 2; echo 'data: two'; echo\n"
+        )
+        stream.chmod(0o755)
         container = self.api.create_container(
             "busybox:latest",
             ["httpd", "-f", "-p", "8080", "-h", "/www"],
@@ -291,6 +297,33 @@ def test_in_flight_counts_a_slow_request_through_a_switch(bench: Bench) -> None:
 
 def _equal(value: int, wanted: int) -> None:
     assert value == wanted, value
+
+
+def test_a_stream_passes_through_as_it_is_written(bench: Bench) -> None:
+    """No `flush_interval: -1` (it would make switches cut requests in Caddy 2.6), and
+    yet an event stream reaches the client event by event, not at its end."""
+    a = bench.app("a", "app-a")
+    proxy = bench.proxy()
+    proxy.ensure([Route("p1/web", ("app.localhost",), (a,), tls="internal")])
+    ca = proxy.root_ca()
+    eventually(lambda: https_get(bench.https_port, "app.localhost", ca=ca))
+    context = ssl.create_default_context(cadata=ca)
+    with (
+        socket.create_connection(("127.0.0.1", bench.https_port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="app.localhost") as tls,
+    ):
+        request = "GET /cgi-bin/stream HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n"
+        started = time.monotonic()
+        tls.sendall(request.encode())
+        seen = b""
+        while b"data: one" not in seen:
+            seen += tls.recv(4096)
+        first = time.monotonic() - started
+        while chunk := tls.recv(4096):
+            seen += chunk
+        total = time.monotonic() - started
+    assert first < 1.5 < 2 <= total, (first, total)
+    assert b"data: two" in seen
 
 
 def test_a_killed_proxy_comes_back_with_every_route(bench: Bench) -> None:
