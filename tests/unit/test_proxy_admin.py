@@ -44,7 +44,8 @@ class FakeCaddy(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if data:
+            self.wfile.write(data)
 
     def log_message(self, *args: object) -> None:
         pass
