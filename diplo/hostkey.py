@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from cryptography.fernet import Fernet
 
 
-
 def host_key(home: Path) -> bytes:
     _private(home)
     path = home / "host.key"

@@ -78,6 +78,19 @@ if ! command -v caddy >/dev/null 2>&1; then
   fi
 fi
 
+# Caddy 2.6 reloads its config (every switch of an app's upstreams) on a new listening
+# socket beside the old one (SO_REUSEPORT), then closes the old one: connections still
+# queued there are reset, unless the kernel hands them over (Linux >= 5.14). Not kept
+# across reboots: put `net.ipv4.tcp_migrate_req = 1` in /etc/sysctl.d/ for that.
+migrate=/proc/sys/net/ipv4/tcp_migrate_req
+if [ "$(id -u)" = 0 ] && [ -e "$migrate" ] && [ "$(cat "$migrate")" = 0 ]; then
+  if { echo 1 >"$migrate"; } 2>/dev/null; then
+    echo "engine: set net.ipv4.tcp_migrate_req=1 (no connection reset when Caddy reloads)" >&2
+  else
+    echo "engine: could not set net.ipv4.tcp_migrate_req=1" >&2
+  fi
+fi
+
 # Seed busybox:latest from the static busybox binary when there is none (no registry here).
 if ! docker image inspect busybox:latest >/dev/null 2>&1; then
   bb=$(command -v busybox || true)

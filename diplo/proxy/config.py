@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from diplo.errors import InputError
 
 ADMIN_SOCKET = "/diplo/admin.sock"  # inside the container: $DIPLO_HOME/proxy is mounted on /diplo
+INTERNAL_STORAGE = "local"  # storage folders of the issuers' certificates
+ACME_STORAGE = "acme-v02.api.letsencrypt.org-directory"
+PROTOCOLS = ["h1", "h2"]  # no HTTP/3: no UDP listener, no Alt-Svc to announce
 ACTIVE_INTERVAL = "2s"
 ACTIVE_TIMEOUT = "5s"
 TRY_DURATION = "5s"  # a request whose upstream refuses is retried on another for this long
@@ -119,8 +122,16 @@ def boot_config(settings: ProxySettings) -> dict[str, Any]:
     return {"admin": admin_block(settings)}
 
 
-def build_config(settings: ProxySettings, routes: Sequence[Route]) -> dict[str, Any]:
-    """The full Caddy config for these routes (raises InputError for a bad route)."""
+def build_config(
+    settings: ProxySettings, routes: Sequence[Route], stored: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The full Caddy config for these routes (raises InputError for a bad route).
+
+    `stored`: the certificate files in Caddy's storage (`certificates/<issuer>/<name>/
+    <name>.crt`). Those of the routes' managed domains are also loaded from storage
+    (`load_storage`): Caddy 2.6 builds a new certificate cache on every config change
+    and fills it in the background, so without them a TLS handshake that arrives just
+    after a switch can find no certificate. Caddy still manages (renews) them."""
     _check(settings, routes)
     ordered = sorted(routes, key=lambda r: r.key)
     secure = [r for r in ordered if r.tls != "off"]
@@ -133,13 +144,18 @@ def build_config(settings: ProxySettings, routes: Sequence[Route]) -> dict[str, 
     http_routes += [_draining_route(r) for r in ordered]
     http_routes.append(_NOT_FOUND)
     servers: dict[str, Any] = {
-        "http": {"listen": [f":{settings.http_port}"], "routes": http_routes}
+        "http": {
+            "listen": [f":{settings.http_port}"],
+            "routes": http_routes,
+            "protocols": PROTOCOLS,
+        }
     }
     if secure:
         servers["https"] = {
             "listen": [f":{settings.https_port}"],
             "routes": [*(_app_route(r) for r in secure), _NOT_FOUND],
-            "automatic_https": {"disable_redirects": True},
+            "protocols": PROTOCOLS,
+            "automatic_https": _automatic_https(secure),
         }
     apps: dict[str, Any] = {
         "http": {
@@ -151,7 +167,7 @@ def build_config(settings: ProxySettings, routes: Sequence[Route]) -> dict[str, 
         "pki": {"certificate_authorities": {"local": {"install_trust": False}}},
     }
     if secure:
-        apps["tls"] = _tls_app(settings, secure)
+        apps["tls"] = _tls_app(settings, secure, set(stored))
     return {"admin": admin_block(settings), "apps": apps}
 
 
@@ -252,7 +268,25 @@ def _redirect(settings: ProxySettings, domains: list[str]) -> dict[str, Any]:
     }
 
 
-def _tls_app(settings: ProxySettings, secure: list[Route]) -> dict[str, Any]:
+def _automatic_https(secure: list[Route]) -> dict[str, Any]:
+    auto: dict[str, Any] = {"disable_redirects": True, "ignore_loaded_certificates": True}
+    own = sorted(d for r in secure if isinstance(r.tls, CertFiles) for d in r.domains)
+    if own:  # loaded from the app's files, never obtained
+        auto["skip_certificates"] = own
+    return auto
+
+
+def _stored_pairs(internal: list[str], public: list[str], stored: set[str]) -> list[dict[str, Any]]:
+    pairs = []
+    for issuer, names in ((INTERNAL_STORAGE, internal), (ACME_STORAGE, public)):
+        for name in sorted(set(names)):
+            base = f"certificates/{issuer}/{name}/{name}"
+            if f"{base}.crt" in stored and f"{base}.key" in stored:
+                pairs.append({"certificate": f"{base}.crt", "key": f"{base}.key"})
+    return pairs
+
+
+def _tls_app(settings: ProxySettings, secure: list[Route], stored: set[str]) -> dict[str, Any]:
     internal: list[str] = []
     public: list[str] = []
     files: list[dict[str, Any]] = []
@@ -272,8 +306,13 @@ def _tls_app(settings: ProxySettings, secure: list[Route]) -> dict[str, Any]:
     tls: dict[str, Any] = {}
     if policies:
         tls["automation"] = {"policies": policies}
+    certificates: dict[str, Any] = {}
     if files:
-        tls["certificates"] = {"load_files": files}
+        certificates["load_files"] = files
+    if pairs := _stored_pairs(internal, public, stored):
+        certificates["load_storage"] = {"pairs": pairs}
+    if certificates:
+        tls["certificates"] = certificates
     return tls
 
 

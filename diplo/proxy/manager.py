@@ -42,6 +42,7 @@ log = structlog.get_logger("diplo.proxy")
 NAME = "diplo-proxy"
 VOLUME = "diplo-proxy-data"
 BOOT = "boot.json"
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
 START_WAIT = 20.0  # seconds for a (re)started Caddy to open its admin socket
 
 
@@ -74,6 +75,7 @@ class Proxy:
         self.labels = dict(labels or {})
         self.runtime = runtime or ProxyContainer()
         self.admin = AdminClient(self.state_dir / Path(ADMIN_SOCKET).name, timeout=timeout)
+        self._warned = False
 
     def close(self) -> None:
         self.admin.close()
@@ -86,9 +88,11 @@ class Proxy:
         build_config(self.settings, routes)  # bad routes: an InputError, nothing touched
         self._prepare_state_dir()
         staged = [self._stage(r) for r in routes]
-        desired = build_config(self.settings, staged)
+        self._check_reload_safety()
         action = self.runtime.ensure(self._spec())
         current = self._wait_answers(START_WAIT)
+        stored = self.runtime.stored_certificates(self.name)
+        desired = build_config(self.settings, staged, stored)
         # What a switch left draining stays counted until the next switch of that app.
         carry = {r.key: draining_of(current).get(draining_id(r.key), []) for r in routes}
         desired = with_draining(desired, {k: v for k, v in carry.items() if v})
@@ -201,6 +205,23 @@ class Proxy:
             for f in certs.iterdir():
                 if f.name not in used:
                     f.unlink(missing_ok=True)
+
+    def _check_reload_safety(self) -> None:
+        """Caddy 2.6 reloads on a new SO_REUSEPORT socket and closes the old one: without
+        net.ipv4.tcp_migrate_req=1, connections queued on the old one are reset, so a
+        switch under load can fail a request. Said once per Proxy."""
+        if self._warned:
+            return
+        self._warned = True
+        try:
+            value = Path(MIGRATE_REQ).read_text().strip()
+        except OSError:
+            return
+        if value == "0":
+            log.warning(
+                "a proxy reload may reset connections queued at that instant",
+                fix="sysctl -w net.ipv4.tcp_migrate_req=1 (make engine sets it)",
+            )
 
     def _wait_answers(self, wait: float) -> Any:
         """Caddy's current config, once its admin socket answers (within `wait` s)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import os
 import re
@@ -127,6 +128,18 @@ class ProxyContainer:
                 info = self.api.inspect_volume(volume)
                 if (info.get("Labels") or {}).get(LABEL_ROLE) == ROLE:
                     self.api.remove_volume(volume, force=True)
+
+    @mapped("reading the proxy's stored certificates")
+    def stored_certificates(self, name: str) -> list[str]:
+        """The files under `certificates/` in Caddy's storage (in the volume), as storage
+        keys: `certificates/local/app.localhost/app.localhost.crt`..."""
+        try:
+            stream, _ = self.api.get_archive(name, f"{DATA_MOUNT}/caddy/certificates")
+        except docker.errors.NotFound:  # no container, or nothing stored yet
+            return []
+        data = io.BytesIO(b"".join(stream))
+        with tarfile.open(fileobj=data) as tar:
+            return sorted(m.name for m in tar.getmembers() if m.isfile())
 
     @mapped("killing the proxy container")
     def kill(self, name: str) -> None:

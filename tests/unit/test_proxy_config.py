@@ -50,7 +50,12 @@ def test_one_internal_app_is_served_over_https_with_an_id_on_its_upstreams() -> 
     assert config["admin"] == {"listen": "unix//diplo/admin.sock", "origins": ["localhost"]}
     https = servers(config)["https"]
     assert https["listen"] == [":8443"]
-    assert https["automatic_https"] == {"disable_redirects": True}
+    # Caddy's own redirects drop a non-standard port: ours are on the http server.
+    assert https["automatic_https"] == {
+        "disable_redirects": True,
+        "ignore_loaded_certificates": True,  # certificates loaded from storage stay managed
+    }
+    assert https["protocols"] == servers(config)["http"]["protocols"] == ["h1", "h2"]
     proxy = route_for(config, "https", "app.localhost")["handle"][0]
     assert proxy["handler"] == "reverse_proxy"
     assert proxy["@id"] == upstreams_id("shop/web") == "upstreams:shop:web"
@@ -141,6 +146,40 @@ def test_own_certificate_files_are_loaded_and_not_managed() -> None:
         }
     }
     assert route_for(config, "https", "shop.example.com")
+    # Never obtained from a CA, though loaded certificates are otherwise still managed.
+    auto = servers(config)["https"]["automatic_https"]
+    assert auto["skip_certificates"] == ["shop.example.com"]
+
+
+def test_stored_certificates_of_managed_domains_are_loaded_from_storage() -> None:
+    routes = [
+        Route("p/a", ("a.localhost",), ("10.0.0.2:80",)),
+        Route("p/b", ("shop.example.com",), ("10.0.0.3:80",)),
+        Route("p/c", ("c.localhost",), ("10.0.0.4:80",)),  # nothing stored yet
+        Route("p/d", ("d.test",), ("10.0.0.5:80",), tls="off"),
+    ]
+    stored = [
+        "certificates/local/a.localhost/a.localhost.crt",
+        "certificates/local/a.localhost/a.localhost.json",
+        "certificates/local/a.localhost/a.localhost.key",
+        "certificates/local/shop.example.com/shop.example.com.crt",  # an issuer it left
+        "certificates/local/shop.example.com/shop.example.com.key",
+        "certificates/acme-v02.api.letsencrypt.org-directory/shop.example.com/shop.example.com.crt",
+        "certificates/acme-v02.api.letsencrypt.org-directory/shop.example.com/shop.example.com.key",
+        "certificates/local/c.localhost/c.localhost.crt",  # its key is missing
+        "certificates/local/d.test/d.test.crt",
+        "certificates/local/d.test/d.test.key",
+    ]
+    config = build_config(S, routes, stored)
+    acme = "certificates/acme-v02.api.letsencrypt.org-directory/shop.example.com/shop.example.com"
+    assert config["apps"]["tls"]["certificates"]["load_storage"]["pairs"] == [
+        {
+            "certificate": "certificates/local/a.localhost/a.localhost.crt",
+            "key": "certificates/local/a.localhost/a.localhost.key",
+        },
+        {"certificate": f"{acme}.crt", "key": f"{acme}.key"},
+    ]
+    assert "certificates" not in build_config(S, routes)["apps"]["tls"]
 
 
 def test_health_checks_and_load_balancing() -> None:

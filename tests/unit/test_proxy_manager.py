@@ -91,6 +91,7 @@ class FakeContainer:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.server: UnixServer | None = None
+        self.stored: list[str] = []
 
     def ensure(self, spec: Any) -> str:
         self.calls.append("ensure")
@@ -103,6 +104,9 @@ class FakeContainer:
         self.server.counts = {}
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return "created"
+
+    def stored_certificates(self, name: str) -> list[str]:
+        return self.stored
 
     def remove(self, name: str, volume: str | None = None) -> None:
         self.calls.append(f"remove {name} {volume}")
@@ -141,6 +145,20 @@ def test_ensure_starts_the_container_loads_once_and_then_does_nothing(
     # A changed route is a new load.
     proxy.ensure([Route("p/a", ("a.localhost", "b.localhost"), (A,), tls="internal")])
     assert fake.server.loads == 2
+
+
+def test_certificates_caddy_stored_are_pinned_by_the_next_ensure(
+    tmp_path: Path, fake: FakeContainer
+) -> None:
+    proxy = make(tmp_path, fake)
+    routes = [Route("p/a", ("a.localhost",), (A,))]
+    assert proxy.ensure(routes).loaded
+    base = "certificates/local/a.localhost/a.localhost"
+    fake.stored = [f"{base}.crt", f"{base}.key"]  # Caddy issued it meanwhile
+    assert proxy.ensure(routes).loaded
+    pairs = fake.server.config["apps"]["tls"]["certificates"]["load_storage"]["pairs"]  # type: ignore[union-attr]
+    assert pairs == [{"certificate": f"{base}.crt", "key": f"{base}.key"}]
+    assert not proxy.ensure(routes).loaded
 
 
 def test_bad_routes_change_nothing(tmp_path: Path, fake: FakeContainer) -> None:
