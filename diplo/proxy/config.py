@@ -17,6 +17,13 @@ twin sits behind a matcher that never matches: it keeps the previous upstreams k
 Caddy after a switch, so that `/reverse_proxy/upstreams` still counts their in-flight
 requests while they drain (Caddy forgets an upstream no handler names any more).
 
+Every config change (a switch too) is a reload in Caddy 2.6: a new certificate cache,
+filled in the background, hence the certificates loaded from storage (`build_config`'s
+`stored`); and a new listening socket beside the old one (SO_REUSEPORT), hence
+net.ipv4.tcp_migrate_req=1 on the host (`make engine`), or connections queued on the
+old socket are reset. HTTP/3 is off (a UDP listener, and an Alt-Svc Caddy cannot
+announce behind a non-standard port).
+
 No `flush_interval: -1`: in Caddy 2.6 it ties every proxied request to the config it
 started under, so any config change (a switch) cuts requests in flight. Streaming passes
 through without it: Caddy flushes at once for `text/event-stream`, for responses of
