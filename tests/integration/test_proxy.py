@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from diplo.errors import InputError, ProxyRejected
+from diplo.errors import ImageUnavailable, InputError, ProxyRejected
 from diplo.proxy import CertFiles, Proxy, ProxySettings, Route
 from diplo.runtime.proxy_container import LABEL_ROLE, LOCAL_REPO, ProxyContainer
 
@@ -81,11 +81,14 @@ class Bench:
         self.proxies.append(proxy)
         return proxy
 
-    def app(self, name: str, text: str) -> str:
-        """A busybox httpd serving `text` at / and a 2 s /cgi-bin/slow; its address."""
+    def app(self, name: str, text: str, healthy: bool = True) -> str:
+        """A busybox httpd serving `text` at /, /up when `healthy`, a 2 s /cgi-bin/slow
+        and a /cgi-bin/stream; its address."""
         www = self.root / f"www-{name}"
         (www / "cgi-bin").mkdir(parents=True)
         (www / "index.html").write_text(text + "\n")
+        if healthy:
+            (www / "up").write_text("ok\n")
         slow = www / "cgi-bin" / "slow"
         slow.write_text(
             f'#!/bin/sh\nsleep 2\nprintf "Content-Type: text/plain\\n\\nslow-{text}\\n"\n'
@@ -235,6 +238,43 @@ def test_two_apps_on_two_domains_and_a_plain_http_one(bench: Bench) -> None:
         "b.localhost",
         "www.a.localhost",
     ]
+
+
+def test_replicas_share_requests_and_an_unhealthy_one_gets_none(bench: Bench) -> None:
+    a, b = bench.app("a", "app-a"), bench.app("b", "app-b")
+    sick = bench.app("c", "app-c", healthy=False)  # answers /, but 404 on /up
+    proxy = bench.proxy()
+    spread = Route("p1/rr", ("rr.localhost",), (a, b), tls="off")
+    checked = Route("p1/hc", ("hc.localhost",), (a, sick), tls="off", health_uri="/up")
+    proxy.ensure([spread, checked])
+    eventually(lambda: _equal(http_get(bench.http_port, "rr.localhost")[0], 200))
+    assert {http_get(bench.http_port, "rr.localhost")[1] for _ in range(10)} == {
+        "app-a\n",
+        "app-b\n",
+    }
+    # Caddy checks every upstream when the config starts, then every 2 s.
+    eventually(
+        lambda: _equal(
+            {http_get(bench.http_port, "hc.localhost")[1] for _ in range(10)}, {"app-a\n"}
+        ),
+        timeout=6,
+    )
+
+
+def test_a_proxy_image_that_is_nowhere_is_a_clear_error(bench: Bench) -> None:
+    proxy = Proxy(
+        bench.root / "home",
+        ProxySettings(http_port=bench.http_port, https_port=bench.https_port),
+        name=f"diplo-proxy-{bench.id}",
+        volume=f"diplo-proxy-{bench.id}",
+        image=f"diplo-test-missing/caddy:{bench.id}",
+        labels=bench.labels,
+    )
+    bench.proxies.append(proxy)
+    with pytest.raises(ImageUnavailable, match="is not on this host and cannot be pulled"):
+        proxy.ensure([])
+    with pytest.raises(docker.errors.NotFound):
+        bench.container()
 
 
 def test_switch_moves_traffic_with_no_failed_request(bench: Bench) -> None:
