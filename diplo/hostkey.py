@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from cryptography.fernet import Fernet
 
 
+
 def host_key(home: Path) -> bytes:
     _private(home)
     path = home / "host.key"

@@ -84,7 +84,8 @@ class Proxy:
 
     def ensure(self, routes: Sequence[Route]) -> Ensured:
         """The container running with the right settings and Caddy serving exactly these
-        routes. Cheap when nothing changed: one inspect, one GET of Caddy's config."""
+        routes. Cheap when nothing changed: a few engine calls and one GET of Caddy's
+        config (about 15 ms)."""
         build_config(self.settings, routes)  # bad routes: an InputError, nothing touched
         self._prepare_state_dir()
         staged = [self._stage(r) for r in routes]
