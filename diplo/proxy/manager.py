@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -111,10 +111,11 @@ class Proxy:
 
     # --- one app -------------------------------------------------------------------------
 
-    def switch(self, key: str, upstreams: Sequence[str]) -> list[str]:
+    def switch(self, key: str, upstreams: Sequence[str]) -> None:
         """Send an app's new requests to `upstreams`, atomically; requests in flight on
-        the old ones finish there. Returns the old upstreams, now draining: Caddy keeps
-        counting their requests (see `in_flight`) until this app's next switch."""
+        the old ones finish there. The old ones (those not in `upstreams`) are left in
+        the app's draining holder: Caddy keeps counting their requests (`in_flight`)
+        until this app's next switch. (The executor's `Router` protocol.)"""
         check_switch(key, upstreams)
         new = sorted(upstreams)
         old = [str(u.get("dial", "")) for u in self.admin.get(upstreams_id(key), "upstreams") or []]
@@ -122,9 +123,8 @@ class Proxy:
         self.admin.set_upstreams(draining_id(key), draining)
         self.admin.set_upstreams(upstreams_id(key), new)
         log.info("proxy switched", app=key, upstreams=new, draining=draining)
-        return draining
 
-    def in_flight(self, upstreams: Iterable[str]) -> int:
+    def in_flight(self, upstreams: Sequence[str]) -> int:
         """Requests the proxy has in flight to these upstreams now."""
         counts = self.admin.upstreams()
         return sum(counts.get(u, 0) for u in set(upstreams))

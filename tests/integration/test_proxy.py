@@ -339,7 +339,7 @@ def test_in_flight_counts_a_slow_request_through_a_switch(bench: Bench) -> None:
     slow.start()
     eventually(lambda: _equal(proxy.in_flight([a]), 1), timeout=2)
     assert proxy.in_flight([b]) == 0
-    assert proxy.switch("p1/web", [b]) == [a]  # a drains
+    proxy.switch("p1/web", [b])  # a drains
     assert https_get(bench.https_port, "app.localhost", ca=ca) == (200, "app-b\n")
     assert proxy.in_flight([a]) == 1  # still counted while it drains
     assert proxy.in_flight([a, b]) == 1

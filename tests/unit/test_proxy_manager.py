@@ -174,7 +174,7 @@ def test_a_switch_leaves_the_old_upstreams_draining_and_ensure_keeps_them(
 ) -> None:
     proxy = make(tmp_path, fake)
     proxy.ensure([Route("p/a", ("a.localhost",), (A,))])
-    assert proxy.switch("p/a", [B]) == [A]
+    proxy.switch("p/a", [B])
     config = fake.server.config  # type: ignore[union-attr]
     assert _find(config, "upstreams:p:a")["upstreams"] == [{"dial": B}]  # type: ignore[index]
     assert _find(config, "draining:p:a")["upstreams"] == [{"dial": A}]  # type: ignore[index]
@@ -184,7 +184,7 @@ def test_a_switch_leaves_the_old_upstreams_draining_and_ensure_keeps_them(
     # The routes now say B: nothing to load, and A stays counted.
     assert proxy.ensure([Route("p/a", ("a.localhost",), (B,))]).loaded is False
     # Switching back to A: A is served again, B drains.
-    assert proxy.switch("p/a", [A, A]) == [B]
+    proxy.switch("p/a", [A, A])
     assert _find(fake.server.config, "draining:p:a")["upstreams"] == [{"dial": B}]  # type: ignore[index, union-attr]
 
 
