@@ -124,3 +124,18 @@ class GitError(DiploError):
 
 class WebhookError(DiploError):
     """A push webhook with a missing or wrong signature, or an unreadable body."""
+
+
+class ProxyError(DiploError):
+    """The reverse proxy (Caddy) could not be set up, reached or configured."""
+
+
+class ProxyUnavailable(ProxyError):
+    """Caddy's admin API did not answer (its container is down or still starting)."""
+
+
+class ProxyRejected(ProxyError):
+    """Caddy refused a request or a config; its own message says why. The config it
+    serves is unchanged (its loads are atomic). Permanent until the input changes."""
+
+    retryable = False

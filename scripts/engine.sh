@@ -4,7 +4,8 @@
 # 2. otherwise, as root on Debian: install docker.io + busybox-static, start dockerd
 #    in the background (log: $DIPLO_DOCKERD_LOG) and wait until `docker info` answers.
 # Also seeds the local `busybox:latest` base image from Debian's static busybox when it is
-# missing, so that examples and tests never need a registry.
+# missing, so that examples and tests never need a registry; and installs Debian's caddy,
+# from which Diplo builds its proxy image when `caddy:2` cannot be pulled.
 set -euo pipefail
 
 log=${DIPLO_DOCKERD_LOG:-/var/log/diplo-dockerd.log}
@@ -44,6 +45,51 @@ if ! answers; then
   fi
 fi
 echo "engine: $(docker version --format 'Docker {{.Server.Version}}') answers" >&2
+
+# Caddy: only its binary is wanted (Diplo runs it in a container). The package would
+# start a service: a policy-rc.d forbids that during the install, and a caddy that
+# started anyway (not there before) is stopped, so nothing is left listening on :80.
+caddy_pids() {  # from /proc: pgrep (procps) may be missing on a fresh machine
+  local f
+  for f in /proc/[0-9]*/comm; do
+    if [ "$(cat "$f" 2>/dev/null)" = caddy ]; then f=${f#/proc/}; echo "${f%/comm}"; fi
+  done
+}
+if ! command -v caddy >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "engine: installing caddy" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    before=" $(caddy_pids | tr '\n' ' ')"
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    status=0
+    apt-get install -y -qq caddy >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq caddy >/dev/null; } || status=$?
+    if [ -n "$own_policy" ]; then rm -f "$policy"; fi
+    for pid in $(caddy_pids); do
+      case "$before" in *" $pid "*) ;; *) kill "$pid" 2>/dev/null || true ;; esac
+    done
+    [ "$status" = 0 ] || { echo "engine: installing caddy failed" >&2; exit 1; }
+  else
+    echo "engine: caddy is not installed (the proxy then needs the caddy:2 image)" >&2
+  fi
+fi
+
+# Caddy 2.6 reloads its config (every switch of an app's upstreams) on a new listening
+# socket beside the old one (SO_REUSEPORT), then closes the old one: connections still
+# queued there are reset, unless the kernel hands them over (Linux >= 5.14). Not kept
+# across reboots: put `net.ipv4.tcp_migrate_req = 1` in /etc/sysctl.d/ for that.
+migrate=/proc/sys/net/ipv4/tcp_migrate_req
+if [ "$(id -u)" = 0 ] && [ -e "$migrate" ] && [ "$(cat "$migrate")" = 0 ]; then
+  if { echo 1 >"$migrate"; } 2>/dev/null; then
+    echo "engine: set net.ipv4.tcp_migrate_req=1 (no connection reset when Caddy reloads)" >&2
+  else
+    echo "engine: could not set net.ipv4.tcp_migrate_req=1" >&2
+  fi
+fi
 
 # Seed busybox:latest from the static busybox binary when there is none (no registry here).
 if ! docker image inspect busybox:latest >/dev/null 2>&1; then
