@@ -21,7 +21,12 @@ from diplo.api.access import Access
 from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
 from diplo.controller.sources import Source
-from diplo.errors import InputError
+from diplo.errors import DiploError, InputError
+from diplo.hostconfig import MetricsConfig, load_config
+from diplo.metrics.collector import Collector
+from diplo.metricstore import FILE as METRICS_FILE
+from diplo.metricstore import MetricStore, Retention
+from diplo.ops import status
 from diplo.ops.context import Context
 from diplo.paths import default_home
 from diplo.tokens import WeakToken, api_token, viewer_token
@@ -111,19 +116,24 @@ def run_server(
     hooks = secrets_from_env()
     if unsafe := hooks.gitlab_exposes():
         log.warning("serve.webhook_secret_shared", detail=unsafe[0], hint=unsafe[1])
+    config = load_config(home)
     sole = _sole_server(home)
     controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
+    collector = metrics_collector(home, ctx, config.metrics)
     app = asgi_app(
         controller,
         access,
         webhook_secrets=hooks,
         listen_host=host,
         allowed_hosts=exposure.allowed_hosts,
+        metrics=collector,
     )
     server = uvicorn.Server(server_config(app, host, port, exposure))
     info = home / "serve.json"
     address = url(exposure.scheme, host, port)
     controller.start()
+    if collector is not None:
+        collector.start()
     stop_gc = _tidy_heap()
     try:
         record: dict[str, Any] = {"pid": os.getpid(), "url": address}
@@ -138,9 +148,33 @@ def run_server(
         server.run()  # returns on SIGTERM / SIGINT
     finally:
         stop_gc.set()
+        if collector is not None:
+            collector.stop()
         controller.stop()
         info.unlink(missing_ok=True)
         os.close(sole)  # the lock goes with it
+
+
+def metrics_collector(home: Path, ctx: Context, config: MetricsConfig) -> Collector | None:
+    """The metrics collector (not started), writing to $DIPLO_HOME/metrics.db; None when
+    the host's config turns metrics off."""
+    if not config.enabled:
+        return None
+    from diplo.runtime.sampling import EngineMeter  # the SDK, late (as Context does)
+
+    try:
+        meter = EngineMeter()
+    except DiploError as exc:
+        log.warning("metrics.unavailable", error=exc.message)
+        return None
+    retention = Retention(**config.retention.model_dump())
+    store = MetricStore(home / METRICS_FILE, retention, config.interval)
+
+    def latency(app: str) -> float | None:
+        newest = status.probes(ctx, app, 1)
+        return newest[0].latency_ms if newest else None
+
+    return Collector(meter, store, interval=config.interval, latency=latency)
 
 
 def _sole_server(home: Path) -> int:
