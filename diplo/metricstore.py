@@ -184,8 +184,9 @@ class MetricStore:
     # --- reading -------------------------------------------------------------------------
 
     def pick_tier(self, since: float, step: float) -> tuple[int, float]:
-        """The finest tier that keeps `since` seconds and is no finer than needed for
-        `step`; the coarsest when none keeps that long."""
+        """Of the tiers that keep `since` seconds, the coarsest whose resolution is no
+        coarser than `step` (the fewest rows to read), else the finest of them; the
+        coarsest tier when none keeps that long."""
         tiers = self.retention.tiers(self.interval)
         covering = [t for t in tiers if t[2] >= since] or [tiers[-1]]
         fitting = [t for t in covering if t[1] <= max(step, self.interval)]

@@ -13,12 +13,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from diplo.api.params import AppName
 from diplo.api.problems import AUTH_ERRORS, READ_ERRORS, Problem, problem_doc
 from diplo.metrics.collector import Collector
 from diplo.metrics.prom import CONTENT_TYPE, OwnMetrics
+from diplo.ops.metrics import Top, series_answer, usage
 from diplo.units import parse_duration
 
-DURATION = r"^[1-9][0-9]{0,5}[smhd]$"
+DURATION = r"^[1-9][0-9]{0,7}[smhd]$"
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
@@ -44,6 +46,28 @@ class MetricSeries(BaseModel):
     )
 
 
+class AppUsage(BaseModel):
+    """An app's newest sample, its replicas added up."""
+
+    app: str
+    replicas: int
+    cpu_percent: float = Field(description="Of one core.")
+    memory_bytes: float
+    memory_limit_bytes: float | None
+    memory_percent: float | None
+    rx_bytes_per_second: float
+    tx_bytes_per_second: float
+    restarts: int
+    latency_ms: float | None = Field(description="The newest health probe's.")
+    sampled_at: int = Field(description="Epoch seconds.")
+
+
+class TopAnswer(BaseModel):
+    apps: list[AppUsage]
+    host: dict[str, Any] | None = Field(description="As in GET /system/stats.")
+    interval_s: float | None = Field(description="Seconds between samples (null: off).")
+
+
 def add_metrics_routes(
     api: FastAPI,
     meter: OwnMetrics,
@@ -51,8 +75,6 @@ def add_metrics_routes(
     reads: Any,
     view: Callable[[str], dict[str, Any]],
 ) -> None:
-    from diplo.api.params import AppName
-
     @api.get(
         "/apps/{app}/metrics",
         summary="An app's metrics history",
@@ -73,18 +95,25 @@ def add_metrics_routes(
         view(app)
         if collector is None or collector.store is None:
             raise Problem(503, "metrics are off", "this diplo serve collects no metrics")
-        seconds = parse_duration(since)
+        seconds = min(parse_duration(since), collector.store.retention.ten_minutes)
         series = collector.store.series(
             app, seconds, parse_duration(step) if step else None, time.time()
         )
-        return MetricSeries(
-            app=app,
-            since=int(min(seconds, collector.store.retention.ten_minutes)),
-            step=series.step,
-            resolution=series.resolution,
-            timestamps=series.timestamps,
-            metrics=series.metrics,
-        )
+        return MetricSeries(**series_answer(series, seconds))
+
+    @api.get(
+        "/system/top",
+        summary="Each app's newest CPU, memory, network and restarts (what `diplo top` shows)",
+        dependencies=reads,
+        response_model=TopAnswer,
+        responses=AUTH_ERRORS,
+    )
+    def top() -> dict[str, Any]:
+        if collector is None:
+            return Top().as_dict()
+        points = [p for s in list(collector.latest.values()) if (p := s.point()) is not None]
+        host = collector.host.as_dict() if collector.host is not None else None
+        return Top(usage(points), host, collector.interval).as_dict()
 
     @api.get(
         "/metrics",
