@@ -183,14 +183,12 @@ class MetricStore:
 
     # --- reading -------------------------------------------------------------------------
 
-    def pick_tier(self, since: float, step: float) -> tuple[int, float]:
-        """Of the tiers that keep `since` seconds, the coarsest whose resolution is no
-        coarser than `step` (the fewest rows to read), else the finest of them; the
-        coarsest tier when none keeps that long."""
+    def pick_tier(self, since: float) -> tuple[int, float]:
+        """The finest tier that still keeps `since` seconds (the freshest values: a
+        roll-up lags by up to a minute), else the coarsest. Even the finest is cheap to
+        read: each tier holds at most a few thousand rows per container."""
         tiers = self.retention.tiers(self.interval)
-        covering = [t for t in tiers if t[2] >= since] or [tiers[-1]]
-        fitting = [t for t in covering if t[1] <= max(step, self.interval)]
-        tier, res, _ = fitting[-1] if fitting else covering[0]
+        tier, res, _ = next((t for t in tiers if t[2] >= since), tiers[-1])
         return tier, res
 
     def series(self, app: str, since: float, step: float | None, now: float) -> Series:
@@ -198,7 +196,7 @@ class MetricStore:
         value per `step` (raised to the tier's resolution, and so that there are at most
         MAX_POINTS values); the replicas added up; no value where no sample fell."""
         since = min(since, self.retention.ten_minutes)
-        tier, res = self.pick_tier(since, step or self.interval)
+        tier, res = self.pick_tier(since)
         # never finer than the tier, nor more than MAX_POINTS values
         bucket = max(int(step or res), int(res), 1, -(-int(since) // MAX_POINTS))
         with self._lock:

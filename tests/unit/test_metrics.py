@@ -185,18 +185,24 @@ def test_history_rolls_up_into_minutes_and_ten_minutes_and_prunes(tmp_path: Path
     t0 = 1_700_000_400  # a multiple of 600
     store.write([point("web", t0 + i * 10, cpu=float(i), mem=i * 100.0) for i in range(120)])
     store.maintain(t0 + 1200)
-    minutes = store.series("web", 1800, 60, t0 + 1200)
+    # an hour is read from the raw samples, in steps of a minute
+    hour = store.series("web", 3600, 60, t0 + 1200)
+    assert hour.resolution == 10 and hour.metrics["cpu_percent"][:2] == [2.5, 8.5]
+    # two hours are past the raw tier: from the minutes
+    minutes = store.series("web", 7200, 60, t0 + 1200)
     assert minutes.resolution == 60 and minutes.step == 60
     assert minutes.timestamps[:2] == [t0, t0 + 60]
     assert minutes.metrics["cpu_percent"][:2] == [2.5, 8.5]  # means of 0..5 and 6..11
     assert minutes.metrics["cpu_percent_max"][:2] == [5.0, 11.0]
-    # 20 minutes of history make two 10-minute rows: a step of 10 minutes reads them
+    # a day is read from the minutes, in steps of 10 minutes here
     day = store.series("web", 86400, 600, t0 + 1200)
-    assert day.resolution == 600 and day.timestamps == [t0, t0 + 600]
+    assert day.resolution == 60 and day.timestamps == [t0, t0 + 600]
     assert day.metrics["cpu_percent"] == [29.5, 89.5]
-    # a finer step over a day reads the minutes; over 3 days, only tier 2 keeps that long
-    assert store.series("web", 86400, 120, t0 + 1200).resolution == 60
-    assert store.series("web", 3 * 86400, 60, t0 + 1200).resolution == 600
+    # only tier 2 keeps 3 days: its two 10-minute rows are the same means
+    ten = store.series("web", 3 * 86400, 60, t0 + 1200)
+    assert ten.resolution == 600 and ten.step == 600
+    assert ten.metrics["cpu_percent"] == [29.5, 89.5]
+    assert ten.metrics["cpu_percent_max"] == [59.0, 119.0]
     # two hours later the raw samples are gone; the minutes stay for the day
     store.maintain(t0 + 1200 + 7200)
     assert store.series("web", 3600 * 4, 10, t0 + 8400).resolution == 60
