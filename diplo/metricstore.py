@@ -24,22 +24,24 @@ FILE = "metrics.db"
 MINUTE, TEN_MINUTES = 60, 600
 MAX_POINTS = 5000  # per series answer: since / step at most this
 
-# name -> how the 1- and 10-minute tiers aggregate it (the raw column of the same name)
+# name -> how the 1- and 10-minute tiers aggregate it (the raw column of the same name).
+# Rounded: SQLite stores an integral REAL in as few bytes as an integer needs (a byte
+# count needs no fraction, a percentage two digits), which keeps rows small.
 COLUMNS = {
-    "cpu_percent": "AVG",
-    "cpu_percent_max": "MAX",
-    "cpu_limit_percent": "AVG",
-    "memory_bytes": "AVG",
-    "memory_bytes_max": "MAX",
-    "memory_limit_bytes": "MAX",
-    "rx_bytes_per_second": "AVG",
-    "tx_bytes_per_second": "AVG",
-    "rx_bytes": "MAX",
-    "tx_bytes": "MAX",
-    "blk_read_bytes": "MAX",
-    "blk_write_bytes": "MAX",
-    "restarts": "MAX",
-    "latency_ms": "AVG",
+    "cpu_percent": "ROUND(AVG({c}), 2)",
+    "cpu_percent_max": "MAX({c})",
+    "cpu_limit_percent": "ROUND(AVG({c}), 2)",
+    "memory_bytes": "ROUND(AVG({c}))",
+    "memory_bytes_max": "MAX({c})",
+    "memory_limit_bytes": "MAX({c})",
+    "rx_bytes_per_second": "ROUND(AVG({c}))",
+    "tx_bytes_per_second": "ROUND(AVG({c}))",
+    "rx_bytes": "MAX({c})",
+    "tx_bytes": "MAX({c})",
+    "blk_read_bytes": "MAX({c})",
+    "blk_write_bytes": "MAX({c})",
+    "restarts": "MAX({c})",
+    "latency_ms": "ROUND(AVG({c}), 1)",
 }
 # how the replicas of one app add up in a series (the rest are summed)
 MEAN_OVER_REPLICAS = {"cpu_limit_percent", "latency_ms"}
@@ -173,7 +175,7 @@ class MetricStore:
         end = int(now) // res * res  # only buckets that are over
         if end <= start:
             return
-        aggregates = ", ".join(f"{how}({c})" for c, how in COLUMNS.items())
+        aggregates = ", ".join(how.format(c=c) for c, how in COLUMNS.items())
         self._db.execute(
             f"INSERT OR REPLACE INTO points (tier, app, replica, ts, {', '.join(COLUMNS)}) "
             f"SELECT ?, app, replica, (ts / ?) * ? AS bucket, {aggregates} FROM points "
@@ -242,7 +244,7 @@ class MetricStore:
 
 
 def _agg(name: str, values: list[float]) -> float:
-    return max(values) if COLUMNS[name] == "MAX" else sum(values) / len(values)
+    return max(values) if COLUMNS[name].startswith("MAX") else sum(values) / len(values)
 
 
 def _raw_columns() -> list[str]:

@@ -101,18 +101,18 @@ class ContainerSample:
             app=self.app,
             replica=self.replica,
             ts=int(self.at),
-            cpu_percent=round(self.cpu_percent, 3),
-            cpu_limit_percent=_round(self.cpu_limit_percent),
+            cpu_percent=round(self.cpu_percent, 2),
+            cpu_limit_percent=_round(self.cpu_limit_percent, 2),
             memory_bytes=self.memory_bytes,
             memory_limit_bytes=self.memory_limit_bytes,
-            rx_bytes_per_second=round(self.rx_bytes_per_second or 0.0, 1),
-            tx_bytes_per_second=round(self.tx_bytes_per_second or 0.0, 1),
+            rx_bytes_per_second=round(self.rx_bytes_per_second or 0.0),
+            tx_bytes_per_second=round(self.tx_bytes_per_second or 0.0),
             rx_bytes=self.rx_bytes,
             tx_bytes=self.tx_bytes,
             blk_read_bytes=self.blk_read_bytes,
             blk_write_bytes=self.blk_write_bytes,
             restarts=self.restarts,
-            latency_ms=_round(self.latency_ms),
+            latency_ms=_round(self.latency_ms, 1),
         )
 
 

@@ -45,7 +45,8 @@ class EngineMeter:
     """One listing per cycle; a container is inspected once, and again only when its
     counters stop matching it (a restart gives it a new PID 1)."""
 
-    def __init__(self, timeout: int = 10) -> None:
+    def __init__(self, timeout: int = 10, only: dict[str, str] | None = None) -> None:
+        """`only`: more labels a container must have (the benchmark's own project)."""
         try:
             self.api = docker.APIClient(
                 version="auto", timeout=timeout, **docker.utils.kwargs_from_env()
@@ -56,10 +57,11 @@ class EngineMeter:
             raise EngineUnavailable(str(exc)) from exc
         self._known: dict[str, Running] = {}
         self._lock = threading.Lock()
+        self._filters = [LABEL_APP, *(f"{k}={v}" for k, v in (only or {}).items())]
 
     @mapped("listing the running containers")
     def running(self) -> list[Running]:
-        listed = self.api.containers(filters={"label": LABEL_APP, "status": "running"})
+        listed = self.api.containers(filters={"label": self._filters, "status": "running"})
         ids = {c["Id"] for c in listed}
         with self._lock:
             for gone in set(self._known) - ids:
