@@ -160,12 +160,12 @@ def metrics_collector(home: Path, ctx: Context, config: MetricsConfig) -> Collec
     the host's config turns metrics off."""
     if not config.enabled:
         return None
-    from diplo.runtime.sampling import EngineMeter  # the SDK, late (as Context does)
-
     try:
-        meter = EngineMeter()
+        meter = ctx.meter
     except DiploError as exc:
         log.warning("metrics.unavailable", error=exc.message)
+        return None
+    if meter is None:
         return None
     retention = Retention(**config.retention.model_dump())
     store = MetricStore(home / METRICS_FILE, retention, config.interval)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from diplo import kernelstats
-from diplo.errors import DiploError
+from diplo.errors import DiploError, NotFound
 from diplo.kernelstats import Unreadable
 from diplo.metricstore import MetricStore, Point
 
@@ -236,7 +236,10 @@ class Collector:
         try:
             counters = self._kernel(running)
         except Unreadable:
-            refreshed = self.source.refresh(running.id)  # a restart: a new PID 1
+            try:
+                refreshed = self.source.refresh(running.id)  # a restart: a new PID 1
+            except NotFound:
+                refreshed = None  # removed meanwhile
             if refreshed is None:
                 self._prev.pop(running.id, None)
                 return None

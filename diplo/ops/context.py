@@ -5,6 +5,7 @@ point and `diplo serve`) build one; tests build one over the in-memory engine.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from diplo.hostkey import host_key
 from diplo.ledger import Ledger
@@ -12,11 +13,15 @@ from diplo.locks import AppLocks
 from diplo.paths import default_home
 from diplo.runtime.base import Runtime
 
+if TYPE_CHECKING:
+    from diplo.runtime.sampling import EngineMeter
+
 
 @dataclass
 class Context:
     _runtime: Runtime | None = None
     _ledger: Ledger | None = None
+    _meter: EngineMeter | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -25,6 +30,19 @@ class Context:
 
             self._runtime = DockerRuntime()
         return self._runtime
+
+    @property
+    def meter(self) -> EngineMeter | None:
+        """The metrics collector's engine side, beside the real engine only (an in-memory
+        engine of the tests has no kernel counters to read)."""
+        if self._meter is None:
+            from diplo.runtime.docker_engine import DockerRuntime
+
+            if isinstance(self.runtime, DockerRuntime):
+                from diplo.runtime.sampling import EngineMeter
+
+                self._meter = EngineMeter()
+        return self._meter
 
     @property
     def locks(self) -> AppLocks:

@@ -283,3 +283,16 @@ def test_the_prometheus_exposition_parses(tmp_path: Path):
     assert samples[("diplo_workqueue_depth", ())] == 4
     assert samples[("diplo_host_memory_total_bytes", ())] == 4_000_000 * 1024
     assert samples[("diplo_host_docker_disk_total_bytes", ())] > 0
+
+
+def test_an_in_memory_engine_has_no_collector(tmp_path: Path):
+    from diplo.hostconfig import MetricsConfig
+    from diplo.ops.context import Context
+    from diplo.runtime.memory import MemoryRuntime
+    from diplo.serve import metrics_collector
+
+    ctx = Context(_runtime=MemoryRuntime())
+    assert ctx.meter is None
+    assert metrics_collector(tmp_path, ctx, MetricsConfig()) is None
+    assert metrics_collector(tmp_path, ctx, MetricsConfig(enabled=False)) is None
+    assert not (tmp_path / "metrics.db").exists()
