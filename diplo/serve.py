@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,9 @@ def run_server(
     config = load_config(home)
     sole = _sole_server(home)
     controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
-    collector = metrics_collector(home, ctx, config.metrics)
+    collector = metrics_collector(
+        home, ctx, config.metrics, owned=lambda: list(controller.view.rows)
+    )
     app = asgi_app(
         controller,
         access,
@@ -155,9 +157,15 @@ def run_server(
         os.close(sole)  # the lock goes with it
 
 
-def metrics_collector(home: Path, ctx: Context, config: MetricsConfig) -> Collector | None:
-    """The metrics collector (not started), writing to $DIPLO_HOME/metrics.db; None when
-    the host's config turns metrics off."""
+def metrics_collector(
+    home: Path,
+    ctx: Context,
+    config: MetricsConfig,
+    owned: Callable[[], Collection[str]] | None = None,
+) -> Collector | None:
+    """The metrics collector (not started), writing to $DIPLO_HOME/metrics.db, of the apps
+    `owned` names (this home's: as `diplo status` shows them); None when the host's
+    config turns metrics off, or beside an in-memory engine."""
     if not config.enabled:
         return None
     try:
@@ -174,7 +182,7 @@ def metrics_collector(home: Path, ctx: Context, config: MetricsConfig) -> Collec
         newest = status.probes(ctx, app, 1)
         return newest[0].latency_ms if newest else None
 
-    return Collector(meter, store, interval=config.interval, latency=latency)
+    return Collector(meter, store, interval=config.interval, latency=latency, owned=owned)
 
 
 def _sole_server(home: Path) -> int:

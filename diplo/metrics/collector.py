@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -182,11 +182,14 @@ class Collector:
         root: Path = Path("/"),
         latency: Callable[[str], float | None] | None = None,
         requests: RequestStats | None = None,
+        owned: Callable[[], Collection[str]] | None = None,
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source, self.store, self.interval, self.root = source, store, interval, root
         self.latency, self.requests = latency, requests
+        # the apps of this Diplo home: another home's containers on the engine are not ours
+        self.owned = owned
         self.clock, self.mono = clock, mono
         self.latest: dict[str, ContainerSample] = {}  # container id -> its newest sample
         self.host: HostSample | None = None
@@ -209,7 +212,10 @@ class Collector:
         self.host = self._host(now)
         samples: list[ContainerSample] = []
         latencies: dict[str, float | None] = {}
+        owned = set(self.owned()) if self.owned is not None else None
         for running in self.source.running():
+            if owned is not None and running.app not in owned:
+                continue
             sample = self._container(running, now)
             if sample is None:
                 continue

@@ -137,6 +137,14 @@ def test_cpu_memory_and_network_of_real_containers(
     # the samples are cgroup reads: no stats API call was needed
     assert "metrics.stats_failed" not in server.output
 
+    # the CLI asks the server
+    env = {"DIPLO_TOKEN": TOKEN}
+    shown = json.loads(sandbox.diplo("top", "--json", check=True, env=env).stdout)
+    hog_row = next(a for a in shown["apps"] if a["app"] == apps["hog"])
+    assert hog_row["memory_bytes"] > 45 * MB and hog_row["replicas"] == 1
+    table = sandbox.diplo("metrics", apps["burn"], "--since", "5m", check=True, env=env).stdout
+    assert table.startswith(f"{apps['burn']}: every 10s over the last 300s\n")
+
 
 def test_a_real_prometheus_scrapes_diplo(
     sandbox: Sandbox, served: tuple[Server, dict[str, str]], tmp_path: Path

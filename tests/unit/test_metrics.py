@@ -176,6 +176,15 @@ def test_the_health_probe_latency_and_the_proxy_seam_are_in_the_sample(tmp_path:
     assert asked == ["web"]  # once per app, not per replica
 
 
+def test_only_the_apps_of_this_diplo_home_are_sampled(tmp_path: Path):
+    tree = Tree(tmp_path)
+    tree.container(CID, 7)
+    tree.container(OTHER, 8)
+    engine = FakeEngine([running(CID, 7, app="web"), running(OTHER, 8, app="theirs")])
+    c, _, _ = collector(tmp_path, engine, owned=lambda: ["web"])
+    assert [s.app for s in c.cycle()] == ["web"]
+
+
 def point(app: str, ts: int, cpu: float, mem: float = 0.0, replica: int = 1) -> Point:
     return Point(app, replica, ts, cpu, None, mem, None, 100.0, 50.0, 0, 0, 0, 0, 0, None)
 
