@@ -194,6 +194,9 @@ class Collector:
         self.latest: dict[str, ContainerSample] = {}  # container id -> its newest sample
         self.host: HostSample | None = None
         self.cycles = 0
+        # called after each cycle with its samples and the host's (the alerts' seam); a
+        # listener that raises is logged and does not stop the others or the collector
+        self.listeners: list[Callable[[list[ContainerSample], HostSample | None], None]] = []
         self.last_cycle_seconds = 0.0  # wall time of the last cycle
         self._prev: dict[str, _Prev] = {}
         self._host_prev: tuple[int, int] | None = None
@@ -234,6 +237,11 @@ class Collector:
                 self._maintained = now
         self.cycles += 1
         self.last_cycle_seconds = self.mono() - started
+        for listener in list(self.listeners):
+            try:
+                listener(samples, self.host)
+            except Exception as exc:
+                log.exception("metrics.listener_failed", error=str(exc))
         return samples
 
     def _container(self, running: Running, now: float) -> ContainerSample | None:

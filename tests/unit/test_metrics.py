@@ -185,6 +185,23 @@ def test_only_the_apps_of_this_diplo_home_are_sampled(tmp_path: Path):
     assert [s.app for s in c.cycle()] == ["web"]
 
 
+def test_listeners_get_each_cycle_and_a_failing_one_stops_nothing(tmp_path: Path):
+    Tree(tmp_path).container(CID, 7, memory=MiB)
+    c, _, _ = collector(tmp_path, FakeEngine([running(CID, 7)]))
+    got: list[tuple[list[str], int]] = []
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug in a listener")
+
+    c.listeners += [
+        broken,
+        lambda samples, host: got.append(([s.app for s in samples], host.cores)),
+    ]
+    c.cycle()
+    c.cycle()
+    assert got == [(["web"], 2), (["web"], 2)]
+
+
 def point(app: str, ts: int, cpu: float, mem: float = 0.0, replica: int = 1) -> Point:
     return Point(app, replica, ts, cpu, None, mem, None, 100.0, 50.0, 0, 0, 0, 0, 0, None)
 
