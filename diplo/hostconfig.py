@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from diplo.errors import InputError
+from diplo.hostfiles import problems, yaml_mapping
 from diplo.paths import default_home
 
 CONFIG_FILE = "config.yaml"
@@ -63,20 +63,12 @@ class HostConfig(BaseModel):
 
 
 def parse_config(text: str, where: str = CONFIG_FILE) -> HostConfig:
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{where}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: the host's config is a mapping (proxy: ...)")
+    data = yaml_mapping(text, where, "the host's config is a mapping (proxy: ...)")
     try:
         config = HostConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        at = ".".join(str(p) for p in first["loc"])
-        raise InputError(
-            f"{where}: {at}: {first['msg']}", hint="see the README's host config"
-        ) from exc
+        hint = "see the README's host config"
+        raise InputError(f"{where}: {problems(exc)}", hint=hint) from exc
     if config.proxy.http_port == config.proxy.https_port:
         raise InputError(f"{where}: proxy.http_port and proxy.https_port are the same port")
     return config

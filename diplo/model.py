@@ -23,6 +23,20 @@ MAX_ID = 2**53 - 1
 
 RestartPolicy = Literal["always", "on-failure", "unless-stopped", "no"]
 PullPolicy = Literal["missing", "never"]
+StrategyName = Literal["recreate", "start-first"]
+TlsMode = Literal["auto", "internal", "off", "files"]
+MAX_REPLICAS = 100
+
+
+def container_name(project: str, app: str, replica: int = 1) -> str:
+    """The settled name of an app's replica (a start-first deploy creates its new replicas
+    under `next_name` and gives them this name once the old ones are gone)."""
+    return f"{project}-{app}-{replica}"
+
+
+def next_name(project: str, app: str, replica: int, spec_hash: str) -> str:
+    """The name of a start-first replica while the old one of its number still runs."""
+    return f"{container_name(project, app, replica)}-next-{spec_hash[:8]}"
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,17 @@ class DesiredApp:
     file_hashes: tuple[tuple[str, str], ...] = ()  # host files read (env_file, bind files)
     health: HealthSpec = HealthSpec()
     deploy_timeout: float = 120.0
-    strategy: Literal["recreate"] = "recreate"
+    strategy: StrategyName = "recreate"
+    drain: float = 30.0  # start-first: how long old replicas may finish their requests
+    replicas: int = 1
+    # What the proxy routes to the app: host names, the container port it sends HTTP to,
+    # and TLS (`files`: `tls_cert`/`tls_key` on the host, their content in `tls_digest`).
+    domains: tuple[str, ...] = ()
+    http_port: int | None = None
+    tls: TlsMode = "auto"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_digest: str = ""
     prune: bool = True  # diplo serve removes the app when it leaves the manifests
     keep_images: int = 5  # images of this many recent deployments are kept for rollbacks
     # Values that interpolation put into fields other than env, as (field, variable,
@@ -142,7 +166,14 @@ class DesiredApp:
                 "working_dir": self.working_dir,
                 "files": {path: digest[:12] for path, digest in self.file_hashes},
                 "health": {k: v for k, v in asdict(self.health).items() if v not in ((), None)},
-                "deploy": {"timeout": self.deploy_timeout, "strategy": self.strategy},
+                "deploy": {
+                    "timeout": self.deploy_timeout,
+                    "strategy": self.strategy,
+                    **({"drain": self.drain} if self.strategy == "start-first" else {}),
+                },
+                # Only when used: specs recorded before these keys existed stay equal.
+                **({"replicas": self.replicas} if self.replicas != 1 else {}),
+                **(self._routes() if self.domains else {}),
             }
         )
         if self.masked:
@@ -156,6 +187,17 @@ class DesiredApp:
         out: what a rollback needs back, kept only sealed."""
         data = _jsonable(asdict(self))
         return {f: data[f] for f in dict.fromkeys(f for f, _, _ in self.masked)}
+
+    def _routes(self) -> dict[str, Any]:
+        tls: Any = self.tls
+        if self.tls == "files":
+            tls = {"cert": self.tls_cert, "key": self.tls_key, "hash": self.tls_digest[:12]}
+        return {"domains": list(self.domains), "http_port": self.http_port, "tls": tls}
+
+    @property
+    def key(self) -> str:
+        """How the proxy knows the app: `project/app`."""
+        return f"{self.project}/{self.name}"
 
 
 def app_record(app: DesiredApp) -> dict[str, Any]:
@@ -231,6 +273,7 @@ def restore_app(
         mounts=tuple(Mount(**m) for m in data["mounts"]),
         depends_on=tuple(data["depends_on"]),
         labels=tuple((k, v) for k, v in data["labels"]),
+        domains=tuple(data.get("domains") or ()),
         file_hashes=tuple((k, v) for k, v in data["file_hashes"]),
         health=HealthSpec(
             **{
@@ -491,8 +534,10 @@ class PullImage:
 
 @dataclass(frozen=True)
 class RunContainer:
-    """Create and start the app's container from `spec`, replacing `replaces` (stopped
-    first, removed once the new one runs, restarted if it does not)."""
+    """Create and start the app's replicas `replicas` from `spec`, replacing `replaces`
+    (how: the app's deploy strategy), beside `keeps` (replicas of the current release
+    that stay as they are: a scale-up, or a replica that went missing). `name` is the
+    first new replica's name."""
 
     app: str
     spec: DesiredApp
@@ -501,6 +546,8 @@ class RunContainer:
     name: str
     replaces: tuple[ObservedContainer, ...] = ()
     image_id: str | None = None  # the image's id when it is already on the host
+    replicas: tuple[int, ...] = (1,)
+    keeps: tuple[ObservedContainer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -515,14 +562,19 @@ class RemoveContainers:
     app: str
     containers: tuple[ObservedContainer, ...]
     reason: str
+    # A scale-down: the replicas that stay. Behind a router, traffic goes to them alone
+    # and the removed ones are drained first.
+    keeps: tuple[ObservedContainer, ...] | None = None
 
 
 @dataclass(frozen=True)
 class RecordApplied:
-    """The container already matches; only the ledger is behind."""
+    """The containers already match; only the ledger is behind. `reroute`: what the proxy
+    serves for the app changed (domains, TLS), which needs no container change."""
 
     app: str
     spec: DesiredApp
+    reroute: bool = False
 
 
 Action = (
@@ -558,6 +610,12 @@ class AppPlan:
     spec: DesiredApp | None = None
     current: ObservedContainer | None = None  # the container kept, when there is one
     ports: tuple[ResolvedPort, ...] = ()
+    ready: int = 0  # replicas of the desired spec running now
+
+    @property
+    def replicas(self) -> str:
+        """Ready over desired replicas, e.g. "2/3" ("" for an app leaving)."""
+        return f"{self.ready}/{self.spec.replicas}" if self.spec is not None else ""
 
     @property
     def mutates(self) -> bool:

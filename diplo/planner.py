@@ -7,7 +7,7 @@ spec hashes an update."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -33,13 +33,12 @@ from diplo.model import (
     ResolvedPort,
     RunContainer,
     StartContainer,
+    container_name,
 )
 
+__all__ = ["container_name", "network_name", "normalize_image", "plan", "topological"]
+
 RUNNING = ("running", "restarting")
-
-
-def container_name(project: str, app: str, replica: int = 1) -> str:
-    return f"{project}-{app}-{replica}"
 
 
 def network_name(project: str) -> str:
@@ -131,12 +130,15 @@ def _plan_app(
             f"{app.name}: the app name is taken by project {strangers[0].project!r} on this "
             f"host (container {strangers[0].name}); app names are unique per host, rename it"
         )
-    name = container_name(app.project, app.name)
-    if name in observed.foreign_names:
-        problems.append(
-            f"{app.name}: a container named {name!r} exists that Diplo does not own "
-            f"(no {LABEL_APP} label); remove or rename it"
-        )
+    wanted = range(1, app.replicas + 1)
+    names = {k: container_name(app.project, app.name, k) for k in wanted}
+    for name in names.values():
+        if name in observed.foreign_names:
+            problems.append(
+                f"{app.name}: a container named {name!r} exists that Diplo does not own "
+                f"(no {LABEL_APP} label); remove or rename it"
+            )
+            break
 
     image = normalize_image(app.image)
     image_id = observed.images.get(image)
@@ -152,53 +154,173 @@ def _plan_app(
     unverified = record is not None and record.spec_hash != app.spec_hash and bool(matching)
     if unverified:
         matching = []
-    live = next((c for c in matching if c.state in RUNNING), None)
-    keep = live or (matching[0] if matching else None)
-    extras = tuple(c for c in containers if c is not keep)
+    keeps = _by_replica(matching)
     image_moved = (
-        keep is not None
+        app.build is None
         and image_id is not None
-        and app.build is None
-        and keep.image_id != image_id
+        and any(c.image_id != image_id for c in keeps.values())
     )
 
     base = partial(AppPlan, app.name, app.project, depends_on=app.depends_on, spec=app, ports=ports)
-    if keep is not None and not image_moved:
-        actions: list[Action] = []
-        if extras:
-            actions.append(RemoveContainers(app.name, extras, "superseded containers"))
-        if keep.state not in RUNNING:  # e.g. a release stopped and renamed by a crashed deploy
-            actions.append(StartContainer(app.name, keep, name if keep.name != name else None))
-        if record is None or record.spec_hash != app.spec_hash or record.spec != app.public_spec():
-            actions.append(RecordApplied(app.name, app))
-        kind: ChangeKind
-        if keep.state not in RUNNING:
-            kind, reason = "start", f"container is {keep.state}"
-        elif extras:
-            kind, reason = "update", f"{len(extras)} superseded container(s) to remove"
-        else:
-            kind, reason = "unchanged", ""
-        return base(kind, reason, actions=tuple(actions), current=keep), problems
+    if keeps and not image_moved:
+        return _plan_release(app, containers, keeps, ledger, image_id, ports, observed, base)
 
-    actions = []
+    actions: list[Action] = []
     replaces = tuple(containers)
-    previous = None
+    previous: dict[int, ObservedContainer] = {}
     if record is not None and record.spec_hash != app.spec_hash:
         # ...also when the deploy died before creating anything: the recorded release,
         # renamed aside, is the one to put back.
-        candidate = _previous_release(containers, record.spec_hash)
-        if candidate is not None and (unverified or candidate.name != name):
-            previous = candidate
-    if previous is not None:
-        # Put the recorded release back first (its name, running), so the deploy below
+        verified = _by_replica([c for c in containers if c.spec_hash == record.spec_hash])
+        aside = any(c.name != _settled(app, k) for k, c in verified.items())
+        if verified and (unverified or aside):
+            previous = verified
+    if previous:
+        # Put the recorded release back first (its names, running), so the deploy below
         # replaces it, and a failed one restores it.
-        others = tuple(c for c in containers if c is not previous)
+        others = tuple(c for c in containers if c not in previous.values())
         if others:
             actions.append(RemoveContainers(app.name, others, "unverified containers"))
-        if previous.state not in RUNNING or previous.name != name:
-            rename_to = name if previous.name != name else None
-            actions.append(StartContainer(app.name, previous, rename_to))
-        replaces = (replace(previous, name=name, state="running", status="running"),)
+        restored = []
+        for k, c in sorted(previous.items()):
+            settled = _settled(app, k)
+            if c.state not in RUNNING or c.name != settled:
+                actions.append(StartContainer(app.name, c, settled if c.name != settled else None))
+            restored.append(replace(c, name=settled, state="running", status="running"))
+        replaces = tuple(restored)
+    actions += _image_actions(app, image, image_id, observed, ledger, problems)
+    actions.append(
+        RunContainer(
+            app.name,
+            app,
+            ports,
+            network=network_name(app.project),
+            name=names[1],
+            replaces=replaces,
+            image_id=image_id if app.build is None else None,
+            replicas=tuple(wanted),
+        )
+    )
+    changes: tuple[FieldChange, ...] = ()
+    kind: ChangeKind
+    if not containers:
+        kind, reason = "create", ""
+    else:
+        kind = "update"
+        changes = diff_specs(record.spec if record else None, app.public_spec())
+        if unverified or previous:
+            reason = (
+                "a deploy of this spec never finished"
+                + ("; its container is not adopted" if unverified else "")
+                + ("; the previous release is restored first" if previous else "")
+            )
+        elif image_moved:
+            reason = f"image {app.image} now points to another image"
+        elif changes:
+            reason = ", ".join(c.path for c in changes)
+        else:
+            reason = "the running container was made from another spec"
+    return base(kind, reason, changes=changes, actions=tuple(actions)), problems
+
+
+# The keys of a public spec that only the proxy serves: a change of them alone is
+# recorded (and routed), never a container restart.
+ROUTE_KEYS = ("domains", "http_port", "tls")
+
+
+def _plan_release(
+    app: DesiredApp,
+    containers: tuple[ObservedContainer, ...],
+    keeps: dict[int, ObservedContainer],
+    ledger: LedgerSnapshot,
+    image_id: str | None,
+    ports: tuple[ResolvedPort, ...],
+    observed: Observed,
+    base: Callable[..., AppPlan],
+) -> tuple[AppPlan, list[str]]:
+    """The app runs the desired release (in some replicas at least): only replicas that
+    are stopped, missing or beyond `replicas` are touched; the others stay as they are."""
+    problems: list[str] = []
+    record = ledger.apps.get(app.name)
+    present = {k: c for k, c in keeps.items() if k <= app.replicas}
+    surplus = tuple(c for k, c in sorted(keeps.items()) if k > app.replicas)
+    superseded = tuple(c for c in containers if c not in keeps.values())
+    missing = tuple(k for k in range(1, app.replicas + 1) if k not in present)
+    stopped = [(k, c) for k, c in sorted(present.items()) if c.state not in RUNNING]
+    stay = tuple(c for _, c in sorted(present.items()))
+    actions: list[Action] = []
+    reasons: list[str] = []
+    if superseded:
+        actions.append(RemoveContainers(app.name, superseded, "superseded containers"))
+        reasons.append(f"{len(superseded)} superseded container(s) to remove")
+    for k, c in stopped:
+        settled = _settled(app, k)
+        actions.append(StartContainer(app.name, c, settled if c.name != settled else None))
+    recorded = int((record.spec.get("replicas") if record else None) or 1)
+    if missing:
+        image = normalize_image(app.image)
+        actions += _image_actions(app, image, image_id, observed, ledger, problems)
+        actions.append(
+            RunContainer(
+                app.name,
+                app,
+                ports,
+                network=network_name(app.project),
+                name=_settled(app, missing[0]),
+                image_id=image_id if app.build is None else None,
+                replicas=missing,
+                keeps=stay,
+            )
+        )
+        which = ", ".join(str(k) for k in missing)
+        reasons.append(
+            f"replicas {recorded} -> {app.replicas} (start {which})"
+            if recorded != app.replicas
+            and len(missing) == app.replicas - len(present)
+            and record is not None
+            else f"replica(s) {which} missing"
+        )
+    if surplus:
+        actions.append(
+            RemoveContainers(app.name, surplus, f"replicas {len(keeps)} -> {app.replicas}", stay)
+        )
+        which = ", ".join(str(c.replica) for c in surplus)
+        reasons.append(f"replicas {len(keeps)} -> {app.replicas} (remove {which})")
+    rerouted = record is not None and any(
+        c.path.split(".")[0] in ROUTE_KEYS for c in diff_specs(record.spec, app.public_spec())
+    )
+    if rerouted:
+        reasons.append("routes (proxy only)")
+    if not missing and (
+        record is None or record.spec_hash != app.spec_hash or record.spec != app.public_spec()
+    ):
+        actions.append(RecordApplied(app.name, app, reroute=rerouted or record is None))
+    kind: ChangeKind
+    if stopped and not (missing or surplus or superseded):
+        k, c = stopped[0]
+        kind = "start"
+        reasons = [f"container is {c.state}" if app.replicas == 1 else f"replica {k} is {c.state}"]
+    elif reasons or stopped:
+        kind = "update"
+        reasons += [f"replica {k} is {c.state}" for k, c in stopped]
+    else:
+        kind = "unchanged"
+    current = stay[0] if stay else next(iter(keeps.values()))
+    ready = sum(1 for c in stay if c.state in RUNNING)
+    out = base(kind, "; ".join(reasons), actions=tuple(actions), current=current, ready=ready)
+    return out, problems
+
+
+def _image_actions(
+    app: DesiredApp,
+    image: str,
+    image_id: str | None,
+    observed: Observed,
+    ledger: LedgerSnapshot,
+    problems: list[str],
+) -> list[Action]:
+    """What a new container of `app` needs first: its image, its named volumes."""
+    actions: list[Action] = []
     if app.build is not None:
         built = ledger.builds.get(image)
         fresh = (
@@ -218,46 +340,19 @@ def _plan_app(
     for mount in app.mounts:
         if mount.kind == "volume" and mount.source not in observed.volumes:
             actions.append(EnsureVolume(app.name, app.project, mount.source))
-    actions.append(
-        RunContainer(
-            app.name,
-            app,
-            ports,
-            network=network_name(app.project),
-            name=name,
-            replaces=replaces,
-            image_id=image_id if app.build is None else None,
-        )
-    )
-    changes: tuple[FieldChange, ...] = ()
-    if not containers:
-        kind, reason = "create", ""
-    else:
-        kind = "update"
-        changes = diff_specs(record.spec if record else None, app.public_spec())
-        if unverified or previous is not None:
-            reason = (
-                "a deploy of this spec never finished"
-                + ("; its container is not adopted" if unverified else "")
-                + ("; the previous release is restored first" if previous else "")
-            )
-        elif image_moved:
-            reason = f"image {app.image} now points to another image"
-        elif changes:
-            reason = ", ".join(c.path for c in changes)
-        else:
-            reason = "the running container was made from another spec"
-    return base(kind, reason, changes=changes, actions=tuple(actions)), problems
+    return actions
 
 
-def _previous_release(
-    containers: Sequence[ObservedContainer], spec_hash: str
-) -> ObservedContainer | None:
-    """The container of the recorded release: a running one, else the newest."""
-    verified = [c for c in containers if c.spec_hash == spec_hash]
-    running = [c for c in verified if c.state in RUNNING]
-    pool = running or verified
-    return max(pool, key=lambda c: c.created) if pool else None
+def _settled(app: DesiredApp, replica: int) -> str:
+    return container_name(app.project, app.name, replica)
+
+
+def _by_replica(containers: Sequence[ObservedContainer]) -> dict[int, ObservedContainer]:
+    """One container per replica number: a running one, else the newest."""
+    out: dict[int, ObservedContainer] = {}
+    for c in sorted(containers, key=lambda c: (c.state in RUNNING, c.created)):
+        out[c.replica] = c
+    return dict(sorted(out.items()))
 
 
 def diff_specs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> tuple[FieldChange, ...]:

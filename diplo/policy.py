@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from diplo.errors import InputError
+from diplo.hostfiles import problems, yaml_mapping
 from diplo.paths import default_home
 
 SourceKind = Literal["repository", "folder", "apply"]
@@ -127,12 +127,7 @@ class Policy(BaseModel):
 
 def parse_policy(text: str, where: str = POLICY_FILE) -> Policy:
     """A policy from YAML text; each section's missing keys take that kind's defaults."""
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{where}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: a policy is a mapping of repository/folder/apply")
+    data = yaml_mapping(text, where, "a policy is a mapping of repository/folder/apply")
     try:
         sections = {}
         for key, value in data.items():
@@ -141,10 +136,7 @@ def parse_policy(text: str, where: str = POLICY_FILE) -> Policy:
             sections[key] = value
         return Policy.model_validate(sections)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InputError(f"{where}: invalid policy: {problems}") from exc
+        raise InputError(f"{where}: invalid policy: {problems(exc)}") from exc
 
 
 def load_policy(path: str | Path | None = None, home: Path | None = None) -> Policy:

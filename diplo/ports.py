@@ -13,6 +13,15 @@ from dataclasses import dataclass
 from diplo.model import DesiredApp, Observed, PortAllocation, ResolvedPort
 
 AUTO_RANGE = (20000, 29999)
+EPHEMERAL = 0  # a host port the engine picks per container, neither stable nor recorded
+
+
+def ephemeral(app: DesiredApp) -> bool:
+    """Whether `app`'s ports without a host port get an ephemeral one per container: with
+    several replicas, or the new release running beside the old (start-first), two
+    containers cannot share one stable host port."""
+    return app.replicas > 1 or app.strategy == "start-first"
+
 
 # is_free(host_ip, host_port, protocol) -> True when nothing on the host holds it
 PortProbe = Callable[[str, int, str], bool]
@@ -65,6 +74,9 @@ def assign_ports(
     pending: list[tuple[DesiredApp, str, str, str]] = []  # (app, key, ip, proto) to choose
     for app in apps:
         for spec in app.ports:
+            if spec.host_port is None and ephemeral(app):
+                resolved[app.name].append(ResolvedPort(spec.key, spec.host_ip, EPHEMERAL))
+                continue
             if spec.host_port is not None:
                 ip, port, new = spec.host_ip, spec.host_port, False
             elif (alloc := ledger.get((app.name, spec.key))) and alloc.host_ip == spec.host_ip:
@@ -102,6 +114,8 @@ def assign_ports(
         if not check(app.name):
             continue
         for rp in resolved[app.name]:
+            if rp.host_port == EPHEMERAL:
+                continue
             proto = rp.key.split("/")[1]
             holder = held_by.get((rp.host_port, proto))
             if holder == app.name:

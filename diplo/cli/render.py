@@ -113,6 +113,8 @@ def describe_app_plan(p: AppPlan) -> list[str]:
     head = f"{_MARK[p.kind]} {p.app:<20} {p.kind}"
     if p.kind != "unchanged" and p.reason and not p.changes:
         head += f": {p.reason}"
+    if p.spec is not None and (p.spec.replicas > 1 or p.ready > 1):
+        head += f" [replicas {p.replicas}]"
     lines = [head]
     for c in p.changes:
         lines.append(f"      {c.path}: {_value(c.old)} -> {_value(c.new)}")
@@ -140,6 +142,7 @@ def plan_as_json(plan: Plan) -> dict[str, Any]:
                 "project": p.project,
                 "change": p.kind,
                 "reason": p.reason,
+                "replicas": p.replicas or None,
                 "fields": [{"path": c.path, "old": c.old, "new": c.new} for c in p.changes],
             }
             for p in plan.apps
@@ -290,7 +293,7 @@ def status_table(statuses: Statuses) -> None:
             r.project,
             r.state,
             r.health,
-            f"{r.running}/{r.desired}",
+            r.replicas or f"{r.running}/{r.desired}",
             r.image,
             ", ".join(r.ports) or "-",
             r.spec_hash or "-",

@@ -30,6 +30,7 @@ from diplo.controller.view import View
 from diplo.controller.workqueue import ALL, RELOAD, WorkQueue
 from diplo.errors import DiploError
 from diplo.metrics.prom import OwnMetrics
+from diplo.model import DesiredApp
 from diplo.ops import lifecycle, rollback
 from diplo.ops.apply import ApplyReport, DeployHandle, Reporter, Watch, apply
 from diplo.ops.context import Context
@@ -83,7 +84,8 @@ class Controller:
             ctx, self.queue, self.bus, self.view, self._stop, resync=resync,
             poll_every=poll_every, clock=clock,
         )  # fmt: skip
-        self.failed_release: dict[str, str] = {}  # app -> spec hash whose deploy failed
+        # app -> the release whose deploy failed (`_release`: its spec hash and replicas)
+        self.failed_release: dict[str, str] = {}
         self.inflight: dict[str, DeployHandle] = {}
         self.started_at = time.time()
         self._threads: list[threading.Thread] = []
@@ -257,7 +259,7 @@ class Controller:
         if app_plan is None or not app_plan.actions:
             return True
         spec = prepared.desired.app(app)
-        if spec is None or self.failed_release.get(app) != spec.spec_hash:
+        if spec is None or self.failed_release.get(app) != _release(spec):
             return False
         running = app_plan.current is not None or any(
             c.state == "running" for c in prepared.observed.of_app(app)
@@ -287,7 +289,7 @@ class Controller:
                 self.healer.failed(app)
             return Result()
         if spec is not None and app_plan.kind in ("create", "update"):
-            self.failed_release[app] = spec.spec_hash
+            self.failed_release[app] = _release(spec)
         if app in report.unpinned:
             self.state.repin()
             bound.warning("rollback.failed", error=outcome.message)
@@ -368,3 +370,9 @@ class Controller:
             return False
         handle.cancel("the API")
         return True
+
+
+def _release(spec: DesiredApp) -> str:
+    """What a failed deploy is held back by: a change of the spec or of the replica count
+    (which is not in the spec hash) is a new attempt."""
+    return f"{spec.spec_hash}/{spec.replicas}"

@@ -194,6 +194,7 @@ def merge(loads: list[Loaded]) -> Loaded:
     projects: list[str] = []
     seen: set[str] = set()
     named_by: dict[str, str] = {}  # project -> the source that names it
+    served_by: dict[str, DesiredApp] = {}  # domain -> the app that claims it
     for part in loads:
         for app in part.desired.apps:
             owner = named_by.setdefault(app.project, part.revision.source)
@@ -206,6 +207,16 @@ def merge(loads: list[Loaded]) -> Loaded:
                 issue = ManifestIssue(app.source or app.name, 0, 0, "defined by two sources")
                 raise ManifestError([issue])
             seen.add(app.name)
+            for domain in app.domains:
+                other = served_by.setdefault(domain, app)
+                if other is not app:
+                    message = (
+                        f"domain {domain!r} is also claimed by app {other.name!r} "
+                        f"({other.source or 'another source'})"
+                    )
+                    file, _, line = (app.source or app.name).rpartition(":")
+                    where = (file, int(line), 1) if line.isdigit() else (app.name, 0, 0)
+                    raise ManifestError([ManifestIssue(*where, message)])
             apps.append(app)
         files += part.desired.files
         projects += part.desired.projects

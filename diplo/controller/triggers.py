@@ -118,7 +118,7 @@ class Triggers:
                         "health_status: unhealthy"
                     ):
                         continue
-                    self.queue.add(app)
+                    self.queue.add(app, urgent=True)  # drift: ahead of any resync batch
             except Exception as exc:  # a bug must not end the watch either: retried too
                 if self._stop.is_set():
                     return

@@ -96,7 +96,13 @@ class View:
             out = replace(row)
         else:  # desired, and nothing of it on the host yet
             assert spec is not None
-            out = AppView(name, spec.project, desired=1, health="missing")
+            out = AppView(
+                name,
+                spec.project,
+                desired=spec.replicas,
+                replicas=f"0/{spec.replicas}",
+                health="missing",
+            )
         out.spec = spec.public_spec() if spec is not None else None
         out.last_error = self.errors.get(name)
         sync = self.sync.get(name, {})

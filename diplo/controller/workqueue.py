@@ -1,13 +1,15 @@
 """A work queue of app names, after client-go's: a key queued many times is handed out
 once; a key being worked on is never handed to a second worker, and if it is queued
 meanwhile it comes back once the first worker is done (level-based: the worker re-reads
-everything). Delayed adds carry retry backoff."""
+everything). Delayed adds carry retry backoff. An urgent key (an engine event: drift to
+heal) jumps ahead of everything queued, so a heal never waits behind a resync's batch."""
 
 from __future__ import annotations
 
 import heapq
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 # Keys besides app names (DNS labels, so these never clash with one):
@@ -19,21 +21,35 @@ class WorkQueue:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._cond = threading.Condition()
-        self._queue: list[str] = []  # FIFO of keys ready to hand out
+        self._queue: deque[str] = deque()  # FIFO of keys ready to hand out
+        self._urgent: deque[str] = deque()  # handed out before any of _queue
+        self._urgent_keys: set[str] = set()  # keys that are urgent once ready
         self._dirty: set[str] = set()  # queued (waiting to be handed out or re-queued)
         self._processing: set[str] = set()
         self._delayed: list[tuple[float, int, str]] = []
         self._seq = 0
         self._shut = False
 
-    def add(self, key: str) -> None:
+    def add(self, key: str, *, urgent: bool = False) -> None:
         with self._cond:
-            if self._shut or key in self._dirty:
+            if self._shut:
+                return
+            if key in self._dirty:
+                if urgent and key not in self._urgent_keys:
+                    self._urgent_keys.add(key)
+                    if key in self._queue:  # waiting in the normal lane: move it ahead
+                        self._queue.remove(key)
+                        self._urgent.append(key)
                 return
             self._dirty.add(key)
+            if urgent:
+                self._urgent_keys.add(key)
             if key not in self._processing:
-                self._queue.append(key)
+                self._ready(key)
                 self._cond.notify()
+
+    def _ready(self, key: str) -> None:
+        (self._urgent if key in self._urgent_keys else self._queue).append(key)
 
     def add_after(self, key: str, delay: float) -> None:
         if delay <= 0:
@@ -52,9 +68,11 @@ class WorkQueue:
         with self._cond:
             while True:
                 self._promote()
-                if self._queue:
-                    key = self._queue.pop(0)
+                lane = self._urgent or self._queue
+                if lane:
+                    key = lane.popleft()
                     self._dirty.discard(key)
+                    self._urgent_keys.discard(key)
                     self._processing.add(key)
                     return key
                 if self._shut:
@@ -73,7 +91,7 @@ class WorkQueue:
         with self._cond:
             self._processing.discard(key)
             if key in self._dirty:  # queued again while being worked on
-                self._queue.append(key)
+                self._ready(key)
                 self._cond.notify()
 
     def _promote(self) -> None:
@@ -83,7 +101,7 @@ class WorkQueue:
             if key not in self._dirty:
                 self._dirty.add(key)
                 if key not in self._processing:
-                    self._queue.append(key)
+                    self._ready(key)
 
     def shutdown(self) -> None:
         with self._cond:
@@ -92,7 +110,7 @@ class WorkQueue:
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._queue) + len(self._delayed)
+            return len(self._urgent) + len(self._queue) + len(self._delayed)
 
     @property
     def processing(self) -> frozenset[str]:

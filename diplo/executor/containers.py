@@ -12,17 +12,20 @@ from diplo.model import (
 )
 
 
-def container_spec(action: RunContainer, stop_timeout: int) -> ContainerSpec:
+def container_spec(
+    action: RunContainer, stop_timeout: int, replica: int = 1, name: str | None = None
+) -> ContainerSpec:
+    """Replica `replica` of the action's app, named `name` (default: the action's)."""
     spec = action.spec
     return ContainerSpec(
-        name=action.name,
+        name=name or action.name,
         image=spec.image,
         labels={
             **dict(spec.labels),
             LABEL_PROJECT: spec.project,
             LABEL_APP: action.app,
             LABEL_SPEC_HASH: spec.spec_hash,
-            LABEL_REPLICA: "1",
+            LABEL_REPLICA: str(replica),
         },
         network=action.network,
         aliases=(action.app,),

@@ -21,7 +21,7 @@ def probe_address(
     if health.port is None:
         return None
     for rp in ports:
-        if rp.key == f"{health.port}/tcp":
+        if rp.key == f"{health.port}/tcp" and rp.host_port:  # 0: ephemeral, per container
             host = rp.host_ip if rp.host_ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
             return host, rp.host_port
     return (container_ip, health.port) if container_ip else None

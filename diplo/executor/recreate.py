@@ -1,7 +1,8 @@
 """The `recreate` strategy: stop the old container (it publishes the same host port),
-start the new one, wait until it is healthy, then remove the old one. If the new one
-crashes, turns unhealthy, misses the deadline or is cancelled, it is removed and the old
-one is started again: a failed release never leaves the app worse off."""
+start the new one, wait until it is healthy, then remove the old one; with replicas, one
+replica after the other. If a new one crashes, turns unhealthy, misses the deadline or is
+cancelled, every new one is removed and the old ones are started again: a failed release
+never leaves the app worse off."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from functools import partial
 import structlog
 
 from diplo.errors import DiploError
+from diplo.executor import traffic
 from diplo.executor.containers import container_spec
 from diplo.executor.job import POLL, Job, StepFailed, guard
 from diplo.executor.strategy import DeployContext
-from diplo.model import ObservedContainer, RunContainer
+from diplo.model import ObservedContainer, RunContainer, container_name
 
 log = structlog.get_logger("diplo.executor")
 
@@ -31,42 +33,63 @@ class Recreate:
         self.ctx = ctx
 
     def deploy(self, job: Job, action: RunContainer) -> str:
+        """Replica by replica: its old container stops, its new one starts and must pass
+        the health gate before the next replica's turn. Any failure rolls every replica
+        back to the old release."""
         runtime, reporter = self.ctx.runtime, self.ctx.reporter
         spec = action.spec
         app = action.app
         timeout = math.ceil(spec.stop_grace_period)
         stopped: list[ObservedContainer] = []
         renamed: dict[str, str] = {}
-        new_id: str | None = None
+        created: list[str] = []
         try:
-            for old in action.replaces:
-                if old.state in ("running", "restarting", "paused"):
-                    job.step = "stop-old"
-                    reporter.step(app, "stop-old", old.name)
-                    stopped.append(old)  # from now on a rollback starts it again
-                    self._stop(job, old, timeout)
-                if old.name == action.name:
-                    # Aside, not removed: the name is needed now, the container maybe later.
-                    aside = f"{old.name}-old-{old.short_id}"
-                    guard("rename old container", partial(runtime.rename, old.id, aside))
-                    renamed[old.id] = old.name
-            job.check("create")
-            job.step = "create"
-            reporter.step(app, "create", action.name)
-            new_id = guard("create", partial(runtime.create, container_spec(action, timeout)))
-            job.step = "start"
-            reporter.step(app, "start", action.name)
-            guard("start", partial(runtime.start, new_id))
-            if self.ctx.wait:
-                self.ctx.gate.await_healthy(job, app, spec, new_id, action.ports)
-            else:
-                state = guard("start", partial(runtime.state, new_id))
-                if state.status != "running":
-                    raise StepFailed("start", self.ctx.gate.exit_reason(new_id, state))
+            for replica in action.replicas:
+                name = (
+                    action.name
+                    if replica == action.replicas[0]
+                    else container_name(spec.project, app, replica)
+                )
+                # The old containers of this replica (all of them, for a single replica:
+                # whatever the plan replaces publishes its host ports).
+                olds = [
+                    c for c in action.replaces if len(action.replicas) == 1 or c.replica == replica
+                ]
+                for old in olds:
+                    if old.state in ("running", "restarting", "paused"):
+                        job.step = "stop-old"
+                        reporter.step(app, "stop-old", old.name)
+                        stopped.append(old)  # from now on a rollback starts it again
+                        self._stop(job, old, timeout)
+                    if old.name == name:
+                        # Aside, not removed: the name is needed now, the container maybe
+                        # later.
+                        aside = f"{old.name}-old-{old.short_id}"
+                        guard("rename old container", partial(runtime.rename, old.id, aside))
+                        renamed[old.id] = old.name
+                job.check("create")
+                job.step = "create"
+                reporter.step(app, "create", name)
+                new_id = guard(
+                    "create",
+                    partial(runtime.create, container_spec(action, timeout, replica, name)),
+                )
+                created.append(new_id)
+                job.step = "start"
+                reporter.step(app, "start", name)
+                guard("start", partial(runtime.start, new_id))
+                if self.ctx.wait:
+                    self.ctx.gate.await_healthy(job, app, spec, new_id, action.ports)
+                else:
+                    state = guard("start", partial(runtime.state, new_id))
+                    if state.status != "running":
+                        raise StepFailed("start", self.ctx.gate.exit_reason(new_id, state))
+            serving = [*created, *(c.id for c in action.keeps)]
+            traffic.switch(self.ctx, spec, traffic.upstreams(self.ctx, spec, serving))
         except BaseException:
             # Any failure, not only the expected ones: a bug or an unexpected exception in
             # a probe must leave the app as it was, never half-deployed.
-            self._roll_back(app, new_id, stopped, renamed)
+            self._roll_back(action, created, stopped, renamed)
             raise
         for old in action.replaces:
             reporter.step(app, "cleanup", old.name)
@@ -74,7 +97,7 @@ class Recreate:
                 runtime.remove(old.id)
             except DiploError as exc:  # the new container runs; a leftover is only noise
                 log.warning("app.cleanup_failed", app=app, container=old.name, error=exc.message)
-        return new_id
+        return created[0]
 
     def _stop(self, job: Job, old: ObservedContainer, grace: int) -> None:
         """Stop the old container within the deploy's deadline, and give up waiting as soon
@@ -113,25 +136,32 @@ class Recreate:
 
     def _roll_back(
         self,
-        app: str,
-        new_id: str | None,
+        action: RunContainer,
+        created: list[str],
         stopped: list[ObservedContainer],
         renamed: dict[str, str],
     ) -> None:
-        """Put the app back as it was: the new container goes, the old ones come back."""
+        """Put the app back as it was: the new containers go, the old ones come back (and
+        the proxy, when there is one, is sent to them again: a restart may move an IP)."""
+        app, spec = action.app, action.spec
         runtime, ledger = self.ctx.runtime, self.ctx.ledger
         self.ctx.reporter.step(
             app, "rollback", "restoring the previous revision" if stopped else ""
         )
         try:
-            if new_id is not None:
+            for new_id in created:
                 runtime.remove(new_id)
             for old_id, name in renamed.items():
                 runtime.rename(old_id, name)
             for old in stopped:
                 runtime.start(old.id)
+            if stopped:
+                serving = [*(c.id for c in action.replaces), *(c.id for c in action.keeps)]
+                traffic.switch(self.ctx, spec, traffic.upstreams(self.ctx, spec, serving))
         except Exception as exc:
             why = exc.message if isinstance(exc, DiploError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, StepFailed):
+                why = exc.cause
             log.error("app.rollback_failed", app=app, error=why)
             with contextlib.suppress(Exception):
                 ledger.event("rollback.failed", why, app)

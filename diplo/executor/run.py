@@ -6,12 +6,13 @@ others. An app starts after the apps it depends on are healthy, and is skipped w
 of them failed. Each deploy has a deadline and can be cancelled (Ctrl-C, or
 `diplo cancel` from another process, through the ledger).
 
-How a container is replaced is the app's deploy strategy (`strategy.py`; today only
-`recreate.py`). This module schedules apps, runs each one's actions and keeps the
+How a container is replaced is the app's deploy strategy (`strategy.py`: `recreate.py`
+and `startfirst.py`). This module schedules apps, runs each one's actions and keeps the
 ledger's deployment rows."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,11 +24,12 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from diplo.errors import DeployFailed, DiploError
-from diplo.executor import images
+from diplo.executor import images, traffic
 from diplo.executor.gate import Gate
 from diplo.executor.job import POLL, Cancelled, Job, NullReporter, Reporter, StepFailed, guard
 from diplo.executor.recreate import Recreate
-from diplo.executor.strategy import DeployContext, Strategy, StrategyFactory
+from diplo.executor.startfirst import StartFirst
+from diplo.executor.strategy import DeployContext, Router, Strategy, StrategyFactory
 from diplo.ledger import Ledger
 from diplo.model import (
     LABEL_APP,
@@ -53,7 +55,7 @@ log = structlog.get_logger("diplo.executor")
 MAX_THREADS = 64
 
 # The deploy strategies by the name an app's `deploy.strategy` gives.
-STRATEGIES: dict[str, StrategyFactory] = {"recreate": Recreate}
+STRATEGIES: dict[str, StrategyFactory] = {"recreate": Recreate, "start-first": StartFirst}
 
 
 def strategy_for(spec: DesiredApp, ctx: DeployContext) -> Strategy:
@@ -105,8 +107,10 @@ class Executor:
         revision: Revision | None = None,
         rollback_of: Mapping[str, int] | None = None,
         revisions: Mapping[str, Revision] | None = None,
+        router: Router | None = None,
     ) -> None:
         self.runtime = runtime
+        self.router = router  # the host's proxy, when it has one
         self.revision = revision  # where the desired state came from, for the ledger
         self.rollback_of = dict(rollback_of or {})  # app -> the deployment it restores
         self.revisions = dict(revisions or {})  # per-app revisions (a rollback's own commit)
@@ -166,7 +170,16 @@ class Executor:
             sleep=self._sleep,
             wall=self._wall,
         )
-        return DeployContext(self.runtime, self.ledger, self.reporter, gate, self.wait)
+        return DeployContext(
+            self.runtime,
+            self.ledger,
+            self.reporter,
+            gate,
+            self.wait,
+            router=self.router,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
 
     def _run_cancelled(self) -> str | None:
         return self.cancel_reason if self.cancel_all.is_set() else None
@@ -292,6 +305,8 @@ class Executor:
                         guard("start", rename)
                     guard("start", partial(runtime.start, action.container.id))
                     self.ledger.event("app.started", f"started {action.container.name}", p.app)
+                elif isinstance(action, RemoveContainers) and action.keeps is not None:
+                    self._scale_down(job, ctx, spec, action)
                 elif isinstance(action, RemoveContainers):
                     self.reporter.step(p.app, "cleanup", action.reason)
                     for c in action.containers:
@@ -334,6 +349,31 @@ class Executor:
             container_id=container_id,
         )
 
+    def _scale_down(
+        self, job: Job, ctx: DeployContext, spec: DesiredApp, action: RemoveContainers
+    ) -> None:
+        """Fewer replicas: the proxy stops sending to the removed ones (and waits for
+        their requests to end), then they stop within their grace period and go. The
+        replicas that stay are not touched."""
+        self.reporter.step(spec.name, "scale-down", action.reason)
+        if traffic.router_of(ctx, spec) is not None:
+            stay = [c.id for c in action.keeps or ()]
+            gone = [c.id for c in action.containers if c.state in ("running", "restarting")]
+            retired = traffic.upstreams(ctx, spec, gone)
+            kept = traffic.upstreams(ctx, spec, stay)
+            guard("switch", partial(traffic.switch, ctx, spec, kept))
+            by = traffic.drain(ctx, job, spec, retired)
+            if by is not None:  # a cancel: the removed replicas serve again
+                guard("switch", partial(traffic.switch, ctx, spec, [*kept, *retired]))
+                raise Cancelled("drain", by)
+        grace = math.ceil(spec.stop_grace_period)
+        for c in action.containers:
+            if c.state in ("running", "restarting", "paused"):
+                guard("stop", partial(self.runtime.stop, c.id, grace))
+            guard("cleanup", partial(self.runtime.remove, c.id))
+        names = ", ".join(c.name for c in action.containers)
+        self.ledger.event("app.scaled", f"{action.reason}: removed {names}", spec.name)
+
     def _finish_success(
         self,
         p: AppPlan,
@@ -346,7 +386,12 @@ class Executor:
         if dep_id is not None:
             run = next(a for a in p.actions if isinstance(a, RunContainer))
             self.ledger.set_ports(
-                p.app, [PortAllocation(p.app, r.key, r.host_ip, r.host_port) for r in run.ports]
+                p.app,
+                [
+                    PortAllocation(p.app, r.key, r.host_ip, r.host_port)
+                    for r in run.ports
+                    if r.host_port  # an ephemeral port is the engine's, per container
+                ],
             )
             self.ledger.finish_deployment(
                 dep_id,

@@ -6,8 +6,9 @@ entry in `run.STRATEGIES`, and never reaches into the Executor."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from diplo.executor.gate import Gate
@@ -15,6 +16,21 @@ from diplo.executor.job import Job, Reporter
 from diplo.ledger import Ledger
 from diplo.model import RunContainer
 from diplo.runtime.base import Runtime
+
+
+class Router(Protocol):
+    """The reverse proxy as a deploy sees it (implemented outside the executor, which
+    never imports it). `key` is an app's "project/app"; an upstream is "IP:port", a
+    replica's address on its project network and the app's http_port."""
+
+    def switch(self, key: str, upstreams: Sequence[str]) -> None:
+        """Send the app's traffic to exactly `upstreams` from now on, atomically: no
+        request is lost or sent to a mix of old and new. Raises on failure."""
+        ...
+
+    def in_flight(self, upstreams: Sequence[str]) -> int:
+        """Requests the proxy is still serving from any of `upstreams`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -26,6 +42,9 @@ class DeployContext:
     reporter: Reporter
     gate: Gate
     wait: bool  # False: a started container counts as deployed, without the health gate
+    router: Router | None = None  # None: no proxy on this host (yet); nothing is switched
+    clock: Callable[[], float] = field(default=time.monotonic)
+    sleep: Callable[[float], None] = field(default=time.sleep)
 
 
 class Strategy(Protocol):

@@ -137,7 +137,12 @@ def with_spec_hash(app: DesiredApp) -> DesiredApp:
     data.pop("source")
     data.pop("spec_hash")
     data.pop("masked")  # the values are in the fields themselves
-    # Ordering and Diplo-side checks: changing them does not need a new container.
-    for key in ("depends_on", "health", "deploy_timeout", "strategy", "prune", "keep_images"):
+    # Ordering and Diplo-side checks: changing them does not need a new container. Nor
+    # does the number of replicas (replicas are added or removed, the others stay), nor
+    # what the proxy serves (domains, TLS: a proxy change).
+    for key in (
+        *("depends_on", "health", "deploy_timeout", "strategy", "drain", "prune", "keep_images"),
+        *("replicas", "domains", "http_port", "tls", "tls_cert", "tls_key", "tls_digest"),
+    ):
         data.pop(key)
     return replace(app, spec_hash=spec_digest(data))

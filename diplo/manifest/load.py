@@ -25,6 +25,7 @@ from diplo.manifest.hashing import (
     with_spec_hash,
 )
 from diplo.manifest.interpolate import InterpolationError, Lookup, interpolate
+from diplo.manifest.routing import check_domain_claims, resolve_routing
 from diplo.manifest.spec import (
     APP_NAME,
     PORT,
@@ -36,6 +37,7 @@ from diplo.manifest.spec import (
     ManifestConfig,
     Resources,
     TcpProbe,
+    TlsFiles,
     health_spec,
 )
 from diplo.manifest.yamlpos import Located, YamlTooBig, load_located
@@ -142,6 +144,13 @@ def load_manifests(
             if resolved is not None:
                 apps.append(resolved)
     _check_cycles(files, owners)
+    check_domain_claims(
+        (domain, name, ("apps", name, "domains", i), f, f"{f.path}:{_line(f, name, i)}")
+        for f in files
+        for name, app in f.apps.items()
+        if owners.get(name, (None,))[0] is f
+        for i, domain in enumerate(app.domains)
+    )
     issues = [i for f in files for i in f.issues]
     if issues:
         raise ManifestError(issues)
@@ -151,6 +160,10 @@ def load_manifests(
         projects=tuple(sorted({f.project for f in files})),
         allow_empty=any(f.allow_empty for f in files),
     )
+
+
+def _line(f: _File, app: str, i: int) -> int:
+    return f.located.where(("apps", app, "domains", i)).line
 
 
 def _parse(path: Path, environ: dict[str, str], allowed: Rules, budget: list[int]) -> _File:
@@ -314,6 +327,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         ("health", "http"): HttpProbe,
         ("health", "tcp"): TcpProbe,
         ("deploy",): DeployConfig,
+        ("tls",): TlsFiles,
     }
     return nested.get(tuple(str(p) for p in loc[2:]))
 
@@ -467,6 +481,7 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
             # A bind-mounted file is config: its content is part of the spec (compose#11900).
             file_hashes[mount.source] = file_digest(mount.source)
 
+    routing = resolve_routing(f, app, ports, base, at)
     if len(f.issues) != before:
         return None
     pos = f.located.where(at, prefer_key=True)
@@ -495,22 +510,23 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         file_hashes=tuple(sorted(file_hashes.items())),
         health=health_spec(app.health),
         deploy_timeout=app.deploy.timeout,
-        strategy=app.deploy.strategy,
         keep_images=app.deploy.keep_images,
         prune=f.prune,
         masked=_masked(f, at),
+        **routing,
     )
     return with_spec_hash(desired)
 
 
-# Where a manifest key lands in DesiredApp; None: nothing of it is shown in clear (env
+# Where a manifest key lands in DesiredApp; (): nothing of it is shown in clear (env
 # values are digests, numbers and durations hold no secret worth hiding).
-_LANDS_IN: dict[str, str | None] = {
-    "volumes": "mounts",
-    "env": None,
-    "env_file": None,
-    "resources": None,
-    "deploy": None,
+_LANDS_IN: dict[str, tuple[str, ...]] = {
+    "volumes": ("mounts",),
+    "tls": ("tls", "tls_cert", "tls_key"),  # `tls` as shown; the paths as recorded
+    "env": (),
+    "env_file": (),
+    "resources": (),
+    "deploy": (),
 }
 
 
@@ -521,12 +537,10 @@ def _masked(f: _File, at: DataPath) -> tuple[tuple[str, str, str], ...]:
     for where, subs in f.interpolated.items():
         if len(where) < 3 or where[:2] != at or not isinstance(where[2], str):
             continue
-        field_name = _LANDS_IN.get(where[2], where[2])
-        if field_name is None:
-            continue
-        for var, value in subs:
-            if len(value) >= 3:  # as in messages: shorter ones would garble the text
-                found.add((field_name, var, value))
+        for field_name in _LANDS_IN.get(where[2], (where[2],)):
+            for var, value in subs:
+                if len(value) >= 3:  # as in messages: shorter ones would garble the text
+                    found.add((field_name, var, value))
     return tuple(sorted(found))
 
 

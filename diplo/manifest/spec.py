@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from diplo.model import HealthSpec
+from diplo.model import MAX_REPLICAS, HealthSpec
 from diplo.units import parse_duration, parse_size
 
 APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -215,8 +215,17 @@ class DeployConfig(_Strict):
     timeout: Annotated[Duration, _within(1, 86400)] = Field(
         120.0, description="Deadline for build, pull, start and health of a deploy (1s to 24h)."
     )
-    strategy: Literal["recreate"] = Field(
-        "recreate", description="recreate: stop the old container, then start the new one."
+    strategy: Literal["recreate", "start-first"] | None = Field(
+        None,
+        description="recreate: stop the old replicas, then start the new ones. start-first: "
+        "start the new replicas beside the old ones, switch the proxy to them once healthy, "
+        "drain and stop the old ones. Default: start-first for an app with domains (and no "
+        "fixed host port), recreate otherwise.",
+    )
+    drain: Annotated[Duration, _within(0, 3600)] = Field(
+        30.0,
+        description="start-first: how long old replicas may finish their requests once the "
+        "proxy stopped sending them new ones (up to 1h).",
     )
     keep_images: int = Field(
         5,
@@ -224,6 +233,54 @@ class DeployConfig(_Strict):
         le=100,
         description="Images of this many recent deployments are kept for rollbacks.",
     )
+
+
+# A host name as a proxy routes it: DNS labels, lower-cased; `*` only as the whole first
+# label. No scheme, port or path.
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _domain(value: str) -> str:
+    host = value.strip().lower().rstrip(".")
+    if "://" in host or "/" in host or ":" in host:
+        raise ValueError(
+            f"{value!r} is not a host name: write the name alone, without scheme, port or path"
+        )
+    labels = host.split(".")
+    if not host or len(host) > 253:
+        raise ValueError(f"{value!r} is not a host name")
+    for i, label in enumerate(labels):
+        if label == "*" and i == 0 and len(labels) > 1:
+            continue
+        if "*" in label:
+            raise ValueError(
+                f"{value!r}: a wildcard is allowed only as the whole first label, "
+                "e.g. *.example.com"
+            )
+        if not _LABEL.match(label):
+            raise ValueError(
+                f"{value!r} is not a host name: each label is letters, digits and '-', "
+                "1 to 63 characters, not starting or ending with '-'"
+            )
+    return host
+
+
+Domain = Annotated[str, AfterValidator(_domain)]
+
+
+class TlsFiles(_Strict):
+    """A certificate of your own, in PEM files on the host."""
+
+    cert: str = Field(description="Certificate chain file, relative to the manifest.")
+    key: str = Field(description="Private key file, relative to the manifest.")
+
+
+def _tls(value: Any) -> Any:
+    if value is False:  # YAML 1.1 reads a bare `off` as false
+        return "off"
+    if isinstance(value, str) and value not in ("auto", "internal", "off"):
+        raise ValueError(f"{value!r} is not auto, internal, off or {{cert: FILE, key: FILE}}")
+    return value
 
 
 class Resources(_Strict):
@@ -277,6 +334,32 @@ class AppConfig(_Strict):
     )
     health: HealthConfig | None = Field(None, description="Health check gating deploys.")
     deploy: DeployConfig = Field(default_factory=DeployConfig)  # type: ignore[arg-type]
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=MAX_REPLICAS,
+        description="Containers of the app (project-app-1..N); changing it adds or removes "
+        "replicas without touching the others.",
+    )
+    domains: list[Domain] = Field(
+        default_factory=list,
+        description="Host names the proxy serves the app on, e.g. shop.example.com or "
+        "*.example.com.",
+    )
+    http_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Container port the proxy sends HTTP to; default: the app's only port.",
+    )
+    tls: Annotated[
+        Literal["auto", "internal", "off"] | TlsFiles,
+        BeforeValidator(_tls, json_schema_input_type=str | bool | TlsFiles),
+    ] = Field(
+        "auto",
+        description="auto: a public certificate (ACME) for public names, the proxy's own CA "
+        "otherwise; internal: the proxy's own CA; off: plain HTTP; {cert, key}: your files.",
+    )
 
     @field_validator("env")
     @classmethod

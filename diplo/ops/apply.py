@@ -125,6 +125,7 @@ def apply(
                 revision=revision,
                 rollback_of=pinned.rollback_of,
                 revisions=pinned.revisions,
+                router=ctx.router,
             )
             handle._bind(executor)
             report.result = executor.run(prepared.plan)

@@ -14,6 +14,7 @@ from diplo.paths import default_home
 from diplo.runtime.base import Runtime
 
 if TYPE_CHECKING:
+    from diplo.executor.strategy import Router
     from diplo.runtime.sampling import EngineMeter
 
 
@@ -22,6 +23,9 @@ class Context:
     _runtime: Runtime | None = None
     _ledger: Ledger | None = None
     _meter: EngineMeter | None = None
+    # The host's reverse proxy, when it has one: deploys of apps with domains switch and
+    # drain through it. None: no proxy (start-first then starts, gates and stops only).
+    router: Router | None = None
 
     @property
     def runtime(self) -> Runtime:

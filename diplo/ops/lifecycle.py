@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from diplo.errors import InputError
 from diplo.executor import drop_kept_images
-from diplo.model import Deployment
+from diplo.model import Deployment, ObservedContainer
 from diplo.ops.context import Context
 from diplo.planner import RUNNING, network_name
 
@@ -86,15 +86,18 @@ def logs(ctx: Context, app: str, *, follow: bool, tail: int | None) -> Iterator[
 
 
 def restart(ctx: Context, app: str, *, grace: int, reason: str, lock_wait: float) -> bool:
-    """Restart the app's newest container in place, under its lock; False when it has
-    none. Recorded as an event."""
+    """Restart the app's newest container in place (with replicas: that of each replica,
+    one after the other), under its lock; False when it has none. Recorded as an event."""
     with ctx.locks.hold([app], timeout=lock_wait):
         containers = ctx.runtime.observe(containers_only=True).of_app(app)
         if not containers:
             return False
-        current = max(containers, key=lambda c: c.created)
-        ctx.runtime.stop(current.id, grace)
-        ctx.runtime.start(current.id)
+        newest: dict[int, ObservedContainer] = {}
+        for c in sorted(containers, key=lambda c: c.created):
+            newest[c.replica] = c
+        for _, current in sorted(newest.items()):
+            ctx.runtime.stop(current.id, grace)
+            ctx.runtime.start(current.id)
     ctx.ledger.event("app.restarted", reason, app)
     return True
 

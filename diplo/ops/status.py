@@ -38,8 +38,9 @@ class AppView:
     app: str
     project: str = ""
     state: str = "missing"  # running | stopped | missing | partial | orphaned
-    desired: int = 0
-    running: int = 0
+    desired: int = 0  # replicas asked for
+    running: int = 0  # containers running, of any release
+    replicas: str = ""  # "ready/desired": running replicas of the recorded release
     image: str = ""
     ports: list[str] = field(default_factory=list)
     spec_hash: str = ""
@@ -67,6 +68,16 @@ class AppView:
         """An app view as the API sent it (unknown keys from a newer server are dropped)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _replicas(record: AppRecord | None) -> int:
+    """How many replicas the recorded spec asks for (0 for an app Diplo does not know)."""
+    if record is None:
+        return 0
+    try:
+        return max(1, int(record.spec.get("replicas") or 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 def health_spec_of(record: AppRecord | None) -> HealthSpec:
@@ -161,13 +172,16 @@ def _observed_view(
     record = snapshot.apps.get(name)
     containers = observed.of_app(name)
     running = [c for c in containers if c.state in RUNNING]
-    desired = 1 if record is not None else 0
+    desired = _replicas(record)
+    ready = len({c.replica for c in running if record and c.spec_hash == record.spec_hash})
     if record is None:
         state = "orphaned"
     elif not containers:
         state = "missing"
-    elif len(running) >= desired:
+    elif ready >= desired:
         state = "running"
+    elif running:
+        state = "partial"
     else:
         state = containers[0].state
     spec_hash = record.spec_hash if record else (containers[0].spec_hash if containers else "")
@@ -188,6 +202,7 @@ def _observed_view(
         state=state,
         desired=desired,
         running=len(running),
+        replicas=f"{ready}/{desired}",
         image=str(image),
         ports=ports,
         spec_hash=spec_id(spec_hash),
@@ -209,13 +224,28 @@ def _fill_health(
         ports = tuple(
             ResolvedPort(a.key, a.host_ip, a.host_port) for a in snapshot.ports if a.app == row.app
         )
+        health = health_spec_of(snapshot.apps.get(row.app))
+        # With replicas, each is looked at (the newest container of each number) and the
+        # app is as healthy as its worst replica.
+        newest: dict[int, ObservedContainer] = {}
+        for one_of in sorted(live, key=lambda c: c.created):
+            newest[one_of.replica] = one_of
+        targets: list[tuple[int, ObservedContainer | None]] = (
+            list(newest.items()) if row.desired > 1 else [(0, current)]
+        )
+        worst: tuple[Health, str, ContainerState | None] | None = None
         try:
-            verdict, detail, state = check_health(
-                ctx, row.app, current, health_spec_of(snapshot.apps.get(row.app)), ports
-            )
+            for replica, target in sorted(targets, key=lambda t: t[0]):
+                verdict, detail, state = check_health(ctx, row.app, target, health, ports)
+                if replica:
+                    detail = f"replica {replica}: {detail}"
+                if worst is None or verdict > worst[0]:
+                    worst = (verdict, detail, state)
         except DiploError as exc:
             row.health, row.health_detail = Health.UNKNOWN.label, exc.message
             return
+        assert worst is not None
+        verdict, detail, state = worst
         row.health, row.health_detail = verdict.label, detail
         if state is not None:
             row.restarts = state.restart_count

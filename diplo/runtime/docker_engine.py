@@ -329,12 +329,13 @@ class DockerRuntime:
 
     @mapped("creating a container")
     def create(self, spec: ContainerSpec) -> str:
-        port_bindings: dict[str, list[tuple[str, int]] | tuple[str, int]] = {}
+        port_bindings: dict[str, tuple[str, int | None]] = {}
         exposed: list[tuple[int, str] | int] = []
         for p in spec.ports:
             number, proto = p.key.split("/")
             exposed.append((int(number), proto) if proto != "tcp" else int(number))
-            port_bindings[p.key] = (p.host_ip or "0.0.0.0", p.host_port)
+            # Host port 0: ephemeral, the engine picks a free one for this container.
+            port_bindings[p.key] = (p.host_ip or "0.0.0.0", p.host_port or None)
         mounts = [
             docker.types.Mount(
                 target=m.target,

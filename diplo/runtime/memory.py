@@ -36,6 +36,7 @@ class _Container:
     logs: list[str] = field(default_factory=list)
     created: int = 0
     started_at: float = 0.0
+    ip: str = ""  # its address on the network while it runs
 
 
 class MemoryRuntime:
@@ -153,7 +154,10 @@ class MemoryRuntime:
         if self.image_id(spec.image) is None:
             raise NotFound(f"creating a container: no such image: {spec.image}")
         cid = f"{next(self._ids):064x}"
-        self.containers[cid] = _Container(cid, spec, created=next(self._clock))
+        n = next(self._clock)
+        self.containers[cid] = _Container(
+            cid, spec, created=n, ip=f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+        )
         return cid
 
     def _get(self, cid: str) -> _Container:
@@ -198,7 +202,8 @@ class MemoryRuntime:
 
     def state(self, container_id: str) -> ContainerState:
         c = self._get(container_id)
-        return ContainerState(c.state, c.exit_code, "", started_at=c.started_at)
+        ip = c.ip if c.state == "running" else ""
+        return ContainerState(c.state, c.exit_code, "", ip=ip, started_at=c.started_at)
 
     def logs(
         self, container_id: str, *, tail: int | None, follow: bool, timestamps: bool = False

@@ -146,3 +146,24 @@ def test_spec_hashes_are_shown_keyed_and_alike_everywhere(world):
     shown = {view["spec_hash"], view["containers"][0]["spec_hash"], dep["spec_hash"]}
     assert len(shown) == 1 and len(next(iter(shown))) == 12
     assert next(iter(shown)) not in raw  # not the bare SHA-256 a guess can be checked against
+
+
+def test_interpolated_domains_and_certificate_paths_are_masked_and_restored(tmp_path: Path):
+    (tmp_path / "certs-s3cret-dir").mkdir()
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / "certs-s3cret-dir" / name).write_text(name)
+    text = (
+        "apps:\n  web:\n    image: busybox\n    http_port: 80\n    domains: ['${DOM}']\n"
+        "    tls: {cert: '${CERTS}/c.pem', key: '${CERTS}/k.pem'}\n"
+    )
+    environ = {"DOM": "hidden-shop.example.com", "CERTS": "certs-s3cret-dir"}
+    (web,) = load_manifests([str(write(tmp_path / "diplo.yaml", text))], environ).apps
+    assert web.domains == ("hidden-shop.example.com",) and "certs-s3cret-dir" in web.tls_cert
+    shown = json.dumps([web.public_spec(), app_record(web)])
+    assert "hidden-shop" not in shown and "certs-s3cret-dir" not in shown
+    sealed = json.loads(
+        json.dumps({"env": web.env, "masked": web.masked, "fields": web.masked_fields()})
+    )
+    back, missing = restore_app(json.loads(json.dumps(app_record(web))), {}, "sha256:x", sealed)
+    assert missing == [] and back is not None
+    assert (back.domains, back.tls_cert, back.tls_key) == (web.domains, web.tls_cert, web.tls_key)

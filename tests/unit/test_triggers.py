@@ -41,13 +41,16 @@ class RecordingQueue(WorkQueue):
     def __init__(self) -> None:
         super().__init__()
         self.added: list[str] = []
+        self.urgent: list[str] = []
         self._added = threading.Condition()
 
-    def add(self, key: str) -> None:
+    def add(self, key: str, *, urgent: bool = False) -> None:
         with self._added:
             self.added.append(key)
+            if urgent:
+                self.urgent.append(key)
             self._added.notify_all()
-        super().add(key)
+        super().add(key, urgent=urgent)
 
     def wait_for(self, key: str, timeout: float = 3.0) -> bool:
         with self._added:
@@ -257,6 +260,7 @@ def test_engine_events_queue_their_apps(make_rig: Callable[..., Rig]):
     assert rig.queue.wait_for("worker")
     time.sleep(0.05)
     assert rig.queue.added == ["web", "db", "worker"]
+    assert rig.queue.urgent == ["web", "db", "worker"]  # drift jumps the resync's batch
     assert rig.view.engine_ok and rig.view.engine_version == "memory 1.0"
     assert rig.errors == []
 

@@ -54,3 +54,35 @@ def test_shutdown_wakes_waiting_workers():
     assert not t.is_alive() and got == [None]
     q.add("late")
     assert q.get(0) is None
+
+
+def test_an_urgent_key_jumps_ahead_of_a_resync_batch():
+    q = WorkQueue()
+    for i in range(100):  # a resync queued every app
+        q.add(f"app{i}")
+    q.add("app99", urgent=True)  # its container was removed: already queued, moved ahead
+    q.add("new", urgent=True)
+    assert [q.get(0), q.get(0), q.get(0)] == ["app99", "new", "app0"]
+    assert len(q) == 98
+
+
+def test_an_urgent_key_in_progress_comes_back_first_once_done():
+    q = WorkQueue()
+    q.add("web")
+    assert q.get(0) == "web"
+    q.add("a")
+    q.add("web", urgent=True)  # drift while its reconcile runs
+    q.done("web")
+    assert [q.get(0), q.get(0)] == ["web", "a"]
+
+
+def test_a_delayed_retry_stays_in_the_normal_lane_and_urgency_is_not_sticky():
+    clock = Clock()
+    q = WorkQueue(clock)
+    q.add("web", urgent=True)
+    assert q.get(0) == "web"
+    q.done("web")
+    q.add_after("web", 1)
+    q.add("a")
+    clock.now = 1.0
+    assert [q.get(0), q.get(0)] == ["a", "web"]
