@@ -75,7 +75,7 @@ def served(sandbox: Sandbox) -> Iterator[tuple[Server, dict[str, str]]]:
     sandbox.manifest(
         {
             apps["burn"]: busybox("sh", "-c", "while :; do :; done"),
-            apps["idle"]: busybox("sleep", "3600"),
+            apps["idle"]: {**busybox("sleep", "3600"), "replicas": 2},
             # 48 MB in a tmpfs file: memory charged to the container's cgroup
             apps["hog"]: busybox(
                 "sh", "-c", "head -c 48000000 /dev/zero > /dev/shm/fill && exec sleep 3600"
@@ -134,6 +134,17 @@ def test_cpu_memory_and_network_of_real_containers(
     assert read(server, "/metrics", token=None)[0] == 401
     top = json.loads(read(server, "/system/top")[1])
     assert {a["app"] for a in top["apps"]} >= set(apps.values())
+    # the replicas of an app: one series each in /metrics, added up in its history
+    (idle_row,) = (a for a in top["apps"] if a["app"] == apps["idle"])
+    assert idle_row["replicas"] == 2
+    status, body = read(server, "/metrics")
+    replicas = {
+        s.labels["replica"]
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name == "diplo_container_memory_bytes" and s.labels["app"] == apps["idle"]
+    }
+    assert replicas == {"1", "2"}
     # the samples are cgroup reads: no stats API call was needed
     assert "metrics.stats_failed" not in server.output
 
