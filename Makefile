@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 COVERAGE ?= 85
 CLI_COVERAGE ?= 80
 
-.PHONY: setup engine run test unit unit-coverage integration lint schema bench bench-serve bench-rollback clean
+.PHONY: setup engine run test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics clean
 
 setup:
 	@bash scripts/setup.sh
@@ -48,6 +48,9 @@ bench: setup engine
 
 bench-rollback: setup engine
 	$(BIN)/python benchmarks/rollback.py
+
+bench-metrics: setup engine
+	$(BIN)/python benchmarks/metrics.py
 
 # wrk drives the load; Debian packages it.
 bench-serve: setup engine

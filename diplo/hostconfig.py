@@ -1,6 +1,7 @@
 """The host's own settings, `$DIPLO_HOME/config.yaml`: what belongs to the machine and
-its owner rather than to any manifest (the proxy's ports and ACME account, and later
-metrics and alert channels). Like the policy, a manifest never sets any of it."""
+its owner rather than to any manifest (the proxy's ports and ACME account, the metrics
+collector's interval and retention, and later alert channels). Like the policy, a
+manifest never sets any of it."""
 
 from __future__ import annotations
 
@@ -30,10 +31,35 @@ class ProxyConfig(BaseModel):
     )
 
 
+class RetentionConfig(BaseModel):
+    """How long each tier of the metrics history is kept, in seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    raw: int = Field(3600, ge=60, le=7 * 86400, description="Every sample (default 1 hour).")
+    minute: int = Field(
+        86400, ge=3600, le=90 * 86400, description="1-minute averages (default 1 day)."
+    )
+    ten_minutes: int = Field(
+        14 * 86400, ge=86400, le=366 * 86400, description="10-minute averages (default 14 days)."
+    )
+
+
+class MetricsConfig(BaseModel):
+    """The metrics collector of `diplo serve`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Collect metrics at all.")
+    interval: float = Field(10.0, ge=1.0, le=300.0, description="Seconds between samples.")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)  # type: ignore[arg-type]
+
+
 class HostConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)  # type: ignore[arg-type]
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
 
 
 def parse_config(text: str, where: str = CONFIG_FILE) -> HostConfig:

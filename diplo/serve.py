@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,12 @@ from diplo.api.access import Access
 from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
 from diplo.controller.sources import Source
-from diplo.errors import InputError
+from diplo.errors import DiploError, InputError
+from diplo.hostconfig import MetricsConfig, load_config
+from diplo.metrics.collector import Collector
+from diplo.metricstore import FILE as METRICS_FILE
+from diplo.metricstore import MetricStore, Retention
+from diplo.ops import status
 from diplo.ops.context import Context
 from diplo.paths import default_home
 from diplo.tokens import WeakToken, api_token, viewer_token
@@ -111,19 +116,26 @@ def run_server(
     hooks = secrets_from_env()
     if unsafe := hooks.gitlab_exposes():
         log.warning("serve.webhook_secret_shared", detail=unsafe[0], hint=unsafe[1])
+    config = load_config(home)
     sole = _sole_server(home)
     controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
+    collector = metrics_collector(
+        home, ctx, config.metrics, owned=lambda: list(controller.view.rows)
+    )
     app = asgi_app(
         controller,
         access,
         webhook_secrets=hooks,
         listen_host=host,
         allowed_hosts=exposure.allowed_hosts,
+        metrics=collector,
     )
     server = uvicorn.Server(server_config(app, host, port, exposure))
     info = home / "serve.json"
     address = url(exposure.scheme, host, port)
     controller.start()
+    if collector is not None:
+        collector.start()
     stop_gc = _tidy_heap()
     try:
         record: dict[str, Any] = {"pid": os.getpid(), "url": address}
@@ -138,9 +150,39 @@ def run_server(
         server.run()  # returns on SIGTERM / SIGINT
     finally:
         stop_gc.set()
+        if collector is not None:
+            collector.stop()
         controller.stop()
         info.unlink(missing_ok=True)
         os.close(sole)  # the lock goes with it
+
+
+def metrics_collector(
+    home: Path,
+    ctx: Context,
+    config: MetricsConfig,
+    owned: Callable[[], Collection[str]] | None = None,
+) -> Collector | None:
+    """The metrics collector (not started), writing to $DIPLO_HOME/metrics.db, of the apps
+    `owned` names (this home's: as `diplo status` shows them); None when the host's
+    config turns metrics off, or beside an in-memory engine."""
+    if not config.enabled:
+        return None
+    try:
+        meter = ctx.meter
+    except DiploError as exc:
+        log.warning("metrics.unavailable", error=exc.message)
+        return None
+    if meter is None:
+        return None
+    retention = Retention(**config.retention.model_dump())
+    store = MetricStore(home / METRICS_FILE, retention, config.interval)
+
+    def latency(app: str) -> float | None:
+        newest = status.probes(ctx, app, 1)
+        return newest[0].latency_ms if newest else None
+
+    return Collector(meter, store, interval=config.interval, latency=latency, owned=owned)
 
 
 def _sole_server(home: Path) -> int:

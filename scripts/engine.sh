@@ -113,3 +113,25 @@ if ! docker image inspect busybox:latest >/dev/null 2>&1; then
     - busybox:latest >/dev/null
   echo "engine: seeded busybox:latest from $bb" >&2
 fi
+
+# Debian's Prometheus, for the integration test that scrapes `diplo serve`'s /metrics
+# (tests/integration/test_metrics.py starts its own, on a free port). Its package must not
+# start a system-wide server: a policy-rc.d that refuses is put in place for the install
+# when the machine has none.
+if ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "engine: installing prometheus" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    policy=/usr/sbin/policy-rc.d
+    ours=""
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && ours=1
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null || status=$?
+    [ -z "$ours" ] || rm -f "$policy"
+    [ "${status:-0}" = 0 ] || { echo "engine: installing prometheus failed" >&2; exit 1; }
+  else
+    echo "engine: prometheus is missing (the metrics integration test needs it); install Debian's package" >&2
+  fi
+fi

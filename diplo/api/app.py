@@ -31,6 +31,7 @@ from diplo.api.access import Access, HostCheck
 from diplo.api.fastpath import ListingFastPath
 from diplo.api.gitops import add_gitops_routes, busy
 from diplo.api.limits import RateLimiter, StreamSlots, relay
+from diplo.api.metrics import RequestTimer, add_metrics_routes
 from diplo.api.params import AppName
 from diplo.api.problems import (
     AUTH_ERRORS,
@@ -46,6 +47,7 @@ from diplo.errors import DiploError
 from diplo.ops import lifecycle, status
 
 if TYPE_CHECKING:
+    from diplo.metrics.collector import Collector
     from diplo.webhooks import WebhookSecrets
 
 RATE = (20, 10.0)  # POSTs per client: at most 20 per 10 s
@@ -105,14 +107,18 @@ def asgi_app(
     webhook_secrets: WebhookSecrets | None = None,
     listen_host: str = "127.0.0.1",
     allowed_hosts: Iterable[str] = (),
+    metrics: Collector | None = None,
 ) -> HostCheck:
     """What `diplo serve` runs: the Host check, then the GET /apps fast path, then the API."""
-    api = create_app(controller, access, webhook_secrets)
+    api = create_app(controller, access, webhook_secrets, metrics)
     return HostCheck(ListingFastPath(api, controller, access), listen_host, allowed_hosts)
 
 
 def create_app(
-    controller: Controller, access: Access, webhook_secrets: WebhookSecrets | None = None
+    controller: Controller,
+    access: Access,
+    webhook_secrets: WebhookSecrets | None = None,
+    metrics: Collector | None = None,
 ) -> FastAPI:
     api = FastAPI(
         title="Diplo",
@@ -120,6 +126,7 @@ def create_app(
         description="The API of `diplo serve`: apps, health, deployments, events.",
     )
     api.add_middleware(GZipMiddleware, minimum_size=512)
+    api.add_middleware(RequestTimer, meter=controller.meter)
     limiter = RateLimiter(*RATE)
     follows = StreamSlots("log follows", *FOLLOWS)
     subscribers = StreamSlots("event streams", *SUBSCRIBERS)
@@ -276,12 +283,14 @@ def create_app(
 
     @api.get(
         "/system/stats",
-        summary="Counts, ports, disk, uptime, engine",
+        summary="Counts, ports, disk, uptime, engine; the host's CPU, memory, load and the "
+        "disk of Docker's data root",
         dependencies=reads,
         responses=AUTH_ERRORS,
     )
     def stats() -> dict[str, Any]:
         rows = list(controller.view.rows.values())
+        host = metrics.host if metrics is not None else None
         return {
             "apps": {
                 "total": len(rows),
@@ -294,6 +303,17 @@ def create_app(
             "docker_version": controller.view.engine_version,
             "engine_ok": controller.view.engine_ok,
             "last_resync": controller.state.last_resync,
+            # the collector's newest host sample (null when metrics are off)
+            "host": host.as_dict() if host is not None else None,
+            "metrics": {
+                "enabled": metrics is not None,
+                "interval_s": metrics.interval if metrics is not None else None,
+                "containers": len(metrics.latest) if metrics is not None else 0,
+                "last_cycle_s": round(metrics.last_cycle_seconds, 4) if metrics else None,
+                "history_bytes": metrics.store.size_bytes()
+                if metrics is not None and metrics.store is not None
+                else None,
+            },
         }
 
     @api.post(
@@ -351,4 +371,5 @@ def create_app(
         )
 
     add_gitops_routes(api, controller, authorized, view, Problem, webhook_secrets)
+    add_metrics_routes(api, controller.meter, metrics, reads, view)
     return api

@@ -8,11 +8,13 @@ import json
 import os
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 from diplo.errors import InputError
-from diplo.ops.commands import Outcome, Statuses
+from diplo.ops.commands import Outcome, Statuses, duration
+from diplo.ops.metrics import AppUsage, Top
 from diplo.ops.status import AppView
 from diplo.paths import default_home
 from diplo.tokens import WeakToken, api_token
@@ -78,6 +80,25 @@ class RemoteOps:
     def sync(self, app: str, *, resume: bool) -> Outcome:
         answer = self.post(f"/apps/{app}/sync" + ("?resume=true" if resume else ""), None)
         return Outcome(bool(answer.get("accepted", True)), answer["detail"])
+
+    def top(self) -> Top:
+        answer = self.get("/system/top")
+        apps = [AppUsage.from_dict(a) for a in answer["apps"]]
+        return Top(apps, answer.get("host"), answer.get("interval_s"), served_by=self.url)
+
+    def metrics(self, app: str, since: str, step: str | None) -> dict[str, Any]:
+        # Checked here for the same messages as without a server (the API says 422).
+        query = {"since": _api_duration(since, "--since")}
+        if step:
+            query["step"] = _api_duration(step, "--step")
+        self.status(app)  # an unknown app: the same message as `diplo status APP`
+        answer: dict[str, Any] = self.get(f"/apps/{app}/metrics?{urllib.parse.urlencode(query)}")
+        return answer
+
+
+def _api_duration(text: str, option: str) -> str:
+    """The API takes whole seconds, minutes, hours or days (`90s`, `1h`, `7d`)."""
+    return f"{int(duration(text, option))}s"
 
 
 def running_server() -> RemoteOps | None:

@@ -174,6 +174,66 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--once", is_flag=True, help="Print one table and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document and exit.")
+@click.option(
+    "--every",
+    type=click.FloatRange(0.5, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes of the live table.",
+)
+@click.pass_context
+@handled
+def top(ctx: click.Context, once: bool, as_json: bool, every: float) -> None:
+    """Live CPU, memory, network and restarts of each app (from diplo serve's collector)."""
+    import time
+
+    from diplo.cli.usage import print_top, top_table
+
+    ops = _operations(ctx, ())
+    if as_json:
+        click.echo(json.dumps(ops.top().as_dict(), indent=2))
+        return
+    if once or not sys.stdout.isatty():
+        print_top(ops.top())
+        return
+    from rich.live import Live
+
+    try:
+        with Live(top_table(ops.top()), auto_refresh=False, screen=False) as live:
+            while True:
+                time.sleep(every)
+                live.update(top_table(ops.top()), refresh=True)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a live table ends
+
+
+@main.command()
+@click.argument("app")
+@click.option("--since", default="1h", show_default=True, help="How far back: 30m, 1h, 7d.")
+@click.option("--step", default=None, help="Seconds per value (default: 30 rows, or raw).")
+@click.option("--json", "as_json", is_flag=True, help="The series as one JSON document.")
+@click.pass_context
+@handled
+def metrics(ctx: click.Context, app: str, since: str, step: str | None, as_json: bool) -> None:
+    """An app's CPU, memory, network and probe latency over time."""
+    import math
+
+    from diplo.cli.usage import ROWS, series_table
+    from diplo.ops.commands import duration
+
+    seconds = duration(since, "--since")
+    if step is None and not as_json:
+        step = f"{math.ceil(seconds / ROWS)}s"
+    series = _operations(ctx, ()).metrics(app, since, step)
+    if as_json:
+        click.echo(json.dumps(series, indent=2))
+        return
+    series_table(series)
+
+
+@main.command()
 @click.argument("apps", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Every app Diplo runs on this host.")
 @click.option("--volumes", is_flag=True, help="Also remove the apps' named volumes (data!).")

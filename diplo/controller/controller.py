@@ -29,6 +29,7 @@ from diplo.controller.triggers import Triggers
 from diplo.controller.view import View
 from diplo.controller.workqueue import ALL, RELOAD, WorkQueue
 from diplo.errors import DiploError
+from diplo.metrics.prom import OwnMetrics
 from diplo.model import DesiredApp
 from diplo.ops import lifecycle, rollback
 from diplo.ops.apply import ApplyReport, DeployHandle, Reporter, Watch, apply
@@ -76,6 +77,8 @@ class Controller:
         self.state = DesiredStore(self.sources, ctx, self.bus, self._sync_changed)
         self.view = View(ctx, self.bus, self.state, self.sources)
         self.healer = Healer(clock)
+        self.meter = OwnMetrics()  # what GET /metrics says of the controller itself
+        self.meter.watch_queue(lambda: len(self.queue))
         self._stop = threading.Event()
         self.triggers = Triggers(
             ctx, self.queue, self.bus, self.view, self._stop, resync=resync,
@@ -154,6 +157,7 @@ class Controller:
         for every other app meanwhile."""
 
         def run() -> None:
+            self.meter.health_restarts.inc()
             try:
                 self.restart(app, reason)
             except DiploError as exc:
@@ -216,6 +220,7 @@ class Controller:
             scope = self.state.scope_for(app)
             if scope is None:
                 return Result()  # `prune: false`: an app that left the source keeps running
+            began = time.monotonic()
             try:
                 report = apply(
                     self.ctx,
@@ -231,7 +236,7 @@ class Controller:
                 )
             except DiploError as exc:
                 return Result(exc.message, retry=exc.retryable, retry_after=exc.retry_after)
-            result = self._outcome(app, report, bound)
+            result = self._outcome(app, report, bound, time.monotonic() - began)
         self.view.refresh([app])
         return result
 
@@ -261,19 +266,22 @@ class Controller:
         )
         return running or app_plan.kind == "update"
 
-    def _outcome(self, app: str, report: ApplyReport, bound: Any) -> Result:
+    def _outcome(self, app: str, report: ApplyReport, bound: Any, took: float = 0.0) -> Result:
         app_plan = report.plan.app(app)
         if report.result is None:  # nothing to do, or held back
             held = app_plan is not None and bool(app_plan.actions)
             return Result(held=held)
         assert app_plan is not None
         outcome = report.result.outcomes.get(app)
+        self.meter.deployed(app_plan.kind, outcome is None or outcome.ok, took)
         spec = report.prepared.desired.app(app)
         if outcome is None or outcome.ok:
             drift = app_plan.kind in ("create", "start") and app in self.view.rows
             self.failed_release.pop(app, None)
             self.healer.healthy(app)
             kind = "drift.healed" if drift else f"app.{app_plan.kind}"
+            if drift:
+                self.meter.drift_heals.inc()
             bound.info(kind, reason=app_plan.reason)
             self.bus.publish(kind, app, reason=app_plan.reason)
             if drift and app_plan.kind == "start":
@@ -290,6 +298,7 @@ class Controller:
 
     def _settle(self, app: str, result: Result) -> None:
         """The one place a reconcile's result is acted on."""
+        self.meter.reconciled("held" if result.held else "ok" if result.error is None else "error")
         if result.held:
             return
         if result.error is None:

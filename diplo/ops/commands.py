@@ -8,16 +8,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from diplo.errors import InputError
+from diplo.hostconfig import load_config
 from diplo.manifest.load import load_manifests
+from diplo.metricstore import Retention
 from diplo.model import DesiredState
 from diplo.ops import rollback as rollbacks
 from diplo.ops.apply import LOCK_WAIT, ApplyReport, Watch, apply
 from diplo.ops.context import Context
+from diplo.ops.metrics import Top, local_series, local_top
 from diplo.ops.provenance import folder_revision
 from diplo.ops.status import AppView, status
+from diplo.units import parse_duration
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,12 @@ class Operations(Protocol):
     def rollback(self, app: str, to: int | None) -> Outcome: ...
 
     def sync(self, app: str, *, resume: bool) -> Outcome: ...
+
+    def top(self) -> Top: ...
+
+    def metrics(self, app: str, since: str, step: str | None) -> dict[str, Any]:
+        """An app's series, as GET /apps/{app}/metrics answers it."""
+        ...
 
 
 class LocalOps:
@@ -98,3 +108,33 @@ class LocalOps:
             self.say(f"{app}: following the manifest again")
         report = self._apply(desired, app)
         return Outcome(report.ok, "synced" if report.ok else "sync failed", report)
+
+    def top(self) -> Top:
+        """From the metrics history the last `diplo serve` wrote."""
+        config = load_config().metrics
+        return local_top(config.interval, _retention(config.retention.model_dump()))
+
+    def metrics(self, app: str, since: str, step: str | None) -> dict[str, Any]:
+        config = load_config().metrics
+        status(self.ctx, app)  # an unknown app is an error, not an empty series
+        return local_series(
+            app,
+            duration(since, "--since"),
+            duration(step, "--step") if step else None,
+            config.interval,
+            _retention(config.retention.model_dump()),
+        )
+
+
+def duration(text: str, option: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise InputError(f"{option}: {exc}") from exc
+    if seconds < 1:
+        raise InputError(f"{option}: {text!r} is under a second")
+    return seconds
+
+
+def _retention(values: dict[str, int]) -> Retention:
+    return Retention(**values)

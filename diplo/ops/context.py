@@ -15,12 +15,14 @@ from diplo.runtime.base import Runtime
 
 if TYPE_CHECKING:
     from diplo.executor.strategy import Router
+    from diplo.runtime.sampling import EngineMeter
 
 
 @dataclass
 class Context:
     _runtime: Runtime | None = None
     _ledger: Ledger | None = None
+    _meter: EngineMeter | None = None
     # The host's reverse proxy, when it has one: deploys of apps with domains switch and
     # drain through it. None: no proxy (start-first then starts, gates and stops only).
     router: Router | None = None
@@ -32,6 +34,19 @@ class Context:
 
             self._runtime = DockerRuntime()
         return self._runtime
+
+    @property
+    def meter(self) -> EngineMeter | None:
+        """The metrics collector's engine side, beside the real engine only (an in-memory
+        engine of the tests has no kernel counters to read)."""
+        if self._meter is None:
+            from diplo.runtime.docker_engine import DockerRuntime
+
+            if isinstance(self.runtime, DockerRuntime):
+                from diplo.runtime.sampling import EngineMeter
+
+                self._meter = EngineMeter()
+        return self._meter
 
     @property
     def locks(self) -> AppLocks:

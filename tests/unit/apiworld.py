@@ -23,12 +23,15 @@ from diplo.api.access import Access
 from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
 from diplo.ledger import Ledger
+from diplo.metrics.collector import Collector
+from diplo.metricstore import MetricStore
 from diplo.model import LABEL_APP
 from diplo.ops.context import Context
 from diplo.runtime.memory import MemoryRuntime
 from diplo.serve import Exposure, server_config
 
 from .factories import IMAGE_ID
+from .kerneltree import FakeEngine, Tree, running
 
 TOKEN = "t0ken-for-the-api-tests-admin"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -70,6 +73,7 @@ class World:
     controller: Controller
     api: Any  # the ASGI app `diplo serve` runs
     access: Access
+    metrics: Collector
 
     def client(self, host: str = "testclient", headers: dict[str, str] | None = None) -> TestClient:
         """A client at address `host`, sending `headers` with every request."""
@@ -101,12 +105,37 @@ def build_world(
     engine = engine or MemoryRuntime(images={"busybox:latest": IMAGE_ID})
     ledger = Ledger(root / "home" / "ledger.db")
     controller = Controller(folder, Context(_runtime=engine, _ledger=ledger))
-    api = asgi_app(controller, access)
-    world = World(folder, engine, ledger, controller, api, access)
+    metrics = sampled(root)
+    api = asgi_app(controller, access, metrics=metrics)
+    world = World(folder, engine, ledger, controller, api, access, metrics)
     world.write(app_specs())
     for name in APPS:
         controller.handle(name)
     return world
+
+
+WEB_ID = "c" * 64
+
+
+def sampled(root: Path) -> Collector:
+    """A collector over a kernel tree where `web` runs one container that used 1.5 s of
+    CPU in 10 s (15 % of a core) and 40 MiB of its 100 MiB: two cycles, both written."""
+    tree = Tree(root / "kernel", 1)
+    tree.container(WEB_ID, 10, cpu_ns=10**9, memory=40 << 20, limit=100 << 20)
+    engine = FakeEngine([running(WEB_ID, 10, cpus=0.5)], root=str(root))
+    mono = [0.0]
+    collector = Collector(
+        engine,
+        MetricStore(root / "home" / "metrics.db"),
+        root=root / "kernel",
+        mono=lambda: mono[0],
+        latency=lambda app: 3.0,
+    )
+    collector.cycle()
+    tree.container(WEB_ID, 10, cpu_ns=25 * 10**8, memory=40 << 20, limit=100 << 20)
+    mono[0] = 10.0
+    collector.cycle()
+    return collector
 
 
 class FollowingRuntime(MemoryRuntime):

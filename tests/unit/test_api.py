@@ -23,7 +23,7 @@ from diplo.model import redact
 from .apiworld import ACCESS, AUTH, SECRET, TOKEN, World, app_specs, build_world
 
 PROBLEM = "application/problem+json"
-APP_READS = ("", "/health", "/deployments", "/logs")  # GET /apps/{app}<suffix>
+APP_READS = ("", "/health", "/deployments", "/logs", "/metrics")  # GET /apps/{app}<suffix>
 ACTIONS = ("sync", "restart", "cancel")  # POST /apps/{app}/<action>
 
 

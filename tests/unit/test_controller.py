@@ -101,6 +101,27 @@ def test_unhealthy_app_is_restarted_with_backoff(controller: Controller, clock: 
     assert controller.healer.restarts("web") == 3
     kinds = [e.kind for e in controller.ctx.ledger.events("web")]
     assert kinds.count("app.restarted") == 3
+    assert metric(controller, "diplo_health_restarts_total") == 3
+
+
+def metric(controller: Controller, name: str, **labels: str) -> float | None:
+    return controller.meter.registry.get_sample_value(name, labels)
+
+
+def test_reconciles_deploys_and_drift_heals_are_counted(controller: Controller):
+    engine = controller.ctx.runtime
+    controller.handle("web")
+    controller.handle("web")  # nothing to do
+    assert metric(controller, "diplo_deploys_total", kind="create", result="ok") == 1
+    assert metric(controller, "diplo_deploy_duration_seconds_count", result="ok") == 1
+    assert metric(controller, "diplo_reconciles_total", result="ok") == 2
+    for cid in list(engine.containers):  # removed by hand: drift
+        engine.remove(cid)
+    controller.handle("web")
+    assert metric(controller, "diplo_drift_heals_total") == 1
+    assert metric(controller, "diplo_deploys_total", kind="create", result="ok") == 2
+    controller.queue.add("other")
+    assert metric(controller, "diplo_workqueue_depth") == 1
 
 
 def test_a_slow_restart_does_not_hold_the_health_loop(controller: Controller, clock: Clock):

@@ -36,3 +36,30 @@ def test_a_broken_config_is_a_clear_input_error(text: str, message: str):
     with pytest.raises(InputError, match=r"config\.yaml: ") as exc:
         parse_config(text)
     assert message in exc.value.message
+
+
+def test_the_metrics_interval_and_retention_are_the_hosts(tmp_path: Path):
+    assert load_config(tmp_path).metrics.interval == 10.0
+    (tmp_path / "config.yaml").write_text(
+        "metrics:\n  interval: 5\n  retention: {raw: 7200, ten_minutes: 2592000}\n"
+    )
+    metrics = load_config(tmp_path).metrics
+    assert metrics.enabled and metrics.interval == 5.0
+    assert metrics.retention.model_dump() == {"raw": 7200, "minute": 86400, "ten_minutes": 2592000}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "metrics: {interval: 0.1}\n",
+            "metrics.interval: Input should be greater than or equal to 1",
+        ),
+        ("metrics: {retention: {raw: 10}}\n", "metrics.retention.raw: Input should be greater"),
+        ("metrics: {retention: {hourly: 10}}\n", "metrics.retention.hourly: Extra inputs"),
+    ],
+)
+def test_a_broken_metrics_section_is_a_clear_input_error(text: str, message: str):
+    with pytest.raises(InputError) as exc:
+        parse_config(text)
+    assert message in exc.value.message

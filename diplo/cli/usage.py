@@ -1,0 +1,104 @@
+"""How `diplo top` and `diplo metrics` show resource use: rich tables, one-line host
+figures, human units (KiB, MiB/s)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import click
+
+from diplo.cli.render import _console, _table, plain
+from diplo.ops.metrics import Top
+
+UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def size(value: float | None, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    n = float(value)
+    for unit in UNITS:
+        if abs(n) < 1024 or unit == UNITS[-1]:
+            return f"{n:.0f} {unit}{suffix}" if unit == "B" else f"{n:.1f} {unit}{suffix}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def host_line(host: dict[str, Any] | None) -> str | None:
+    if not host:
+        return None
+    mem = host["memory"]
+    disk = host["docker_disk"]
+    parts = [
+        f"host: CPU {pct(host['cpu_percent'])} of {host['cores']} cores",
+        f"memory {size(mem['used_bytes'])} / {size(mem['total_bytes'])}",
+        f"load {host['load']['1m']:.2f}",
+    ]
+    if disk.get("free_bytes") is not None:
+        parts.append(f"docker disk {size(disk['free_bytes'])} free")
+    return ", ".join(parts)
+
+
+def top_table(top: Top) -> Any:
+    """The table (a rich renderable) of `diplo top`."""
+    from rich.console import Group
+    from rich.text import Text
+
+    table = _table("APP", "REPLICAS", "CPU", "MEMORY", "MEM %", "NET RX", "NET TX", "RESTARTS")
+    for u in top.apps:
+        table.add_row(
+            plain(u.app),
+            str(u.replicas),
+            pct(u.cpu_percent),
+            size(u.memory_bytes),
+            pct(u.memory_percent),
+            size(u.rx_bytes_per_second, "/s"),
+            size(u.tx_bytes_per_second, "/s"),
+            str(u.restarts),
+        )
+    lines: list[Any] = []
+    if top.served_by:
+        lines.append(Text(f"from diplo serve at {top.served_by}"))
+    if (host := host_line(top.host)) is not None:
+        lines.append(Text(host))
+    if top.apps:
+        lines.append(table)
+    else:
+        lines.append(Text("no samples yet: metrics are collected by `diplo serve`"))
+    return Group(*lines)
+
+
+def print_top(top: Top) -> None:
+    _console().print(top_table(top))
+
+
+ROWS = 30  # the human table of `diplo metrics` has at most this many rows
+
+
+def series_table(series: dict[str, Any]) -> None:
+    m = series["metrics"]
+    stamps = series["timestamps"]
+    if not stamps:
+        click.echo(f"{series['app']}: no samples in the last {series['since']}s")
+        return
+    table = _table("TIME", "CPU", "CPU MAX", "MEMORY", "MEM MAX", "NET RX", "NET TX", "PROBE")
+    for i, ts in enumerate(stamps):
+        when = dt.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M:%S")
+        latency = m["latency_ms"][i]
+        table.add_row(
+            when,
+            pct(m["cpu_percent"][i]),
+            pct(m["cpu_percent_max"][i]),
+            size(m["memory_bytes"][i]),
+            size(m["memory_bytes_max"][i]),
+            size(m["rx_bytes_per_second"][i], "/s"),
+            size(m["tx_bytes_per_second"][i], "/s"),
+            "-" if latency is None else f"{latency:.0f} ms",
+        )
+    click.echo(f"{series['app']}: every {series['step']}s over the last {series['since']}s")
+    _console().print(table)
