@@ -29,6 +29,11 @@ class ProxyConfig(BaseModel):
         description="The proxy's image; by default caddy:2, or one Diplo builds from the "
         "host's caddy binary when no registry answers.",
     )
+    name: str = Field(
+        "diplo-proxy",
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
+        description="The proxy's container (its data volume is NAME-data).",
+    )
 
 
 class RetentionConfig(BaseModel):

@@ -215,9 +215,11 @@ def apply_outcome(report: ApplyReport, json_mode: bool) -> int:
             click.echo(f"error: {o.message}", err=True)
     for name in report.unpinned:
         click.echo(f"{name}: rollback failed; {name} is not pinned", err=True)
+    if report.proxy_error:
+        click.echo(f"error: {report.proxy_error}", err=True)
     if report.cancelled:
         return 130
-    return 0 if result.ok else 1
+    return 0 if report.ok else 1
 
 
 # --- status and history -----------------------------------------------------------------------

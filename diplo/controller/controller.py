@@ -32,6 +32,7 @@ from diplo.errors import DiploError
 from diplo.metrics.prom import OwnMetrics
 from diplo.model import DesiredApp
 from diplo.ops import lifecycle, rollback
+from diplo.ops import proxy as routed
 from diplo.ops.apply import ApplyReport, DeployHandle, Reporter, Watch, apply
 from diplo.ops.context import Context
 from diplo.ops.plan import Prepared
@@ -138,8 +139,18 @@ class Controller:
             try:
                 self.view.refresh()
                 self.heal()
+                self._proxy(routed.heal)
             except Exception as exc:  # a bug must not end the health loop for good
                 log.exception("health.loop_crashed", error=str(exc))
+
+    def _proxy(self, step: Callable[[Context], object]) -> None:
+        """Keep the proxy serving every route (a resync), or bring it back (a health
+        tick); a failure is logged and tried again next time."""
+        try:
+            step(self.ctx)
+        except DiploError as exc:
+            log.warning("proxy.failed", error=exc.message)
+            self.bus.publish("proxy.failed", error=exc.message)
 
     def heal(self) -> None:
         """Restart the apps that turned unhealthy, with backoff."""
@@ -203,6 +214,8 @@ class Controller:
         at (all of them on a resync); an app is reconciled and its result settled."""
         if key in (ALL, RELOAD):
             changed = self.reload()
+            if key == ALL:
+                self._proxy(routed.converge)
             everything = set(self.state.known) | set(self.view.rows)
             for name in sorted(everything if key == ALL else changed):
                 self.queue.add(name)
@@ -287,6 +300,9 @@ class Controller:
             if drift and app_plan.kind == "start":
                 # A container that stopped by itself is restarted with backoff next time.
                 self.healer.failed(app)
+            if report.proxy_error:  # deployed, but not served yet: tried again
+                bound.warning("proxy.failed", error=report.proxy_error)
+                return Result(report.proxy_error, retry=True)
             return Result()
         if spec is not None and app_plan.kind in ("create", "update"):
             self.failed_release[app] = _release(spec)

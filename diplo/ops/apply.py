@@ -21,6 +21,7 @@ from diplo.errors import DiploError, InputError
 from diplo.executor import ApplyResult, Executor, NullReporter, Reporter
 from diplo.hostkey import seal
 from diplo.model import DesiredState, Plan, Revision
+from diplo.ops import proxy as routed
 from diplo.ops.context import Context
 from diplo.ops.plan import Prepared, apps_to_lock, plan_state
 from diplo.ops.rollback import Pinned, apply_pins
@@ -56,14 +57,15 @@ class ApplyReport:
     result: ApplyResult | None = None  # None: nothing was executed (dry run, skipped)
     unpinned: tuple[str, ...] = ()  # pinned apps whose deploy failed: they follow the source
     cancelled: bool = False
+    proxy_error: str | None = None  # the apps deployed, but the proxy could not serve them
+
+    @property
+    def ok(self) -> bool:
+        return (self.result is None or self.result.ok) and self.proxy_error is None
 
     @property
     def plan(self) -> Plan:
         return self.prepared.plan
-
-    @property
-    def ok(self) -> bool:
-        return self.result is None or self.result.ok
 
     @property
     def orphans(self) -> list[str]:
@@ -115,6 +117,7 @@ def apply(
         if dry_run or (skip is not None and skip(prepared)):
             return report
         handle = DeployHandle()
+        routed.expect(ctx, [a for a in prepared.desired.apps if only is None or a.name in only])
         with watch(report, handle) as reporter:
             executor = Executor(
                 ctx.runtime,
@@ -133,7 +136,22 @@ def apply(
         report.unpinned = _unpin_failed(ctx, report)
         _seal_env(ctx, report)
         _drop_empty_networks(ctx, report)
+        _serve_routes(ctx, report)
         return report
+
+
+def _serve_routes(ctx: Context, report: ApplyReport) -> None:
+    """The proxy serves the routes of the apps this apply deployed, with their replicas'
+    addresses. A proxy that cannot (its ports taken, Caddy refusing a certificate)
+    fails the apply with its reason; the apps themselves stay deployed."""
+    moved = routed.record(ctx, report)
+    if not moved:
+        return
+    try:
+        routed.converge(ctx, moved)
+    except DiploError as exc:
+        log.warning("proxy.failed", error=exc.message)
+        report.proxy_error = f"proxy: {exc.message}"
 
 
 def _seal_env(ctx: Context, report: ApplyReport) -> None:

@@ -15,6 +15,7 @@ from diplo.runtime.base import Runtime
 
 if TYPE_CHECKING:
     from diplo.executor.strategy import Router
+    from diplo.proxy.manager import Proxy
     from diplo.runtime.sampling import EngineMeter
 
 
@@ -23,9 +24,48 @@ class Context:
     _runtime: Runtime | None = None
     _ledger: Ledger | None = None
     _meter: EngineMeter | None = None
-    # The host's reverse proxy, when it has one: deploys of apps with domains switch and
-    # drain through it. None: no proxy (start-first then starts, gates and stops only).
-    router: Router | None = None
+    # The host's reverse proxy (Caddy), beside the real engine, or one a test gives.
+    _proxy: Proxy | None = None
+    # What deploys of apps with domains switch and drain through: by default the host's
+    # proxy (ops/proxy.py). None without one: start-first then starts, gates and stops.
+    _router: Router | None = None
+
+    @property
+    def proxy_enabled(self) -> bool:
+        """Whether apps with domains are served through a proxy here: beside the real
+        engine (the in-memory engine of the tests has no network to proxy to)."""
+        if self._proxy is not None:
+            return True
+        from diplo.runtime.docker_engine import DockerRuntime
+
+        return isinstance(self.runtime, DockerRuntime)
+
+    @property
+    def proxy(self) -> Proxy:
+        """The host's proxy, as $DIPLO_HOME/config.yaml describes it (not started here)."""
+        if self._proxy is None:
+            from diplo.hostconfig import load_config
+            from diplo.proxy.config import ProxySettings
+            from diplo.proxy.manager import Proxy
+
+            cfg = load_config().proxy
+            settings = ProxySettings(cfg.http_port, cfg.https_port, cfg.email)
+            self._proxy = Proxy(
+                default_home(), settings, name=cfg.name, volume=f"{cfg.name}-data", image=cfg.image
+            )
+        return self._proxy
+
+    @property
+    def router(self) -> Router | None:
+        if self._router is None and self.proxy_enabled:
+            from diplo.ops.proxy import ProxyRouter
+
+            self._router = ProxyRouter(self)
+        return self._router
+
+    @router.setter
+    def router(self, router: Router | None) -> None:
+        self._router = router
 
     @property
     def runtime(self) -> Runtime:
@@ -66,3 +106,5 @@ class Context:
     def close(self) -> None:
         if self._ledger is not None:
             self._ledger.close()
+        if self._proxy is not None:
+            self._proxy.close()

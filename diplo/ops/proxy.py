@@ -1,0 +1,197 @@
+"""The host's reverse proxy as the operations drive it.
+
+What it serves is in the ledger (`routes`: an app's domains, HTTP port and TLS, written
+when the app is applied, dropped when it goes), so Caddy's whole config can be derived
+again at any time: after `diplo apply`, on every resync of `diplo serve`, and whenever
+its container is found dead. Caddy's admin API is the only writer.
+
+Upstreams are the one thing not in the ledger: they follow the running replicas. An app
+this operation has just deployed (under its lock) gets the addresses of its settled
+replicas; every other app keeps what Caddy serves now, so a full load never undoes the
+switch of a start-first deploy running elsewhere. Loads and switches take one lock,
+shared by every Diplo process on the host."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from diplo.errors import DiploError, ProxyUnavailable
+from diplo.model import DesiredApp, container_name
+from diplo.ops.context import Context
+from diplo.proxy.config import CertFiles, Route, Tls, upstreams_id
+
+if TYPE_CHECKING:
+    from diplo.ops.apply import ApplyReport
+
+log = structlog.get_logger("diplo.proxy")
+
+LOCK = ".proxy"  # a lock file name no app can have (app names start with a letter)
+LOCK_WAIT = 60.0
+_UPSTREAMS = upstreams_id("")  # the prefix of every app's upstreams @id
+
+
+def route_of(app: DesiredApp) -> dict[str, Any] | None:
+    """What the ledger keeps of an app for the proxy; None: it has no domains."""
+    if not app.domains or app.http_port is None:
+        return None
+    health = app.health
+    checked = health.kind == "http" and health.port in (None, app.http_port)
+    return {
+        "domains": list(app.domains),
+        "http_port": app.http_port,
+        "tls": app.tls,
+        "cert": app.tls_cert,
+        "key": app.tls_key,
+        "health_path": health.path if checked else None,
+        "replicas": app.replicas,
+    }
+
+
+def record(ctx: Context, report: ApplyReport) -> set[str]:
+    """Keep the routes of the apps this apply deployed; returns the apps whose traffic
+    may have moved (their upstreams are looked up again)."""
+    assert report.result is not None
+    moved: set[str] = set()
+    for name, outcome in report.result.outcomes.items():
+        spec = report.prepared.desired.app(name)
+        if not outcome.ok or spec is None:
+            continue
+        route = route_of(spec)
+        known = name in ctx.ledger.routes()
+        if route is not None or known:
+            ctx.ledger.set_route(name, spec.project, route)
+            moved.add(name)
+    return moved
+
+
+class ProxyRouter:
+    """The executor's Router (executor/strategy.py) over the host's proxy: a start-first
+    deploy switches and drains through it. A route Caddy does not have yet (a new app)
+    is loaded first, from `pending`: the routes of the apps being applied."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.pending: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (app, route)
+
+    def switch(self, key: str, upstreams: Sequence[str]) -> None:
+        with self.ctx.locks.hold([LOCK], timeout=LOCK_WAIT):
+            proxy = self.ctx.proxy
+            if key not in _served(self.ctx):
+                app, route = self.pending[key]
+                project = key.split("/", 1)[0]
+                _load(self.ctx, extra={app: (project, route, list(upstreams))})
+                return
+            proxy.switch(key, upstreams)
+
+    def in_flight(self, upstreams: Sequence[str]) -> int:
+        return self.ctx.proxy.in_flight(upstreams)
+
+
+def expect(ctx: Context, apps: Iterable[DesiredApp]) -> None:
+    """Tell the router the routes of the apps an apply is about to deploy."""
+    router = ctx.router
+    if isinstance(router, ProxyRouter):
+        router.pending = {
+            a.key: (a.name, route) for a in apps if (route := route_of(a)) is not None
+        }
+
+
+def converge(ctx: Context, moved: Iterable[str] = ()) -> bool:
+    """Caddy running and serving every route of the ledger. Returns False when there is
+    nothing to serve and no proxy (then nothing is started)."""
+    if not ctx.proxy_enabled:
+        return False
+    with ctx.locks.hold([LOCK], timeout=LOCK_WAIT):
+        if not ctx.ledger.routes() and ctx.proxy.runtime.state(ctx.proxy.name) is None:
+            return False
+        _load(ctx, moved=set(moved))
+        return True
+
+
+def heal(ctx: Context) -> bool:
+    """Bring a dead proxy back with every route (cheap when it runs: one inspect)."""
+    if not ctx.proxy_enabled or not ctx.ledger.routes():
+        return False
+    state = ctx.proxy.runtime.state(ctx.proxy.name)
+    if state is not None and state.status == "running":
+        return False
+    log.warning("proxy.down", state=state.status if state else "missing")
+    converge(ctx)
+    log.info("proxy.healed")
+    return True
+
+
+def _load(
+    ctx: Context,
+    moved: set[str] | None = None,
+    extra: dict[str, tuple[str, dict[str, Any], list[str]]] | None = None,
+) -> None:
+    """Derive and load the whole config (under the proxy lock)."""
+    served = _served(ctx)
+    routes = []
+    rows = {app: (project, route, None) for app, (project, route) in ctx.ledger.routes().items()}
+    for app, (project, route, given) in {**rows, **(extra or {})}.items():
+        key = f"{project}/{app}"
+        if given is not None:
+            ups = list(given)
+        elif key in served and app not in (moved or set()):
+            ups = served[key]
+        else:
+            ups = _settled(ctx, project, app, route)
+        routes.append(_route(key, route, ups))
+    ctx.proxy.ensure(routes)
+
+
+def _served(ctx: Context) -> dict[str, list[str]]:
+    """key -> the upstreams Caddy serves now; empty when it does not answer."""
+    try:
+        config = ctx.proxy.admin.config() or {}
+    except ProxyUnavailable:
+        return {}
+    found: dict[str, list[str]] = {}
+    _walk(config, found)
+    return found
+
+
+def _walk(node: Any, found: dict[str, list[str]]) -> None:
+    if isinstance(node, dict):
+        ident = node.get("@id")
+        if isinstance(ident, str) and ident.startswith(_UPSTREAMS):
+            key = ident.removeprefix(_UPSTREAMS).replace(":", "/", 1)
+            found[key] = [str(u.get("dial", "")) for u in node.get("upstreams") or []]
+        for value in node.values():
+            _walk(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, found)
+
+
+def _settled(ctx: Context, project: str, app: str, route: dict[str, Any]) -> list[str]:
+    """The addresses of the app's running replicas under their settled names."""
+    names = {container_name(project, app, k) for k in range(1, int(route["replicas"]) + 1)}
+    out = []
+    for c in ctx.runtime.observe(containers_only=True).of_app(app):
+        if c.name in names and c.state == "running":
+            try:
+                ip = ctx.runtime.state(c.id).ip
+            except DiploError:
+                continue  # gone meanwhile
+            if ip:
+                out.append(f"{ip}:{route['http_port']}")
+    return sorted(out)
+
+
+def _route(key: str, route: dict[str, Any], upstreams: list[str]) -> Route:
+    tls: Tls = route["tls"]
+    if route["tls"] == "files":
+        tls = CertFiles(cert=route["cert"], key=route["key"])
+    return Route(
+        key=key,
+        domains=tuple(route["domains"]),
+        upstreams=tuple(upstreams),
+        tls=tls,
+        health_uri=route.get("health_path"),
+    )

@@ -1,0 +1,188 @@
+"""Apps with domains, end to end: `diplo apply` runs the host's Caddy, serves each app's
+replicas over HTTPS at its domains, deploys start-first with no failed request, keeps a
+broken release away from traffic, scales without dropping requests, and brings a killed
+proxy back with every route. Each test has its own proxy (name, volume, free ports in
+$DIPLO_HOME/config.yaml), removed afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diplo.proxy import Proxy, ProxySettings
+
+from .conftest import Sandbox, site
+from .test_proxy import eventually, free_port, http_get, https_get, proxy_image  # noqa: F401
+
+pytestmark = pytest.mark.docker
+
+
+@dataclass
+class Site:
+    box: Sandbox
+    http_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)
+
+    @property
+    def name(self) -> str:
+        return f"diplo-proxy-{self.box.id}"
+
+    def configure(self) -> None:
+        self.box.home.mkdir(parents=True, exist_ok=True)
+        (self.box.home / "config.yaml").write_text(
+            f"proxy:\n  name: {self.name}\n  http_port: {self.http_port}\n"
+            f"  https_port: {self.https_port}\n"
+        )
+
+    def proxy(self) -> Proxy:
+        settings = ProxySettings(self.http_port, self.https_port)
+        return Proxy(self.box.home, settings, name=self.name, volume=f"{self.name}-data")
+
+    def get(self, domain: str, path: str = "/", ca: str | None = None) -> tuple[int, str]:
+        return https_get(self.https_port, domain, path, ca=ca or self.ca)
+
+    @property
+    def ca(self) -> str:
+        proxy = self.proxy()
+        try:
+            return proxy.root_ca()
+        finally:
+            proxy.close()
+
+
+@pytest.fixture
+def web(sandbox: Sandbox, proxy_image: None) -> Iterator[Site]:  # noqa: F811
+    s = Site(sandbox)
+    s.configure()
+    try:
+        yield s
+    finally:
+        proxy = s.proxy()
+        with contextlib.suppress(Exception):
+            proxy.remove(volume=True)
+        proxy.close()
+
+
+def app_spec(box: Sandbox, text: str, **extra: Any) -> dict[str, Any]:
+    """busybox httpd serving `text` at / and its own hostname at /cgi-bin/who."""
+    www = Path(site(box.root, f"www-{text}", text))
+    cgi = www / "cgi-bin"
+    cgi.mkdir(exist_ok=True)
+    (cgi / "who").write_text("#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'; hostname\n")
+    (cgi / "who").chmod(0o755)
+    return {
+        "image": "busybox:latest",
+        "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+        "init": True,
+        "ports": ["8080"],
+        "volumes": [f"{www}:/www:ro"],
+        "health": {"http": {"path": "/", "port": 8080}, "interval": "200ms"},
+        "tls": "internal",
+        **extra,
+    }
+
+
+class Loop:
+    """A client asking the domain over and over, on new connections, in a thread."""
+
+    def __init__(self, site_: Site, domain: str) -> None:
+        self.site, self.domain, self.ca = site_, domain, site_.ca
+        self.bodies: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, body = self.site.get(self.domain, ca=self.ca)
+                if status != 200:
+                    self.failures.append(f"{status} {body[:80]}")
+                else:
+                    self.bodies.append(body.strip())
+            except Exception as exc:
+                self.failures.append(repr(exc))
+            time.sleep(0.02)
+
+    def stop(self) -> Loop:
+        self._stop.set()
+        self._thread.join(10)
+        return self
+
+
+def test_replicas_behind_a_domain_over_https_and_a_start_first_deploy_drops_nothing(
+    sandbox: Sandbox, web: Site
+):
+    box = sandbox
+    app, domain = box.name("web"), f"web-{box.id}.localhost"
+    box.manifest({app: app_spec(box, "v1", domains=[domain], replicas=2)})
+    box.diplo("apply", check=True)
+    assert len(box.containers(app, all=False)) == 2
+    assert eventually(lambda: web.get(domain)) == (200, "v1\n")
+    # HTTP redirects to HTTPS, keeping the port
+    status, location = http_get(web.http_port, domain)
+    assert status == 308 and location == f"Location: https://{domain}:{web.https_port}/"
+    # Both replicas get requests.
+    seen = {web.get(domain, "/cgi-bin/who")[1].strip() for _ in range(20)}
+    assert len(seen) == 2
+
+    loop = Loop(web, domain)
+    time.sleep(0.5)
+    box.manifest({app: app_spec(box, "v2", domains=[domain], replicas=2)})
+    box.diplo("apply", check=True)
+    time.sleep(0.5)
+    loop.stop()
+    assert loop.failures == []
+    assert loop.bodies[0] == "v1" and loop.bodies[-1] == "v2"
+    assert set(loop.bodies) == {"v1", "v2"} and len(loop.bodies) > 20
+    first_v2 = loop.bodies.index("v2")
+    assert "v1" not in loop.bodies[first_v2:]  # one switch, not a mix afterwards
+    assert len(box.containers(app, all=True)) == 2  # the old replicas are gone
+
+
+def test_a_broken_release_never_gets_a_request_and_a_scale_drops_none(sandbox: Sandbox, web: Site):
+    box = sandbox
+    app, domain = box.name("web"), f"shop-{box.id}.localhost"
+    good = app_spec(box, "good", domains=[domain], replicas=3)
+    box.manifest({app: good})
+    box.diplo("apply", check=True)
+    eventually(lambda: web.get(domain))
+    ids = {c["Id"] for c in box.containers(app, all=False)}
+
+    loop = Loop(web, domain)
+    broken = app_spec(box, "broken", domains=[domain], replicas=3)
+    broken["health"] = {"http": {"path": "/missing", "port": 8080}, "retries": 2}
+    broken["deploy"] = {"timeout": "15s"}
+    box.manifest({app: broken})
+    failed = box.diplo("apply")
+    assert failed.returncode == 1
+    for n in (1, 3):  # 3 -> 1 -> 3
+        box.manifest({app: {**good, "replicas": n}})
+        box.diplo("apply", check=True)
+        assert len(box.containers(app, all=False)) == n
+    loop.stop()
+    assert loop.failures == [] and set(loop.bodies) == {"good"}
+    survivors = {c["Id"] for c in box.containers(app, all=False)}
+    assert len(survivors & ids) >= 1  # replica 1 was never restarted
+
+
+def test_a_killed_proxy_comes_back_with_every_route(sandbox: Sandbox, web: Site):
+    box = sandbox
+    apps = {box.name(n): f"{n}-{box.id}.localhost" for n in ("a", "b")}
+    box.manifest({a: app_spec(box, a, domains=[d]) for a, d in apps.items()})
+    box.diplo("apply", check=True)
+    for a, d in apps.items():
+        assert eventually(lambda d=d: web.get(d)) == (200, f"{a}\n")
+    box.api.kill(web.name)
+    box.diplo("apply", check=True)  # nothing to deploy: the proxy alone is brought back
+    assert box.api.inspect_container(web.name)["State"]["Running"]
+    for a, d in apps.items():
+        assert eventually(lambda d=d: web.get(d)) == (200, f"{a}\n")
