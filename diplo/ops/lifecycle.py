@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from diplo.errors import InputError
 from diplo.executor import drop_kept_images
 from diplo.model import Deployment, ObservedContainer
+from diplo.ops import proxy as routed
 from diplo.ops.context import Context
 from diplo.planner import RUNNING, network_name
 
@@ -42,8 +43,16 @@ def down(
                 hint="`diplo status` lists the apps",
             )
         targets = list(dict.fromkeys(apps))
+    routes = ctx.ledger.routes()
     with ctx.locks.hold(targets, timeout=LOCK_WAIT):  # not under a deploy in flight
-        return _take_down(ctx, targets, volumes=volumes)
+        removed = _take_down(ctx, targets, volumes=volumes)
+    if any(t in routes for t in targets) and ctx.proxy_enabled:
+        if ctx.ledger.routes():
+            routed.converge(ctx)  # the others' routes stay; these go
+        else:  # nothing left to serve: the proxy goes too (its volume keeps certificates)
+            ctx.proxy.remove()
+            removed.append(f"proxy {ctx.proxy.name}")
+    return removed
 
 
 def _take_down(ctx: Context, targets: list[str], *, volumes: bool) -> list[str]:

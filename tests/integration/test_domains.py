@@ -7,6 +7,7 @@ $DIPLO_HOME/config.yaml), removed afterwards."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -186,3 +187,21 @@ def test_a_killed_proxy_comes_back_with_every_route(sandbox: Sandbox, web: Site)
     assert box.api.inspect_container(web.name)["State"]["Running"]
     for a, d in apps.items():
         assert eventually(lambda d=d: web.get(d)) == (200, f"{a}\n")
+
+
+def test_down_takes_the_route_away_and_the_last_one_the_proxy(sandbox: Sandbox, web: Site):
+    box = sandbox
+    apps = {box.name(n): f"{n}-{box.id}.localhost" for n in ("a", "b")}
+    box.manifest({a: app_spec(box, a, domains=[d]) for a, d in apps.items()})
+    box.diplo("apply", check=True)
+    (a, da), (b, db) = apps.items()
+    eventually(lambda: web.get(db))
+    box.diplo("down", a, check=True)
+    assert eventually(lambda: web.get(db)) == (200, f"{b}\n")
+    try:  # an unknown host now: no certificate for it, or a 404 if one is still stored
+        assert web.get(da)[0] == 404
+    except ssl.SSLError:
+        pass
+    out = box.diplo("down", b, check=True).stdout
+    assert f"proxy {web.name}" in out
+    assert not [c for c in box.api.containers(all=True) if f"/{web.name}" in c["Names"]]
