@@ -45,6 +45,7 @@ from diplo.api.problems import (
 from diplo.controller.controller import Controller
 from diplo.errors import DiploError
 from diplo.ops import lifecycle, status
+from diplo.ops import proxy as routed
 
 if TYPE_CHECKING:
     from diplo.metrics.collector import Collector
@@ -280,6 +281,16 @@ def create_app(
             release()
 
         return SlotEvents(stream(), done)
+
+    @api.get(
+        "/proxy/domains",
+        summary="Each domain the proxy serves: its app, TLS, and the certificate's issuer and "
+        "expiry",
+        dependencies=reads,
+        responses=AUTH_ERRORS,
+    )
+    def domains() -> dict[str, Any]:
+        return {"domains": routed.certificates(controller.ctx)}
 
     @api.get(
         "/system/stats",

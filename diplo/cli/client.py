@@ -71,7 +71,11 @@ class RemoteOps:
             raise InputError(
                 f"no app named {app!r} on this host", hint="`diplo status` lists the apps"
             )
-        return Statuses(rows, listing["manifest"].get("error"), served_by=self.url)
+        domains = []
+        if any(r.domains for r in rows):  # only then: a handshake per domain
+            every = self.get("/proxy/domains")["domains"]
+            domains = [d for d in every if app is None or d["app"] == app]
+        return Statuses(rows, listing["manifest"].get("error"), served_by=self.url, domains=domains)
 
     def rollback(self, app: str, to: int | None) -> Outcome:
         answer = self.post(f"/apps/{app}/rollback", {"to": to} if to is not None else {})

@@ -324,6 +324,13 @@ def status_table(statuses: Statuses) -> None:
     if statuses.manifest_error:
         error = clean(statuses.manifest_error)
         click.echo(f"manifest error (the last good manifest stays in force):\n{error}")
+    if statuses.domains:
+        domains = _table("DOMAIN", "APP", "TLS", "ISSUER", "EXPIRES")
+        for d in statuses.domains:
+            issuer = d.get("issuer") or (f"none ({d['error']})" if d.get("error") else "-")
+            expires = (d.get("expires") or "-")[:10]
+            domains.add_row(*map(plain, (d["domain"], d["app"], d["tls"], issuer, expires)))
+        _console().print(domains)
 
 
 def history_table(deps: list[Deployment]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from diplo.errors import InputError
@@ -20,6 +20,7 @@ from diplo.ops.apply import LOCK_WAIT, ApplyReport, Watch, apply
 from diplo.ops.context import Context
 from diplo.ops.metrics import Top, local_series, local_top
 from diplo.ops.provenance import folder_revision
+from diplo.ops.proxy import certificates
 from diplo.ops.status import AppView, status
 from diplo.units import parse_duration
 
@@ -29,6 +30,7 @@ class Statuses:
     apps: list[AppView]
     manifest_error: str | None = None  # the controller's: its source's newest is refused
     served_by: str | None = None  # the URL of the `diplo serve` that answered
+    domains: list[dict[str, Any]] = field(default_factory=list)  # ops/proxy.certificates
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,9 @@ class LocalOps:
         self.files_optional = files_optional
 
     def status(self, app: str | None) -> Statuses:
-        return Statuses(status(self.ctx, app))
+        rows = status(self.ctx, app)
+        domains = [d for d in certificates(self.ctx) if app is None or d["app"] == app]
+        return Statuses(rows, domains=domains)
 
     def _desired(self, *, optional: bool = False) -> DesiredState:
         if optional and self.files_optional and not any(map(os.path.exists, self.files)):

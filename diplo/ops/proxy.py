@@ -21,6 +21,7 @@ import structlog
 from diplo.errors import DiploError, ProxyUnavailable
 from diplo.model import DesiredApp, container_name
 from diplo.ops.context import Context
+from diplo.proxy.certs import served
 from diplo.proxy.config import CertFiles, Route, Tls, upstreams_id
 
 if TYPE_CHECKING:
@@ -195,3 +196,21 @@ def _route(key: str, route: dict[str, Any], upstreams: list[str]) -> Route:
         tls=tls,
         health_uri=route.get("health_path"),
     )
+
+
+def certificates(ctx: Context) -> list[dict[str, Any]]:
+    """Each domain the proxy serves: its app, and the issuer and expiry of the
+    certificate served for it (read the way a browser does, by a TLS handshake)."""
+    routes = ctx.ledger.routes()
+    if not routes or not ctx.proxy_enabled:
+        return []
+    out = []
+    for app, (_project, route) in sorted(routes.items()):
+        for domain in route["domains"]:
+            row: dict[str, Any] = {"domain": domain, "app": app, "tls": route["tls"]}
+            if route["tls"] != "off":
+                cert = served(domain, ctx.proxy.settings.https_port)
+                expires = cert.not_after.isoformat() if cert.not_after else None
+                row.update(issuer=cert.issuer, expires=expires, error=cert.error or None)
+            out.append(row)
+    return out

@@ -43,6 +43,7 @@ class AppView:
     replicas: str = ""  # "ready/desired": running replicas of the recorded release
     image: str = ""
     ports: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)  # served by the host's proxy
     spec_hash: str = ""
     in_sync: bool | None = None
     containers: list[dict[str, Any]] = field(default_factory=list)
@@ -205,6 +206,7 @@ def _observed_view(
         replicas=f"{ready}/{desired}",
         image=str(image),
         ports=ports,
+        domains=[str(d) for d in (record.spec.get("domains") or [])] if record else [],
         spec_hash=spec_id(spec_hash),
         in_sync=in_sync,
         containers=[_container_dict(c) for c in containers],

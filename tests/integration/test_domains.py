@@ -21,6 +21,7 @@ from diplo.proxy import Proxy, ProxySettings
 
 from .conftest import Sandbox, site
 from .test_proxy import eventually, free_port, http_get, https_get, proxy_image  # noqa: F401
+from .test_serve import Server
 
 pytestmark = pytest.mark.docker
 
@@ -134,6 +135,11 @@ def test_replicas_behind_a_domain_over_https_and_a_start_first_deploy_drops_noth
     # Both replicas get requests.
     seen = {web.get(domain, "/cgi-bin/who")[1].strip() for _ in range(20)}
     assert len(seen) == 2
+    # status shows the domain, and the certificate Caddy serves for it
+    shown = box.diplo("status", check=True).stdout
+    line = next(row for row in shown.splitlines() if domain in row)
+    assert app in line and "internal" in line and "Caddy Local Authority" in line
+    assert box.status()[app]["domains"] == [domain]
 
     loop = Loop(web, domain)
     time.sleep(0.5)
@@ -198,10 +204,25 @@ def test_down_takes_the_route_away_and_the_last_one_the_proxy(sandbox: Sandbox, 
     eventually(lambda: web.get(db))
     box.diplo("down", a, check=True)
     assert eventually(lambda: web.get(db)) == (200, f"{b}\n")
-    try:  # an unknown host now: no certificate for it, or a 404 if one is still stored
+    # an unknown host now: no certificate for it, or a 404 if one is still stored
+    with contextlib.suppress(ssl.SSLError):
         assert web.get(da)[0] == 404
-    except ssl.SSLError:
-        pass
     out = box.diplo("down", b, check=True).stdout
     assert f"proxy {web.name}" in out
     assert not [c for c in box.api.containers(all=True) if f"/{web.name}" in c["Names"]]
+
+
+def test_serve_brings_a_killed_proxy_back_by_itself(sandbox: Sandbox, web: Site):
+    box = sandbox
+    app, domain = box.name("web"), f"served-{box.id}.localhost"
+    box.manifest({app: app_spec(box, "served", domains=[domain])})
+    srv = Server(box).start()
+    try:
+        assert eventually(lambda: web.get(domain), 60) == (200, "served\n")
+        box.api.kill(web.name)
+        began = time.monotonic()
+        assert eventually(lambda: web.get(domain), 30) == (200, "served\n")
+        assert time.monotonic() - began < 15  # the health loop noticed, not a resync
+        assert "proxy.healed" in srv.output
+    finally:
+        srv.stop()
