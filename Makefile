@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 COVERAGE ?= 85
 CLI_COVERAGE ?= 80
 
-.PHONY: setup engine run test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics clean
+.PHONY: setup engine run test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics bench-proxy clean
 
 setup:
 	@bash scripts/setup.sh
@@ -51,6 +51,10 @@ bench-rollback: setup engine
 
 bench-metrics: setup engine
 	$(BIN)/python benchmarks/metrics.py
+
+bench-proxy: setup engine
+	command -v wrk >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
+	$(BIN)/python benchmarks/proxy.py
 
 # wrk drives the load; Debian packages it.
 bench-serve: setup engine

@@ -14,6 +14,7 @@ import click
 from diplo import __version__
 from diplo.cli.handled import handled
 from diplo.cli.policy import policy
+from diplo.cli.proxy import proxy
 from diplo.cli.serve import serve
 from diplo.errors import InputError
 from diplo.logconfig import configure
@@ -409,3 +410,4 @@ def schema() -> None:
 
 main.add_command(serve)
 main.add_command(policy)
+main.add_command(proxy)

@@ -328,7 +328,7 @@ def status_table(statuses: Statuses) -> None:
         domains = _table("DOMAIN", "APP", "TLS", "ISSUER", "EXPIRES")
         for d in statuses.domains:
             issuer = d.get("issuer") or (f"none ({d['error']})" if d.get("error") else "-")
-            expires = (d.get("expires") or "-")[:10]
+            expires = (d.get("expires") or "-")[:16].replace("T", " ")
             domains.add_row(*map(plain, (d["domain"], d["app"], d["tls"], issuer, expires)))
         _console().print(domains)
 

@@ -14,6 +14,12 @@ from diplo.model import DesiredApp
 
 log = structlog.get_logger("diplo.executor")
 
+# The old replicas keep running this long after a switch even when the proxy counts no
+# request on them: a proxy's reload hands its listener over while the old config may
+# still take (and send to the old upstreams) the connections it had accepted. Measured:
+# 4 of 1,688 requests refused over 6 redeploys without it, stopping on the first 0.
+SETTLE = 1.0
+
 
 def router_of(ctx: DeployContext, spec: DesiredApp) -> Router | None:
     """The router that serves `spec`, when the host has one and the app has domains."""
@@ -47,7 +53,9 @@ def drain(ctx: DeployContext, job: Job, spec: DesiredApp, old: Sequence[str]) ->
     if router is None or not old:
         return None
     ctx.reporter.step(spec.name, "drain", f"up to {spec.drain:g}s")
-    until = ctx.clock() + spec.drain
+    began = ctx.clock()
+    until = began + spec.drain
+    settle = min(SETTLE, spec.drain)
     while True:
         by = job.cancelled_by()
         if by is not None:
@@ -58,6 +66,6 @@ def drain(ctx: DeployContext, job: Job, spec: DesiredApp, old: Sequence[str]) ->
             log.warning("app.drain_unknown", app=spec.name, error=str(exc))
             busy = 1
         left = until - ctx.clock()
-        if busy <= 0 or left <= 0:
+        if (busy <= 0 and ctx.clock() - began >= settle) or left <= 0:
             return None
         ctx.sleep(min(POLL, left))

@@ -50,7 +50,7 @@ def down(
         if ctx.ledger.routes():
             routed.converge(ctx)  # the others' routes stay; these go
         else:  # nothing left to serve: the proxy goes too (its volume keeps certificates)
-            ctx.proxy.remove()
+            ctx.proxy.remove(volume=volumes)  # --volumes: its certificates too
             removed.append(f"proxy {ctx.proxy.name}")
     return removed
 

@@ -26,6 +26,8 @@ import docker
 import pytest
 import yaml
 
+from diplo.runtime.proxy_container import LOCAL_REPO
+
 DIPLO = [sys.executable, "-m", "diplo.cli"]
 TEST_LABEL = "diplo-test"
 
@@ -200,3 +202,16 @@ def site(root: Path, name: str, text: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.html").write_text(text + "\n")
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def proxy_image(docker_api: docker.APIClient) -> Iterator[None]:
+    """Leaves the engine's images as it found them: a diplo-caddy image built by these
+    tests is removed at the end (unless a container still uses it)."""
+    before = {t for i in docker_api.images(name=LOCAL_REPO) for t in i.get("RepoTags") or []}
+    yield
+    for img in docker_api.images(name=LOCAL_REPO):
+        for tag in img.get("RepoTags") or []:
+            if tag not in before:
+                with contextlib.suppress(docker.errors.APIError):
+                    docker_api.remove_image(tag)

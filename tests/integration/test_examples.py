@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +18,11 @@ import docker
 import pytest
 
 from .conftest import http_get
+from .test_proxy import eventually, free_port, https_get
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-PROJECTS = ["hello", "static-site", "counter", "build-local"]
+PROJECTS = ["hello", "static-site", "counter", "build-local", "domains"]
 
 
 def _owned(api: docker.APIClient) -> tuple[set[str], set[str]]:
@@ -39,12 +41,29 @@ def _owned(api: docker.APIClient) -> tuple[set[str], set[str]]:
 
 
 @pytest.fixture
-def examples_env(tmp_path: Path, docker_api: docker.APIClient) -> Iterator[dict[str, str]]:
+def examples_env(
+    tmp_path: Path, docker_api: docker.APIClient, proxy_image: None
+) -> Iterator[dict[str, str]]:
     before_c, before_v = _owned(docker_api)
     env = {**os.environ, "DIPLO_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
+    # The domains example's proxy: a name and ports of this test's own, so that a proxy
+    # this host already runs (on 80/443) is left alone.
+    proxy = f"diplo-proxy-ex-{uuid.uuid4().hex[:6]}"
+    env["TEST_PROXY_HTTPS"] = str(free_port())
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "config.yaml").write_text(
+        f"proxy:\n  name: {proxy}\n  http_port: {free_port()}\n"
+        f"  https_port: {env['TEST_PROXY_HTTPS']}\n"
+    )
     try:
         yield env
     finally:
+        for name, remove in (
+            (proxy, docker_api.remove_container),
+            (f"{proxy}-data", docker_api.remove_volume),
+        ):
+            with contextlib.suppress(docker.errors.NotFound):
+                remove(name, force=True)
         after_c, after_v = _owned(docker_api)
         for cid in after_c - before_c:
             with contextlib.suppress(docker.errors.NotFound):
@@ -75,7 +94,7 @@ def ports(env: dict[str, str]) -> dict[str, int]:
 def test_all_examples_serve_and_reapply_is_a_no_op(examples_env: dict[str, str]):
     env = examples_env
     out = diplo(env, "apply", "-f", "examples")
-    assert "converged: 5 apps" in out.stdout or "in sync" in out.stdout
+    assert "converged: 7 apps" in out.stdout or "in sync" in out.stdout
     p = ports(env)
     assert set(p) == {"hello", "docs", "web", "api"}  # store publishes no port
 
@@ -91,8 +110,16 @@ def test_all_examples_serve_and_reapply_is_a_no_op(examples_env: dict[str, str])
     }
     assert http_get(p["api"], "/version.txt").strip() == "1.0"
 
+    ca = diplo(env, "proxy", "ca").stdout
+    port = int(env["TEST_PROXY_HTTPS"])
+    for domain, text in (("shop.localhost", "The shop"), ("blog.localhost", "The blog")):
+        status, body = eventually(lambda d=domain: https_get(port, d, ca=ca))
+        assert status == 200 and text in body
+    who = {https_get(port, "www.shop.localhost", "/cgi-bin/who", ca=ca)[1] for _ in range(12)}
+    assert len(who) == 2  # both replicas serve
+
     again = diplo(env, "apply", "-f", "examples")
-    assert "in sync: 5 apps, nothing to do" in again.stdout
+    assert "in sync: 7 apps, nothing to do" in again.stdout
     assert ports(env) == p
 
 
@@ -107,4 +134,4 @@ def test_main_job_applies_hello_and_prints_status(examples_env: dict[str, str]):
 def test_examples_are_in_the_schema_folder_index():
     # every example folder holds a diplo.yaml, and each is listed in PROJECTS above
     found = sorted(p.parent.name for p in EXAMPLES.glob("*/diplo.yaml"))
-    assert found == sorted(["build-local", "counter", "hello", "static-site"])
+    assert found == sorted(PROJECTS)

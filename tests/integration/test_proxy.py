@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from diplo.errors import ImageUnavailable, InputError, ProxyRejected
 from diplo.proxy import CertFiles, Proxy, ProxySettings, Route
-from diplo.runtime.proxy_container import LABEL_ROLE, LOCAL_REPO, ProxyContainer
+from diplo.runtime.proxy_container import LABEL_ROLE, ProxyContainer
 
 from .conftest import TEST_LABEL, remove_by_label
 
@@ -41,19 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def proxy_image(docker_api: docker.APIClient) -> Iterator[None]:
-    """Leaves the engine's images as it found them: a diplo-caddy image built by these
-    tests is removed at the end (unless a container still uses it)."""
-    before = {t for i in docker_api.images(name=LOCAL_REPO) for t in i.get("RepoTags") or []}
-    yield
-    for img in docker_api.images(name=LOCAL_REPO):
-        for tag in img.get("RepoTags") or []:
-            if tag not in before:
-                with contextlib.suppress(docker.errors.APIError):
-                    docker_api.remove_image(tag)
 
 
 @dataclass

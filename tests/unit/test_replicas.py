@@ -10,6 +10,8 @@ import pytest
 
 from diplo.cli.render import describe_app_plan
 from diplo.executor import Executor
+from diplo.executor.job import POLL
+from diplo.executor.traffic import SETTLE
 from diplo.ledger import Ledger
 from diplo.model import (
     LABEL_REPLICA,
@@ -78,6 +80,10 @@ def t():
 @pytest.fixture
 def engine(t):
     return MemoryRuntime(images={"busybox:latest": IMAGE_ID, "v2:latest": V2}, wall=t.clock)
+
+
+# A drain polls every POLL s until nothing is in flight and SETTLE s have passed.
+SETTLE_POLLS = 1 + round(SETTLE / POLL)
 
 
 def web(replicas: int = 1, **kw):
@@ -227,7 +233,8 @@ def test_scale_down_behind_the_router_switches_then_drains_then_removes(engine, 
     ((key, ups, seen),) = router.switches
     assert key == "shop/web" and len(ups) == 1 and ups[0].endswith(":8080")
     assert seen["shop-web-2"] == "running" and seen["shop-web-3"] == "running"
-    assert len(router.polls) == 3 and all(len(u) == 2 for u in router.polls)
+    # polled until 0 in flight, and on for the settle time after the switch
+    assert len(router.polls) == SETTLE_POLLS and all(len(u) == 2 for u in router.polls)
     assert replicas(engine) == {1: kept}
 
 
@@ -252,7 +259,7 @@ def test_start_first_switches_once_after_every_new_replica_is_healthy(engine, le
     assert len(nexts) == 2 and all(seen[n] == "running" for n in nexts)
     assert len(ups) == 2 and not set(ups) & old_ips
     # the drain polled the old upstreams until nothing was in flight
-    assert len(router.polls) == 3 and all(set(u) == old_ips for u in router.polls)
+    assert len(router.polls) == SETTLE_POLLS and all(set(u) == old_ips for u in router.polls)
     got = replicas(engine)
     assert {name for _, name, _, _ in got.values()} == {"shop-web-1", "shop-web-2"}
     assert all(h == new.spec_hash for *_, h in got.values())
