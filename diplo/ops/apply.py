@@ -118,6 +118,7 @@ def apply(
             return report
         handle = DeployHandle()
         routed.expect(ctx, [a for a in prepared.desired.apps if only is None or a.name in only])
+        had_routes = set(ctx.ledger.routes())
         with watch(report, handle) as reporter:
             executor = Executor(
                 ctx.runtime,
@@ -136,19 +137,19 @@ def apply(
         report.unpinned = _unpin_failed(ctx, report)
         _seal_env(ctx, report)
         _drop_empty_networks(ctx, report)
-        _serve_routes(ctx, report)
+        _serve_routes(ctx, report, had_routes)
         return report
 
 
-def _serve_routes(ctx: Context, report: ApplyReport) -> None:
+def _serve_routes(ctx: Context, report: ApplyReport, had_routes: set[str]) -> None:
     """The proxy serves the routes of the apps this apply deployed, with their replicas'
     addresses. A proxy that cannot (its ports taken, Caddy refusing a certificate)
     fails the apply with its reason; the apps themselves stay deployed."""
-    moved = routed.record(ctx, report)
+    moved = routed.record(ctx, report, had_routes)
     if not moved:
         return
     try:
-        routed.converge(ctx, moved)
+        routed.converge(ctx, moved, dropped=bool(had_routes))
     except DiploError as exc:
         log.warning("proxy.failed", error=exc.message)
         report.proxy_error = f"proxy: {exc.message}"

@@ -46,12 +46,13 @@ def down(
     routes = ctx.ledger.routes()
     with ctx.locks.hold(targets, timeout=LOCK_WAIT):  # not under a deploy in flight
         removed = _take_down(ctx, targets, volumes=volumes)
-    if any(t in routes for t in targets) and ctx.proxy_enabled:
-        if ctx.ledger.routes():
-            routed.converge(ctx)  # the others' routes stay; these go
-        else:  # nothing left to serve: the proxy goes too (its volume keeps certificates)
-            ctx.proxy.remove(volume=volumes)  # --volumes: its certificates too
-            removed.append(f"proxy {ctx.proxy.name}")
+    # The others' routes stay; these go. With the last one, the proxy goes too (its volume
+    # keeps the certificates unless --volumes).
+    dropped = any(t in routes for t in targets) and ctx.proxy_enabled
+    if dropped and not routed.converge(ctx, dropped=True) and not ctx.ledger.routes():
+        if volumes:
+            ctx.proxy.remove(volume=True)
+        removed.append(f"proxy {ctx.proxy.name}")
     return removed
 
 

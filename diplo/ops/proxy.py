@@ -51,11 +51,12 @@ def route_of(app: DesiredApp) -> dict[str, Any] | None:
     }
 
 
-def record(ctx: Context, report: ApplyReport) -> set[str]:
+def record(ctx: Context, report: ApplyReport, before: set[str]) -> set[str]:
     """Keep the routes of the apps this apply deployed; returns the apps whose traffic
-    may have moved (their upstreams are looked up again)."""
+    may have moved (their upstreams are looked up again), and those whose route went
+    with them (pruned: `before` are the apps that had a route)."""
     assert report.result is not None
-    moved: set[str] = set()
+    moved: set[str] = before - set(ctx.ledger.routes())
     for name, outcome in report.result.outcomes.items():
         spec = report.prepared.desired.app(name)
         if not outcome.ok or spec is None:
@@ -100,13 +101,17 @@ def expect(ctx: Context, apps: Iterable[DesiredApp]) -> None:
         }
 
 
-def converge(ctx: Context, moved: Iterable[str] = ()) -> bool:
-    """Caddy running and serving every route of the ledger. Returns False when there is
-    nothing to serve and no proxy (then nothing is started)."""
+def converge(ctx: Context, moved: Iterable[str] = (), *, dropped: bool = False) -> bool:
+    """Caddy running and serving every route of this home's ledger. With no route,
+    nothing is started or touched (a proxy of that name may be another Diplo home's),
+    unless `dropped`: this home's last route just went, and its proxy goes with it.
+    Returns whether a proxy serves routes of this home."""
     if not ctx.proxy_enabled:
         return False
     with ctx.locks.hold([LOCK], timeout=LOCK_WAIT):
-        if not ctx.ledger.routes() and ctx.proxy.runtime.state(ctx.proxy.name) is None:
+        if not ctx.ledger.routes():
+            if dropped:
+                ctx.proxy.remove()
             return False
         _load(ctx, moved=set(moved))
         return True

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -71,6 +72,12 @@ def remove_kept_images(api: docker.APIClient, test_id: str) -> None:
                     api.remove_image(tag)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Sandbox:
     """A folder for manifests, a DIPLO_HOME, a unique project, and the CLI to run."""
 
@@ -91,6 +98,14 @@ class Sandbox:
             f"repository:\n  bind_mounts: {roots}\nfolder:\n  bind_mounts: {roots}\n"
         )
         self.env.pop("DIPLO_DEBUG", None)
+        # The proxy an app with domains brings up: this test's own name and free ports,
+        # never the host's diplo-proxy on 80/443 (removed by the fixture afterwards).
+        self.proxy = f"diplo-proxy-{self.id}"
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.yaml").write_text(
+            f"proxy:\n  name: {self.proxy}\n  http_port: {_free_port()}\n"
+            f"  https_port: {_free_port()}\n"
+        )
 
     def name(self, base: str) -> str:
         """An app name unique to this test (app names are unique per host)."""
@@ -156,6 +171,12 @@ def sandbox(tmp_path: Path, docker_api: docker.APIClient) -> Iterator[Sandbox]:
         remove_by_label(docker_api, f"diplo.project={box.project}")
         remove_by_label(docker_api, f"{TEST_LABEL}={box.id}")
         remove_kept_images(docker_api, box.id)
+        for name, remove in (
+            (box.proxy, docker_api.remove_container),
+            (f"{box.proxy}-data", docker_api.remove_volume),
+        ):
+            with contextlib.suppress(docker.errors.NotFound):
+                remove(name, force=True)
         shutil.rmtree(box.home, ignore_errors=True)
 
 

@@ -34,7 +34,7 @@ class Site:
 
     @property
     def name(self) -> str:
-        return f"diplo-proxy-{self.box.id}"
+        return self.box.proxy
 
     def configure(self) -> None:
         self.box.home.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,8 @@ def served(sandbox: Sandbox) -> Iterator[tuple[Server, dict[str, str]]]:
         "web": sandbox.name("web"),
     }
     sandbox.home.mkdir(parents=True, exist_ok=True)
-    (sandbox.home / "config.yaml").write_text("metrics:\n  interval: 1\n")
+    with (sandbox.home / "config.yaml").open("a") as config:  # beside the test's proxy
+        config.write("metrics:\n  interval: 1\n")
     sandbox.manifest(
         {
             apps["burn"]: busybox("sh", "-c", "while :; do :; done"),
