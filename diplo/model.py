@@ -122,6 +122,7 @@ class DesiredApp:
     domains: tuple[str, ...] = ()
     http_port: int | None = None
     tls: TlsMode = "auto"
+    load_balancing: Literal["round_robin", "least_conn"] = "round_robin"
     tls_cert: str = ""
     tls_key: str = ""
     tls_digest: str = ""
@@ -192,7 +193,10 @@ class DesiredApp:
         tls: Any = self.tls
         if self.tls == "files":
             tls = {"cert": self.tls_cert, "key": self.tls_key, "hash": self.tls_digest[:12]}
-        return {"domains": list(self.domains), "http_port": self.http_port, "tls": tls}
+        routes = {"domains": list(self.domains), "http_port": self.http_port, "tls": tls}
+        if self.load_balancing != "round_robin":  # shown only when chosen: old specs stay equal
+            routes["load_balancing"] = self.load_balancing
+        return routes
 
     @property
     def key(self) -> str:

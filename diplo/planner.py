@@ -225,7 +225,7 @@ def _plan_app(
 
 # The keys of a public spec that only the proxy serves: a change of them alone is
 # recorded (and routed), never a container restart.
-ROUTE_KEYS = ("domains", "http_port", "tls")
+ROUTE_KEYS = ("domains", "http_port", "tls", "load_balancing")
 
 
 def _plan_release(

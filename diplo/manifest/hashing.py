@@ -143,6 +143,7 @@ def with_spec_hash(app: DesiredApp) -> DesiredApp:
     for key in (
         *("depends_on", "health", "deploy_timeout", "strategy", "drain", "prune", "keep_images"),
         *("replicas", "domains", "http_port", "tls", "tls_cert", "tls_key", "tls_digest"),
+        "load_balancing",
     ):
         data.pop(key)
     return replace(app, spec_hash=spec_digest(data))

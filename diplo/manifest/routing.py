@@ -86,6 +86,7 @@ def resolve_routing(
         "drain": app.deploy.drain,
         "domains": tuple(app.domains),
         "http_port": http_port if app.domains else None,
+        "load_balancing": app.load_balancing,
         "tls": "auto",
     }
     if isinstance(app.tls, TlsFiles):

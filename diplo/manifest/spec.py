@@ -352,6 +352,11 @@ class AppConfig(_Strict):
         le=65535,
         description="Container port the proxy sends HTTP to; default: the app's only port.",
     )
+    load_balancing: Literal["round_robin", "least_conn"] = Field(
+        "round_robin",
+        description="How the proxy spreads requests over the replicas: in turn, or to the "
+        "replica with the fewest requests in flight.",
+    )
     tls: Annotated[
         Literal["auto", "internal", "off"] | TlsFiles,
         BeforeValidator(_tls, json_schema_input_type=str | bool | TlsFiles),

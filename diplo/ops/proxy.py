@@ -48,6 +48,7 @@ def route_of(app: DesiredApp) -> dict[str, Any] | None:
         "key": app.tls_key,
         "health_path": health.path if checked else None,
         "replicas": app.replicas,
+        "lb": app.load_balancing,
     }
 
 
@@ -199,6 +200,7 @@ def _route(key: str, route: dict[str, Any], upstreams: list[str]) -> Route:
         domains=tuple(route["domains"]),
         upstreams=tuple(upstreams),
         tls=tls,
+        lb_policy=route.get("lb", "round_robin"),
         health_uri=route.get("health_path"),
     )
 

@@ -285,3 +285,15 @@ def test_two_sources_claiming_one_domain(tmp_path):
     assert issue.file == str(tmp_path / "b" / "diplo.yaml") and issue.line == 3
     assert "also claimed by app 'shop'" in issue.message
     assert f"{tmp_path / 'a' / 'diplo.yaml'}:3" in issue.message
+
+
+def test_load_balancing_is_a_proxy_setting_that_restarts_nothing(tmp_path):
+    base = "apps:\n  web:\n    image: busybox\n    http_port: 80\n    domains: [a.localhost]\n"
+    plain = load(write(tmp_path, base)).apps[0]
+    least = load(write(tmp_path, base + "    load_balancing: least_conn\n")).apps[0]
+    assert (plain.load_balancing, least.load_balancing) == ("round_robin", "least_conn")
+    assert least.spec_hash == plain.spec_hash  # a proxy change, not a new container
+    assert least.public_spec()["load_balancing"] == "least_conn"
+    assert "load_balancing" not in plain.public_spec()  # specs recorded before stay equal
+    issue = one(write(tmp_path, base + "    load_balancing: random\n"))
+    assert issue.line == 6 and "round_robin" in issue.message

@@ -79,3 +79,23 @@ def test_restart_restarts_every_replica_in_turn(world: World):
     assert lifecycle.restart(world.ctx, "web", grace=1, reason="test", lock_wait=1)
     assert world.engine.calls == [(k, i) for i in ids for k in ("stop", "start")]
     assert [c.id for c in containers(world)] == ids
+
+
+def test_a_route_in_the_ledger_becomes_the_proxy_route_asked_for():
+    from diplo.ops.proxy import _route, route_of
+    from diplo.proxy.config import CertFiles
+
+    from .factories import app
+
+    spec = app("web", domains=("a.localhost",), http_port=8080, load_balancing="least_conn")
+    route = _route("shop/web", route_of(spec) or {}, ["10.0.0.2:8080"])
+    assert (route.lb_policy, route.domains, route.upstreams) == (
+        "least_conn",
+        ("a.localhost",),
+        ("10.0.0.2:8080",),
+    )
+    files = app(
+        "web", domains=("a.localhost",), http_port=80, tls="files", tls_cert="/c", tls_key="/k"
+    )
+    assert _route("shop/web", route_of(files) or {}, []).tls == CertFiles("/c", "/k")
+    assert route_of(app("web")) is None  # no domains: nothing for the proxy
