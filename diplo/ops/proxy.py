@@ -21,7 +21,6 @@ import structlog
 from diplo.errors import DiploError, ProxyUnavailable
 from diplo.model import DesiredApp, container_name
 from diplo.ops.context import Context
-from diplo.proxy.certs import served
 from diplo.proxy.config import CertFiles, Route, Tls, upstreams_id
 
 if TYPE_CHECKING:
@@ -211,6 +210,8 @@ def certificates(ctx: Context) -> list[dict[str, Any]]:
     routes = ctx.ledger.routes()
     if not routes or not ctx.proxy_enabled:
         return []
+    from diplo.proxy.certs import served  # cryptography: only when there are domains
+
     out = []
     for app, (_project, route) in sorted(routes.items()):
         for domain in route["domains"]:
