@@ -148,7 +148,9 @@ def _load(
         else:
             ups = _settled(ctx, project, app, route)
         routes.append(_route(key, route, ups))
-    ctx.proxy.ensure(routes)
+    ensured = ctx.proxy.ensure(routes)
+    if ensured.container != "unchanged":  # created, recreated or started again
+        log.info("proxy.container", action=ensured.container, name=ctx.proxy.name)
 
 
 def _served(ctx: Context) -> dict[str, list[str]]:

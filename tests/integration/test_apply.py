@@ -88,7 +88,8 @@ def test_invalid_manifest_changes_nothing(sandbox: Sandbox):
     assert f"{path}:6:13:" in proc.stderr and "65535" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sandbox.containers() == []
-    assert not sandbox.home.exists()  # not even a ledger was created
+    # not even a ledger was created: the home holds only the test's proxy settings
+    assert [p.name for p in sandbox.home.iterdir()] == ["config.yaml"]
 
 
 def test_invalid_edit_leaves_the_running_app_alone(sandbox: Sandbox):
