@@ -25,6 +25,10 @@ EXAMPLES = ROOT / "examples"
 PROJECTS = ["hello", "static-site", "counter", "build-local", "domains"]
 
 
+def _networks(api: docker.APIClient) -> set[str]:
+    return {n["Name"] for n in api.networks(names=[f"diplo-{p}" for p in PROJECTS])}
+
+
 def _owned(api: docker.APIClient) -> tuple[set[str], set[str]]:
     filters = {"label": "diplo.project"}
     containers = {
@@ -45,6 +49,7 @@ def examples_env(
     tmp_path: Path, docker_api: docker.APIClient, proxy_image: None
 ) -> Iterator[dict[str, str]]:
     before_c, before_v = _owned(docker_api)
+    before_n = _networks(docker_api)
     env = {**os.environ, "DIPLO_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
     # The domains example's proxy: a name and ports of this test's own, so that a proxy
     # this host already runs (on 80/443) is left alone.
@@ -71,6 +76,9 @@ def examples_env(
         for name in after_v - before_v:
             with contextlib.suppress(docker.errors.NotFound):
                 docker_api.remove_volume(name, force=True)
+        for name in _networks(docker_api) - before_n:  # the projects' networks it made
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                docker_api.remove_network(name)
 
 
 def diplo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
