@@ -21,7 +21,7 @@ import structlog
 from diplo.errors import DiploError, ProxyUnavailable
 from diplo.model import DesiredApp, container_name
 from diplo.ops.context import Context
-from diplo.proxy.config import CertFiles, Route, Tls, upstreams_id
+from diplo.proxy.config import CertFiles, Route, Tls, upstreams_of
 
 if TYPE_CHECKING:
     from diplo.ops.apply import ApplyReport
@@ -30,7 +30,6 @@ log = structlog.get_logger("diplo.proxy")
 
 LOCK = ".proxy"  # a lock file name no app can have (app names start with a letter)
 LOCK_WAIT = 60.0
-_UPSTREAMS = upstreams_id("")  # the prefix of every app's upstreams @id
 
 
 def route_of(app: DesiredApp) -> dict[str, Any] | None:
@@ -56,14 +55,14 @@ def record(ctx: Context, report: ApplyReport, before: set[str]) -> set[str]:
     may have moved (their upstreams are looked up again), and those whose route went
     with them (pruned: `before` are the apps that had a route)."""
     assert report.result is not None
-    moved: set[str] = before - set(ctx.ledger.routes())
+    known = set(ctx.ledger.routes())  # read once: pruned apps' routes went with them
+    moved: set[str] = before - known
     for name, outcome in report.result.outcomes.items():
         spec = report.prepared.desired.app(name)
         if not outcome.ok or spec is None:
             continue
         route = route_of(spec)
-        known = name in ctx.ledger.routes()
-        if route is not None or known:
+        if route is not None or name in known:
             ctx.ledger.set_route(name, spec.project, route)
             moved.add(name)
     return moved
@@ -156,25 +155,9 @@ def _load(
 def _served(ctx: Context) -> dict[str, list[str]]:
     """key -> the upstreams Caddy serves now; empty when it does not answer."""
     try:
-        config = ctx.proxy.admin.config() or {}
+        return upstreams_of(ctx.proxy.admin.config())
     except ProxyUnavailable:
         return {}
-    found: dict[str, list[str]] = {}
-    _walk(config, found)
-    return found
-
-
-def _walk(node: Any, found: dict[str, list[str]]) -> None:
-    if isinstance(node, dict):
-        ident = node.get("@id")
-        if isinstance(ident, str) and ident.startswith(_UPSTREAMS):
-            key = ident.removeprefix(_UPSTREAMS).replace(":", "/", 1)
-            found[key] = [str(u.get("dial", "")) for u in node.get("upstreams") or []]
-        for value in node.values():
-            _walk(value, found)
-    elif isinstance(node, list):
-        for value in node:
-            _walk(value, found)
 
 
 def _settled(ctx: Context, project: str, app: str, route: dict[str, Any]) -> list[str]:

@@ -189,6 +189,25 @@ def with_draining(config: dict[str, Any], draining: dict[str, list[str]]) -> dic
     return config
 
 
+def upstreams_of(config: Any) -> dict[str, list[str]]:
+    """The upstreams each app (by key, "project/app") is served from, in a config Caddy
+    reported: its reverse_proxy handler on either server."""
+    out: dict[str, list[str]] = {}
+    try:
+        servers = config["apps"]["http"]["servers"].values()
+    except (KeyError, TypeError, AttributeError):
+        return out
+    prefix = upstreams_id("")
+    for server in servers:
+        for route in server.get("routes") or []:
+            for handler in route.get("handle", []):
+                ident = str(handler.get("@id", ""))
+                if ident.startswith(prefix):
+                    key = ident.removeprefix(prefix).replace(":", "/", 1)
+                    out[key] = [str(u.get("dial", "")) for u in handler.get("upstreams") or []]
+    return out
+
+
 def draining_of(config: Any) -> dict[str, list[str]]:
     """The draining upstreams of each app in a config Caddy reported (by handler id)."""
     out: dict[str, list[str]] = {}

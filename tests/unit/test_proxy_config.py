@@ -18,6 +18,7 @@ from diplo.proxy.config import (
     draining_of,
     is_internal,
     upstreams_id,
+    upstreams_of,
     with_draining,
 )
 
@@ -275,3 +276,13 @@ def test_a_switch_checks_its_key_and_upstreams() -> None:
         check_switch("p/a", ["x:y"])
     with pytest.raises(InputError, match="not project/app"):
         check_switch("a", [])
+
+
+def test_the_upstreams_each_app_is_served_from_are_read_back_from_either_server():
+    routes = [
+        Route("p/a", ("a.localhost",), ("10.0.0.2:80", "10.0.0.3:80"), tls="internal"),
+        Route("p/b", ("b.localhost",), ("10.0.0.4:80",), tls="off"),
+    ]
+    config = build_config(ProxySettings(8080, 8443), routes)
+    assert upstreams_of(config) == {"p/a": ["10.0.0.2:80", "10.0.0.3:80"], "p/b": ["10.0.0.4:80"]}
+    assert upstreams_of(None) == {} and upstreams_of({}) == {}
