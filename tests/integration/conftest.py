@@ -72,7 +72,7 @@ def remove_kept_images(api: docker.APIClient, test_id: str) -> None:
                     api.remove_image(tag)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -103,8 +103,8 @@ class Sandbox:
         self.proxy = f"diplo-proxy-{self.id}"
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "config.yaml").write_text(
-            f"proxy:\n  name: {self.proxy}\n  http_port: {_free_port()}\n"
-            f"  https_port: {_free_port()}\n"
+            f"proxy:\n  name: {self.proxy}\n  http_port: {free_port()}\n"
+            f"  https_port: {free_port()}\n"
         )
 
     def name(self, base: str) -> str:

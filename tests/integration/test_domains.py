@@ -19,8 +19,8 @@ import pytest
 
 from diplo.proxy import Proxy, ProxySettings
 
-from .conftest import Sandbox, site
-from .test_proxy import eventually, free_port, http_get, https_get
+from .conftest import Sandbox, free_port, site
+from .test_proxy import eventually, http_get, https_get
 from .test_serve import Server
 
 pytestmark = pytest.mark.docker

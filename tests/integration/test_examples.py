@@ -17,8 +17,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from .conftest import http_get
-from .test_proxy import eventually, free_port, https_get
+from .conftest import free_port, http_get
+from .test_proxy import eventually, https_get
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import Sandbox, http_get, web_spec
-from .test_serve import Server, free_port, wait_for
+from .conftest import Sandbox, free_port, http_get, web_spec
+from .test_serve import Server, wait_for
 
 TOKEN = "metrics-test-admin-token-0123456789"
 VIEWER = "metrics-test-viewer-token-0123456789"

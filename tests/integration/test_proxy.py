@@ -32,15 +32,9 @@ from diplo.errors import ImageUnavailable, InputError, ProxyRejected
 from diplo.proxy import CertFiles, Proxy, ProxySettings, Route
 from diplo.runtime.proxy_container import LABEL_ROLE, ProxyContainer
 
-from .conftest import TEST_LABEL, remove_by_label
+from .conftest import TEST_LABEL, free_port, remove_by_label
 
 pytestmark = pytest.mark.docker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -14,13 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import DIPLO, Sandbox, http_get, remove_by_label, web_spec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import DIPLO, Sandbox, free_port, http_get, remove_by_label, web_spec
 
 
 class Server:
