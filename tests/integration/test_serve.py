@@ -179,7 +179,11 @@ def test_invalid_manifest_never_hurts_running_apps(sandbox: Sandbox, server: Ser
     server.start()
     wait_for(healthy(server, app), 30, "the app")
     (before,) = sandbox.containers(app)
-    path.write_text(path.read_text() + "  broken: [unclosed\n")
+    # Written aside and renamed, as editors save: a truncate-then-write can show the
+    # watcher an empty file first, which serve refuses for a reason of its own.
+    aside = path.with_suffix(".tmp")
+    aside.write_text(path.read_text() + "  broken: [unclosed\n")
+    aside.replace(path)
     listing = wait_for(
         lambda: (r := server.get("/apps")) and not r["manifest"]["ok"] and r,
         10,
