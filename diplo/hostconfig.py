@@ -1,6 +1,6 @@
 """The host's own settings, `$DIPLO_HOME/config.yaml`: what belongs to the machine and
 its owner rather than to any manifest (the proxy's ports and ACME account, the metrics
-collector's interval and retention, the alert rules' defaults and the alert channels). Like the policy, a
+collector's interval and retention, the alert rules' defaults and channels). Like the policy, a
 manifest never sets any of it."""
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class AlertsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
-    rules: HostRules = Field(default_factory=HostRules)  # type: ignore[arg-type]
+    rules: HostRules = Field(default_factory=HostRules)
     channels: list[Channel] = Field(default_factory=list)
     max_per_hour: int = Field(
         6, ge=1, le=3600, description="Notifications per alert per hour (a flapping alert)."
