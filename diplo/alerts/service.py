@@ -9,7 +9,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -35,17 +35,17 @@ class BusEventLike(Protocol):
 class Inputs(Protocol):
     """What the controller shows the rules (wired by diplo/serve.py)."""
 
-    def health(self) -> Mapping[str, tuple[str, int]]:
-        """Each app's health label and restart count."""
+    def health(self) -> Mapping[str, tuple[str, int]] | None:
+        """Each app's health label and restart count; None before the first look."""
         ...
 
     def app_rules(self, app: str) -> str | None:
         """The app's own `alerts:` (JSON), if any."""
         ...
 
-    def sources(self) -> list[Mapping[str, Any]]: ...
+    def sources(self) -> Sequence[Mapping[str, Any]]: ...
 
-    def certificates(self) -> list[Mapping[str, Any]]: ...
+    def certificates(self) -> Sequence[Mapping[str, Any]]: ...
 
 
 class AlertService:
@@ -97,7 +97,8 @@ class AlertService:
             self._certs_at = now
             certs = self.inputs.certificates()
         with self._lock:
-            self.rules.health(health, now)
+            if health is not None:
+                self.rules.health(health, now)
             self.rules.sources(sources, self.poll_every, now)
             if certs is not None:
                 self.rules.certificates(certs, now)
