@@ -135,7 +135,7 @@ class EmailSender:
 
     def message(self, payload: dict[str, Any]) -> EmailMessage:
         msg = EmailMessage()
-        msg["Subject"] = payload["text"][:200]
+        msg["Subject"] = f"[{str(payload['state']).upper()}] {payload['alert']}"
         msg["From"] = self.cfg.sender
         msg["To"] = ", ".join(self.cfg.to)
         lines = [payload["text"], ""]
