@@ -249,7 +249,9 @@ class Evaluator:
                     row.get("app"),
                     f"{left / 86400:.1f} days",
                     f"{rule.within / 86400:g} days",
-                    f"the certificate of {domain} expires in {left / 86400:.1f} days",
+                    f"the certificate of {domain} expires in {left / 86400:.1f} days"
+                    if left > 0
+                    else f"the certificate of {domain} expired {-left / 86400:.1f} days ago",
                 )
         self.book.settle("certificate", active, now)
 
