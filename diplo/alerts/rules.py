@@ -17,7 +17,7 @@ from diplo.metrics.collector import ContainerSample, HostSample
 DOWN = {"unhealthy", "crashed", "missing"}
 UNDECIDED = {"starting", "unknown"}  # neither down nor up: a firing `down` stays
 PORT_CONFLICT = re.compile(
-    r"port is already allocated|address already in use|port \d+ .*(?:in use|taken)", re.I
+    r"port is already allocated|address already in use|host port \S+ is also claimed by", re.I
 )
 CLAIM_CONFLICT = re.compile(r"(domain|host port) '?([^' ]+)'? (?:is also claimed|is used)", re.I)
 FIX_EVENTS = {"deploy.succeeded", "app.create", "app.update", "app.start", "app.ok"}

@@ -263,6 +263,9 @@ def test_port_and_domain_conflicts():
     book, rules = world()
     error = "cannot start: Bind for 0.0.0.0:8080 failed: port is already allocated"
     rules.event("app.error", "web", {"error": error}, now=0)
+    clash = "api: host port 8080/tcp is also claimed by app 'web'; give one of them another port"
+    rules.event("app.error", "api", {"error": clash}, now=0)
+    rules.event("app.error", "db", {"error": "image not found"}, now=0)
     issue = {
         "file": "/m/diplo.yaml",
         "line": 7,
@@ -270,11 +273,13 @@ def test_port_and_domain_conflicts():
     }
     rules.event("manifest.invalid", None, {"error": "x", "issues": [issue]}, now=0)
     found = {n.key: n.payload["message"] for n in book.due(0)}
-    assert set(found) == {"conflict:web", "conflict:shop.example.com"}
+    assert set(found) == {"conflict:web", "conflict:api", "conflict:shop.example.com"}
     assert found["conflict:shop.example.com"].startswith("/m/diplo.yaml:7: domain")
     rules.event("manifest.valid", None, {}, now=1)
     rules.event("app.ok", "web", {}, now=1)
+    rules.event("app.create", "api", {}, now=1)
     assert sorted(states(book, 1)) == [
+        ("conflict:api", "resolved"),
         ("conflict:shop.example.com", "resolved"),
         ("conflict:web", "resolved"),
     ]
