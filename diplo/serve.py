@@ -206,7 +206,8 @@ class ControllerInputs:
         view = self.controller.view
         if view.refreshed_at is None:  # not looked yet: absent apps are not gone ones
             return None
-        return {r.app: (r.health, r.restarts) for r in list(view.rows.values())}
+        known = {a.name: ("absent", 0) for a in self.controller.state.desired.apps}
+        return {**known, **{r.app: (r.health, r.restarts) for r in list(view.rows.values())}}
 
     def app_rules(self, app: str) -> str | None:
         spec = self.controller.state.desired.app(app)

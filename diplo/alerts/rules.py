@@ -15,7 +15,7 @@ from diplo.alertspec import HostRules, Threshold, app_alerts
 from diplo.metrics.collector import ContainerSample, HostSample
 
 DOWN = {"unhealthy", "crashed", "missing"}
-UNDECIDED = {"starting", "unknown"}  # neither down nor up: a firing `down` stays
+UNDECIDED = {"starting", "unknown", "absent"}  # neither down nor up: a firing `down` stays
 PORT_CONFLICT = re.compile(
     r"port is already allocated|address already in use|host port \S+ is also claimed by", re.I
 )
@@ -126,7 +126,9 @@ class Evaluator:
     # --- the controller's view -----------------------------------------------------------
 
     def health(self, apps: Mapping[str, tuple[str, int]], now: float) -> None:
-        """`apps`: each app's health label and container restart count."""
+        """`apps`: each app's health label and container restart count, every app known
+        (desired and not seen on the host yet: `absent`); the alerts of an app that is
+        neither any more are resolved."""
         down: dict[str, Reading] = {}
         looping: dict[str, Reading] = {}
         undecided = set()
@@ -151,6 +153,10 @@ class Evaluator:
             self.offset.pop(gone, None)
         self.book.settle("down", down, now, keep=undecided)
         self.book.settle("crashloop", looping, now)
+        for rule in ("deploy", "conflict"):
+            for alert in self.book.firing(rule):
+                if alert.app is not None and alert.app not in apps:
+                    self.book.clear(rule, alert.subject, now)
 
     def _restarts(self, app: str, count: int, now: float, rules: HostRules) -> int:
         """Restarts within the rule's window; a new container's count starts from 0, so

@@ -257,6 +257,10 @@ def test_a_failed_deploy_fires_until_a_deploy_succeeds():
     assert states(book, 2) == [("deploy:web", "resolved")]
     rules.event("rollback.failed", "api", {"error": "no image"}, now=3)
     assert states(book, 3) == [("deploy:api", "firing")]
+    rules.health({"api": ("absent", 0)}, now=4)  # desired, never deployed: it stays
+    assert states(book, 4) == []
+    rules.health({}, now=5)  # the app left the manifests
+    assert states(book, 5) == [("deploy:api", "resolved")]
 
 
 def test_port_and_domain_conflicts():
