@@ -192,9 +192,11 @@ class Dispatcher:
         for ch in self.channels:
             ch.stop(max(0.0, deadline - time.monotonic()))
 
-    def send(self, note: Notification) -> None:
+    def send(self, note: Notification, only: str | None = None) -> None:
+        """To every channel, or to the one named `only`."""
         for ch in self.channels:
-            ch.put(note)
+            if only is None or ch.sender.name == only:
+                ch.put(note)
 
     def idle(self) -> bool:
         return all(ch.idle() for ch in self.channels)

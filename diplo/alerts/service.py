@@ -118,6 +118,8 @@ class AlertService:
 
     def start(self, events: queue.Queue[Any] | None = None) -> None:
         self.events = events
+        for channel, note in self.book.unfinished(self.host):  # a stop cut them short
+            self.dispatcher.send(note, only=channel)
         self.dispatcher.start()
         self._thread = threading.Thread(target=self._loop, name="diplo-alerts", daemon=True)
         self._thread.start()

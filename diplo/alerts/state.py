@@ -203,9 +203,22 @@ class AlertBook:
             for alert in [*self.current.values(), *self.recent]:
                 if alert.id == alert_id:
                     alert.deliveries[channel] = status
-                    if status.get("status") != "retrying":
-                        self._save(alert)
+                    self._save(alert)
                     return
+
+    def unfinished(self, host: str = "") -> list[tuple[str, Notification]]:
+        """(channel, notification) of every delivery a stopped serve left queued or
+        retrying: sent again by the next one."""
+        out = []
+        with self._lock:
+            for alert in [*self.current.values(), *self.recent[-200:]]:
+                for channel, status in alert.deliveries.items():
+                    state = status.get("state")
+                    if status.get("status") in ("queued", "retrying") and state == alert.state:
+                        assert alert.id is not None and alert.state != "pending"
+                        note = Notification(alert.id, alert.key, alert.state, payload(alert, host))
+                        out.append((channel, note))
+        return out
 
     def snapshot(self, resolved: int = 50) -> tuple[list[Alert], list[Alert]]:
         """(firing, recently resolved newest first), as copies."""

@@ -100,3 +100,26 @@ def test_a_notification_payload_says_what_and_where():
     snap = service.snapshot()
     assert snap["firing"][0]["message"] == "web: deploy failed: gate"
     assert isinstance(Notification, type)
+
+
+def test_deliveries_a_stop_cut_short_are_sent_by_the_next_serve(tmp_path):
+    from diplo.ledger import Ledger
+
+    first = Hanging()
+    service = AlertService(AlertsConfig(), Ledger(tmp_path / "l.db"), [first], Inputs())
+    service.on_event("deploy.failed", "web", {"message": "gate"})  # queued, never started
+    assert service.book.firing()[0].deliveries["slow"]["status"] == "queued"
+
+    second = Hanging()
+    second.release.set()
+    again = AlertService(AlertsConfig(), Ledger(tmp_path / "l.db"), [second], Inputs())
+    again.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(second.got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        again.stop()
+    sent = [(p["alert"], p["state"]) for p in second.got]
+    assert sent.count(("deploy:web", "firing")) == 1  # (beside what the tick found)
+    assert again.book.firing()[0].deliveries["slow"]["status"] == "sent"
