@@ -159,6 +159,8 @@ def run_server(
         server.run()  # returns on SIGTERM / SIGINT
     finally:
         stop_gc.set()
+        if alerts is not None:
+            alerts.halt()  # told first: its threads end while the others are stopped
         if collector is not None:
             collector.stop()
         controller.stop()

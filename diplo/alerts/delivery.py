@@ -80,11 +80,15 @@ class Channel:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float) -> None:
+    def halt(self) -> None:
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        self._thread.join(timeout)
+
+    def stop(self, timeout: float) -> None:
+        self.halt()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def put(self, note: Notification) -> None:
         self.report(note.alert_id, self.sender.name, {"state": note.state, "status": "queued"})
@@ -186,6 +190,10 @@ class Dispatcher:
     def start(self) -> None:
         for ch in self.channels:
             ch.start()
+
+    def halt(self) -> None:
+        for ch in self.channels:
+            ch.halt()
 
     def stop(self, timeout: float = 2.0) -> None:
         deadline = time.monotonic() + timeout

@@ -124,8 +124,13 @@ class AlertService:
         self._thread = threading.Thread(target=self._loop, name="diplo-alerts", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 3.0) -> None:
+    def halt(self) -> None:
+        """Tell every thread to stop, without waiting (`stop` waits)."""
         self._stop.set()
+        self.dispatcher.halt()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self.halt()
         if self._thread is not None:
             self._thread.join(timeout)
         self.dispatcher.stop(timeout)

@@ -11,6 +11,7 @@ import email.policy
 import hashlib
 import hmac
 import json
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -112,6 +113,19 @@ def busybox(*command: str, **extra: Any) -> dict[str, Any]:
     return {"image": "busybox:latest", "command": list(command), "init": True, **extra}
 
 
+def stop(server: Server) -> int | None:
+    """SIGTERM, and its exit code; a loaded machine's engine can make a stop with deploys
+    in flight take longer than test_serve's 10 s."""
+    assert server.proc is not None
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(60)
+        finally:
+            server.proc.kill()
+    return server.proc.returncode
+
+
 def alerts(server: Server) -> dict[str, Any]:
     answer = server.get("/alerts")
     assert answer is not None
@@ -123,17 +137,21 @@ def test_firing_and_resolved_reach_a_webhook_and_smtp(
 ):
     received, hook_port, smtp_port = inbox
     configure(sandbox, hook_port, smtp_port)
-    flag = sandbox.root / "flag"
+    flag, ctl = sandbox.root / "flag", sandbox.root / "ctl"
     flag.mkdir()
+    ctl.mkdir()
     hog, dies, bad = sandbox.name("hog"), sandbox.name("dies"), sandbox.name("bad")
     apps = {
-        # 40 MB in a tmpfs file (charged to the container's cgroup) for 10 s, of 64 MiB
+        # 40 MB in a tmpfs file (charged to the container's cgroup) of 64 MiB, from when
+        # the test says `fill` until it says `free`
         hog: busybox(
             "sh",
             "-c",
-            "sleep 4; head -c 40000000 /dev/zero > /dev/shm/fill; sleep 10; rm /dev/shm/fill;"
-            " exec sleep 3600",
+            "until [ -f /ctl/fill ]; do sleep 0.2; done; head -c 40000000 /dev/zero > "
+            "/dev/shm/fill; until [ -f /ctl/free ]; do sleep 0.2; done; rm /dev/shm/fill; "
+            "exec sleep 3600",
             resources={"memory": "64m"},
+            volumes=[f"{ctl}:/ctl"],
             alerts={"memory": {"above": "50%", "for": "2s"}},
         ),
         # runs until the flag is there, and then cannot start again
@@ -144,29 +162,33 @@ def test_firing_and_resolved_reach_a_webhook_and_smtp(
             volumes=[f"{flag}:/flag"],
             restart="no",
         ),
-        # its health check never passes: the deploy fails
-        bad: busybox(
-            "sleep",
-            "3600",
-            health={"cmd": ["false"], "interval": "200ms", "start_period": "0s"},
-            deploy={"timeout": "3s"},
-        ),
     }
     sandbox.manifest(apps)
     env = {"ALERT_SECRET": SECRET}  # no token of our choosing: reads are open on loopback
     server = Server(sandbox, env=env).start()
     try:
-        # the failed deploy
+        for app in (hog, dies):
+            wait_for(lambda a=app: (server.app(a) or {}).get("health") == "healthy", 90, app)
+
+        # a failed deploy: a new app whose container exits at once
+        apps[bad] = busybox("sh", "-c", "exit 3", restart="no")
+        sandbox.manifest(apps)
         wait_for(lambda: received.both(f"deploy:{bad}", "firing"), 90, "the failed deploy's alert")
 
         # the memory hog: firing while it holds the memory, resolved once it frees it
+        def sampled() -> bool:
+            top = server.get("/system/top") or {"apps": []}
+            return any(a["app"] == hog for a in top["apps"])
+
+        wait_for(sampled, 60, "the hog's first samples")
+        (ctl / "fill").touch()
         wait_for(lambda: received.both(f"memory:{hog}", "firing"), 60, "the hog's firing")
+        (ctl / "free").touch()
         wait_for(
             lambda: received.both(f"memory:{hog}", "firing", "resolved"), 60, "the hog's resolved"
         )
 
         # the app killed that cannot come back
-        wait_for(lambda: (server.app(dies) or {}).get("health") == "healthy", 60, f"{dies} up")
         (flag / "down").touch()
         (container,) = sandbox.containers(dies, all=False)
         sandbox.api.kill(container["Id"])
@@ -176,7 +198,7 @@ def test_firing_and_resolved_reach_a_webhook_and_smtp(
         assert firing[f"deploy:{bad}"]["message"].startswith(f"{bad}: deploy failed")
 
         # a restart of serve while two alerts fire: neither is sent again
-        assert server.stop() == 0
+        assert stop(server) == 0
         server = Server(sandbox, env=env).start()
         wait_for(lambda: f"down:{dies}" in {a["key"] for a in alerts(server)["firing"]}, 10, "")
 
@@ -184,7 +206,7 @@ def test_firing_and_resolved_reach_a_webhook_and_smtp(
         wait_for(
             lambda: received.both(f"down:{dies}", "firing", "resolved"), 120, "the down resolved"
         )
-        apps[bad]["health"] = {"cmd": ["true"], "interval": "200ms"}
+        apps[bad] = busybox("sleep", "3600")
         sandbox.manifest(apps)
         wait_for(
             lambda: received.both(f"deploy:{bad}", "firing", "resolved"), 90, "the deploy fixed"
@@ -192,7 +214,7 @@ def test_firing_and_resolved_reach_a_webhook_and_smtp(
         cli = sandbox.diplo("alerts", "--json", check=True)
         answer = json.loads(cli.stdout)
     finally:
-        server.stop()
+        stop(server)
 
     # exactly one firing and one resolved on each channel for the hog
     assert received.of(f"memory:{hog}") == {
