@@ -1,5 +1,5 @@
-"""How `diplo top` and `diplo metrics` show resource use: rich tables, one-line host
-figures, human units (KiB, MiB/s)."""
+"""How `diplo top`, `diplo metrics` and `diplo alerts` show resource use and alerts:
+rich tables, one-line host figures, human units (KiB, MiB/s)."""
 
 from __future__ import annotations
 
@@ -102,3 +102,41 @@ def series_table(series: dict[str, Any]) -> None:
         )
     click.echo(f"{series['app']}: every {series['step']}s over the last {series['since']}s")
     _console().print(table)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M:%S")
+
+
+def print_alerts(answer: dict[str, Any]) -> None:
+    """`diplo alerts`: what fires, what fired, and the channels' health."""
+    if not answer.get("enabled", True):
+        click.echo("alerts are off (alerts.enabled in $DIPLO_HOME/config.yaml)")
+        return
+    rows = [*answer["firing"], *answer["resolved"]]
+    if not rows:
+        click.echo("no alerts")
+    else:
+        table = _table("STATE", "ALERT", "SINCE", "RESOLVED", "VALUE", "THRESHOLD", "MESSAGE")
+        for a in rows:
+            table.add_row(
+                a["state"].upper(),
+                plain(a["key"]),
+                _when(a["since"]),
+                _when(a["resolved_at"]),
+                plain(a["value"] or "-"),
+                plain(a["threshold"] or "-"),
+                plain(a["message"]),
+            )
+        _console().print(table)
+    for ch in answer.get("channels", []):
+        line = f"channel {ch['name']} ({ch['type']}, {ch['target']}): {ch['sent']} sent"
+        if ch["failed"]:
+            line += f", {ch['failed']} failed attempts, last error: {ch['last_error']}"
+        if ch["queued"]:
+            line += f", {ch['queued']} queued"
+        click.echo(line)
+    if not answer.get("served_by"):
+        click.echo("(from the ledger: no diplo serve runs, so nothing is evaluated or sent)")

@@ -19,9 +19,12 @@ import uvicorn
 import yaml
 from fastapi.testclient import TestClient
 
+from diplo.alerts.channels import HttpSender
+from diplo.alerts.service import AlertService
 from diplo.api.access import Access
 from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
+from diplo.hostconfig import AlertsConfig
 from diplo.ledger import Ledger
 from diplo.metrics.collector import Collector
 from diplo.metricstore import MetricStore
@@ -38,6 +41,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 VIEWER_TOKEN = "t0ken-for-the-api-tests-viewer"
 VIEWER = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
 HOST = "localhost"  # a Host name the API answers to (others get 421)
+HOOK_TOKEN = "hook-url-token-never-shown"  # in the alert channel's URL
 
 
 def loopback() -> Access:
@@ -74,6 +78,7 @@ class World:
     api: Any  # the ASGI app `diplo serve` runs
     access: Access
     metrics: Collector
+    alerts: AlertService
 
     def client(self, host: str = "testclient", headers: dict[str, str] | None = None) -> TestClient:
         """A client at address `host`, sending `headers` with every request."""
@@ -106,8 +111,9 @@ def build_world(
     ledger = Ledger(root / "home" / "ledger.db")
     controller = Controller(folder, Context(_runtime=engine, _ledger=ledger))
     metrics = sampled(root)
-    api = asgi_app(controller, access, metrics=metrics)
-    world = World(folder, engine, ledger, controller, api, access, metrics)
+    alerts = alerted(controller, ledger)
+    api = asgi_app(controller, access, metrics=metrics, alerts=alerts)
+    world = World(folder, engine, ledger, controller, api, access, metrics, alerts)
     world.write(app_specs())
     for name in APPS:
         controller.handle(name)
@@ -115,6 +121,33 @@ def build_world(
 
 
 WEB_ID = "c" * 64
+
+
+class NoInputs:
+    def health(self) -> None:
+        return None
+
+    def app_rules(self, app: str) -> None:
+        return None
+
+    def sources(self) -> list[dict[str, Any]]:
+        return []
+
+    def certificates(self) -> list[dict[str, Any]]:
+        return []
+
+
+def alerted(controller: Controller, ledger: Ledger) -> AlertService:
+    """Alerts (not started: the channel's notifications stay queued) where `web`'s deploy
+    failed and still fires, and `worker`'s failed and was fixed."""
+    hook = HttpSender("hook", "slack", f"http://127.0.0.1:9/{HOOK_TOKEN}")
+    alerts = AlertService(
+        AlertsConfig(), ledger, [hook], NoInputs(), publish=controller.bus.publish
+    )
+    alerts.on_event("deploy.failed", "worker", {"message": "health gate: timed out"})
+    alerts.on_event("deploy.succeeded", "worker", {"message": "ok"})
+    alerts.on_event("deploy.failed", "web", {"message": "health gate: timed out"})
+    return alerts
 
 
 def sampled(root: Path) -> Collector:
