@@ -42,9 +42,17 @@ COLUMNS = {
     "blk_write_bytes": "MAX({c})",
     "restarts": "MAX({c})",
     "latency_ms": "ROUND(AVG({c}), 1)",
+    # an app's requests through the proxy (each of its replicas' rows holds the app's);
+    # a roll-up keeps the mean of the interval's percentiles, not a percentile of all
+    "requests_per_second": "ROUND(AVG({c}), 3)",
+    "p50_ms": "ROUND(AVG({c}), 1)",
+    "p95_ms": "ROUND(AVG({c}), 1)",
+    "p99_ms": "ROUND(AVG({c}), 1)",
+    "error_ratio": "ROUND(AVG({c}), 4)",
 }
+REQUEST_COLUMNS = ("requests_per_second", "p50_ms", "p95_ms", "p99_ms", "error_ratio")
 # how the replicas of one app add up in a series (the rest are summed)
-MEAN_OVER_REPLICAS = {"cpu_limit_percent", "latency_ms"}
+MEAN_OVER_REPLICAS = {"cpu_limit_percent", "latency_ms", *REQUEST_COLUMNS}
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS points (
@@ -95,6 +103,11 @@ class Point:
     blk_write_bytes: float
     restarts: float
     latency_ms: float | None = None
+    requests_per_second: float | None = None  # None: not behind the proxy
+    p50_ms: float | None = None  # None too for an interval without requests
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    error_ratio: float | None = None
 
 
 @dataclass
@@ -122,11 +135,19 @@ class MetricStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._add_missing_columns()
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(
                 f"cannot open the metrics history at {self.path}: {exc}",
                 hint="check DIPLO_HOME and that the folder is writable",
             ) from exc
+
+    def _add_missing_columns(self) -> None:
+        """A metrics.db of an older Diplo gets the columns it lacks (empty in old rows)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(points)")}
+        for name in COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE points ADD COLUMN {name} REAL")
 
     @classmethod
     def open_default(

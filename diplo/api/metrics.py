@@ -42,7 +42,9 @@ class MetricSeries(BaseModel):
         description="cpu_percent (of one core), cpu_percent_max, cpu_limit_percent, "
         "memory_bytes, memory_bytes_max, memory_limit_bytes, rx_bytes_per_second, "
         "tx_bytes_per_second, rx_bytes, tx_bytes, blk_read_bytes, blk_write_bytes, "
-        "restarts, latency_ms (the health probe's)."
+        "restarts, latency_ms (the health probe's); for apps behind the proxy: "
+        "requests_per_second, p50_ms, p95_ms, p99_ms (response time through the proxy) "
+        "and error_ratio (5xx answers / all), null for a step without requests."
     )
 
 
@@ -60,6 +62,15 @@ class AppUsage(BaseModel):
     restarts: int
     latency_ms: float | None = Field(description="The newest health probe's.")
     sampled_at: int = Field(description="Epoch seconds.")
+    requests_per_second: float | None = Field(
+        None, description="Through the proxy, over the last interval; null: not behind it."
+    )
+    p50_ms: float | None = Field(None, description="Response time through the proxy.")
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    error_ratio: float | None = Field(
+        None, description="5xx answers / all answers; null without requests."
+    )
 
 
 class TopAnswer(BaseModel):

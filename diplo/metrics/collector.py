@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -43,19 +43,46 @@ class ContainerSource(Protocol):
 
 @dataclass(frozen=True)
 class RequestSample:
-    """Request figures of an app behind the proxy (issue 11 fills them)."""
+    """Request figures of an app behind the proxy over the last collector interval
+    (diplo/metrics/requests.py): all 0.0 when it had no request."""
 
     requests_per_second: float
     p50_ms: float
     p95_ms: float
     p99_ms: float
     error_ratio: float  # 5xx answers / all answers
+    requests: int = 0  # answered in the interval
+
+
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+@dataclass
+class RequestTotals:
+    """An app's requests through the proxy since the collector started (what the
+    Prometheus counters and the summary's count and sum show)."""
+
+    project: str
+    by_class: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUS_CLASSES, 0))
+    duration_seconds: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_class.values())
 
 
 class RequestStats(Protocol):
     """The seam for the proxy's request metrics: None for an app it does not serve."""
 
+    def refresh(self) -> None:
+        """Take the next window (once per cycle, before the `of` calls)."""
+        ...
+
     def of(self, app: str) -> RequestSample | None: ...
+
+    def totals(self) -> Mapping[str, RequestTotals]:
+        """Each app's totals since start (a copy)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -113,6 +140,7 @@ class ContainerSample:
             blk_write_bytes=self.blk_write_bytes,
             restarts=self.restarts,
             latency_ms=_round(self.latency_ms, 1),
+            **_request_columns(self.requests),
         )
 
 
@@ -154,6 +182,22 @@ class HostSample:
             },
             "sampled_at": round(self.at, 3),
         }
+
+
+def _request_columns(r: RequestSample | None) -> dict[str, float | None]:
+    """A point's request columns: the rate of an app behind the proxy (0 when idle), its
+    latencies and error ratio only when it answered requests (an idle interval is no
+    0 ms answer, and would drag the history's means down)."""
+    if r is None:
+        return {}
+    answered = r.requests > 0
+    return {
+        "requests_per_second": r.requests_per_second,
+        "p50_ms": r.p50_ms if answered else None,
+        "p95_ms": r.p95_ms if answered else None,
+        "p99_ms": r.p99_ms if answered else None,
+        "error_ratio": r.error_ratio if answered else None,
+    }
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -213,6 +257,11 @@ class Collector:
         started = self.mono()
         now = self.clock()
         self.host = self._host(now)
+        if self.requests is not None:
+            try:
+                self.requests.refresh()
+            except Exception as exc:  # the containers' samples still count
+                log.exception("metrics.requests_failed", error=str(exc))
         samples: list[ContainerSample] = []
         latencies: dict[str, float | None] = {}
         owned = set(self.owned()) if self.owned is not None else None

@@ -218,6 +218,9 @@ def access_logging() -> dict[str, Any]:
                     "filename": f"{STATE_DIR}/{ACCESS_DIR}/{ACCESS_FILE}",
                     "roll_size_mb": ACCESS_ROLL_MB,
                     "roll_keep": ACCESS_KEEP,
+                    # rolled files stay plain: the collector reads the end of the one
+                    # just rolled, which a gzip in the background would take away
+                    "roll_gzip": False,
                 },
                 "encoder": {
                     "format": "filter",

@@ -42,6 +42,10 @@ def test_an_apps_series_has_one_value_per_timestamp_for_each_metric(client: Test
     assert metrics["memory_bytes"] == [40 << 20]
     assert metrics["memory_limit_bytes"] == [100 << 20]
     assert metrics["latency_ms"] == [3.0]
+    # through the proxy: 20 requests in 10 s, 1 to 20 ms, 2 answered 503
+    assert metrics["requests_per_second"] == [2.0]
+    assert (metrics["p50_ms"], metrics["p95_ms"], metrics["p99_ms"]) == ([10.0], [19.0], [20.0])
+    assert metrics["error_ratio"] == [0.1]
     assert all(len(v) == 1 for v in metrics.values())
 
 
@@ -79,6 +83,8 @@ def test_system_top_adds_up_each_app(client: TestClient):
     (web,) = body["apps"]
     assert web["app"] == "web" and web["replicas"] == 1
     assert web["cpu_percent"] == 15.0 and web["memory_percent"] == 40.0
+    assert web["requests_per_second"] == 2.0 and web["error_ratio"] == 0.1
+    assert web["p99_ms"] == 20.0
     assert body["interval_s"] == 10 and body["host"]["cores"] == 2
 
 
@@ -102,6 +108,23 @@ def test_the_prometheus_exposition_has_the_containers_and_diplos_own(
     routes = {s.labels["route"] for s in api if s.name.endswith("_count")}
     assert "/apps/{app}" in routes and "/apps/web" not in routes
     assert families["diplo_workqueue_depth"].samples[0].value >= 0
+
+
+def test_the_prometheus_exposition_has_each_proxied_apps_requests(client: TestClient):
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    requests = families["diplo_app_http_requests"]
+    assert requests.type == "counter"
+    by_class = {s.labels["code_class"]: s.value for s in requests.samples}
+    assert by_class == {"1xx": 0, "2xx": 18, "3xx": 0, "4xx": 0, "5xx": 2}
+    assert {s.name for s in requests.samples} == {"diplo_app_http_requests_total"}
+    assert all(s.labels["app"] == "web" and s.labels["project"] == "shop" for s in requests.samples)
+    duration = families["diplo_app_http_request_duration_seconds"]
+    assert duration.type == "summary"
+    got = {(s.name, s.labels.get("quantile")): s.value for s in duration.samples}
+    base = "diplo_app_http_request_duration_seconds"
+    assert got[(base, "0.5")] == 0.01 and got[(base, "0.99")] == 0.02
+    assert got[(f"{base}_count", None)] == 20
+    assert got[(f"{base}_sum", None)] == pytest.approx(0.21)  # 1 + 2 + ... + 20 ms
 
 
 def test_metrics_need_the_token_when_the_operator_chose_one(world: World):

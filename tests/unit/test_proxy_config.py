@@ -301,6 +301,7 @@ def test_both_servers_log_requests_to_a_bounded_file_without_uris_headers_or_add
         "filename": "/diplo/access/access.log",
         "roll_size_mb": 10,
         "roll_keep": 1,
+        "roll_gzip": False,
     }
     dropped = access["encoder"]["fields"]
     for field in ("request>uri", "request>headers", "request>remote_ip", "resp_headers"):
