@@ -48,6 +48,20 @@ class MetricSeries(BaseModel):
     )
 
 
+class HostSeries(BaseModel):
+    """The host's figures over time, as the collector sampled them each interval."""
+
+    since: int = Field(description="Seconds of history asked for (at most the longest tier).")
+    step: int = Field(description="Seconds per value: the step asked for, raised if needed.")
+    resolution: float = Field(description="Seconds between samples of the tier read.")
+    timestamps: list[int] = Field(description="Start of each step, epoch seconds.")
+    metrics: dict[str, list[float | None]] = Field(
+        description="cpu_percent (of all cores), cpu_percent_max, memory_used_bytes, "
+        "memory_used_bytes_max, memory_total_bytes, load_1m, load_5m, load_15m, "
+        "docker_disk_free_bytes (the lowest in the step), docker_disk_total_bytes."
+    )
+
+
 class AppUsage(BaseModel):
     """An app's newest sample, its replicas added up."""
 
@@ -111,6 +125,36 @@ def add_metrics_routes(
             app, seconds, parse_duration(step) if step else None, time.time()
         )
         return MetricSeries(**series_answer(series, seconds))
+
+    @api.get(
+        "/system/metrics",
+        summary="The host's CPU, memory, load and Docker disk history",
+        dependencies=reads,
+        response_model=HostSeries,
+        responses={
+            **AUTH_ERRORS,
+            422: problem_doc("Invalid query parameter"),
+            503: problem_doc("Metrics are turned off"),
+        },
+    )
+    def host_metrics(
+        since: Annotated[
+            str, Query(pattern=DURATION, description="How far back, e.g. 30m, 1h, 7d.")
+        ] = "1h",
+        step: Annotated[
+            str | None,
+            Query(pattern=DURATION, description="Seconds per value, e.g. 10s, 1m, 1h."),
+        ] = None,
+    ) -> HostSeries:
+        if collector is None or collector.store is None:
+            raise Problem(503, "metrics are off", "this diplo serve collects no metrics")
+        seconds = min(parse_duration(since), collector.store.retention.ten_minutes)
+        series = collector.store.host_series(
+            seconds, parse_duration(step) if step else None, time.time()
+        )
+        answer = series_answer(series, seconds)
+        del answer["app"]
+        return HostSeries(**answer)
 
     @api.get(
         "/system/top",

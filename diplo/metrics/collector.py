@@ -19,7 +19,7 @@ import structlog
 from diplo import kernelstats
 from diplo.errors import DiploError, NotFound
 from diplo.kernelstats import Unreadable
-from diplo.metricstore import MetricStore, Point
+from diplo.metricstore import HostPoint, MetricStore, Point
 
 if TYPE_CHECKING:  # the engine side is the composition root's to build
     from diplo.runtime.sampling import EngineStats, Running
@@ -156,6 +156,19 @@ class HostSample:
     disk_total_bytes: int | None
     disk_free_bytes: int | None
 
+    def point(self) -> HostPoint:
+        return HostPoint(
+            ts=int(self.at),
+            cpu_percent=_round(self.cpu_percent, 2),
+            memory_used_bytes=self.memory_total_bytes - self.memory_available_bytes,
+            memory_total_bytes=self.memory_total_bytes,
+            load_1m=self.load[0],
+            load_5m=self.load[1],
+            load_15m=self.load[2],
+            docker_disk_free_bytes=self.disk_free_bytes,
+            docker_disk_total_bytes=self.disk_total_bytes,
+        )
+
     def as_dict(self) -> dict[str, object]:
         used = self.memory_total_bytes - self.memory_available_bytes
         return {
@@ -281,6 +294,8 @@ class Collector:
         self.latest = {s.id: s for s in samples}
         if self.store is not None:
             self.store.write([p for s in samples if (p := s.point()) is not None])
+            if self.host is not None:
+                self.store.write_host(self.host.point())
             if now - self._maintained >= MAINTAIN_EVERY:
                 self.store.maintain(now)
                 self._maintained = now

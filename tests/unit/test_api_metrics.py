@@ -78,6 +78,20 @@ def test_system_stats_keep_their_keys_and_add_the_host(client: TestClient):
     assert body["metrics"]["history_bytes"] > 0
 
 
+def test_the_host_history_has_the_hosts_figures(client: TestClient):
+    resp = client.get("/system/metrics", params={"since": "10m", "step": "1m"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["since"] == 600 and body["step"] == 60 and body["resolution"] == 10
+    assert len(body["timestamps"]) == 1  # two cycles within the same minute
+    m = body["metrics"]
+    assert m["memory_used_bytes"] == [1_000_000 * 1024] and m["memory_total_bytes"][0] > 0
+    assert (m["load_1m"], m["load_5m"], m["load_15m"]) == ([0.5], [0.25], [0.1])
+    assert m["docker_disk_total_bytes"][0] > 0 and m["docker_disk_free_bytes"][0] > 0
+    assert m["cpu_percent"] == [None]  # the kernel tree's counters did not move
+    assert client.get("/system/metrics", params={"since": "soon"}).status_code == 422
+
+
 def test_system_top_adds_up_each_app(client: TestClient):
     body = client.get("/system/top").json()
     (web,) = body["apps"]
@@ -139,6 +153,7 @@ def test_without_a_collector_series_are_a_503_and_the_rest_still_answers(world: 
     client = TestClient(api, base_url="http://localhost", headers=VIEWER)
     resp = client.get("/apps/web/metrics")
     assert resp.status_code == 503 and resp.json()["title"] == "metrics are off"
+    assert client.get("/system/metrics").status_code == 503
     assert client.get("/system/stats").json()["host"] is None
     assert client.get("/system/top").json()["apps"] == []
     assert "diplo_reconciles_total" in client.get("/metrics").text

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from diplo import kernelstats
 from diplo.metrics.collector import Collector
 from diplo.metrics.prom import OwnMetrics
-from diplo.metricstore import MetricStore, Point, Retention
+from diplo.metricstore import HostPoint, MetricStore, Point, Retention
 from diplo.runtime.sampling import EngineStats, engine_stats
 
 from .kerneltree import FakeEngine, Tree, running
@@ -236,6 +236,37 @@ def test_history_rolls_up_into_minutes_and_ten_minutes_and_prunes(tmp_path: Path
     # 15 days later nothing is left
     store.maintain(t0 + 15 * 86400)
     assert store.series("web", 14 * 86400, 600, t0 + 15 * 86400).timestamps == []
+    store.close()
+
+
+def host_point(ts: int, cpu: float, free: float) -> HostPoint:
+    return HostPoint(ts, cpu, cpu * 1000, 8000.0, cpu / 10, 0.2, 0.1, free, 1e9)
+
+
+def test_the_host_history_rolls_up_and_prunes_like_the_apps(tmp_path: Path):
+    store = MetricStore(tmp_path / "metrics.db", Retention(3600, 86400, 14 * 86400), 10)
+    t0 = 1_700_000_400
+    store.write_host(HostPoint(t0 - 10, None, 1.0, 8000.0, 0.0, 0.0, 0.0, None, None))
+    for i in range(120):
+        store.write_host(host_point(t0 + i * 10, cpu=float(i), free=1e6 - i))
+    raw = store.host_series(3600, None, t0 + 1200)
+    assert raw.resolution == 10 and len(raw.timestamps) == 121
+    assert raw.metrics["cpu_percent"][:2] == [None, 0.0]  # the first cycle has no CPU rate
+    store.maintain(t0 + 1200)
+    minutes = store.host_series(7200, 60, t0 + 1200)
+    assert minutes.resolution == 60 and minutes.timestamps[1:3] == [t0, t0 + 60]
+    assert minutes.metrics["cpu_percent"][1:3] == [2.5, 8.5]
+    assert minutes.metrics["cpu_percent_max"][1:3] == [5.0, 11.0]
+    assert minutes.metrics["memory_used_bytes"][1] == 2500.0
+    assert minutes.metrics["docker_disk_free_bytes"][1:3] == [1e6 - 5, 1e6 - 11]  # the lowest
+    # steps coarser than the tier: means of the means, maxima of maxima, minima of minima
+    ten = store.host_series(7200, 600, t0 + 1200)
+    assert ten.timestamps[-2:] == [t0, t0 + 600]
+    assert ten.metrics["cpu_percent"][-2:] == [29.5, 89.5]
+    assert ten.metrics["cpu_percent_max"][-2:] == [59.0, 119.0]
+    assert ten.metrics["docker_disk_free_bytes"][-2:] == [1e6 - 59, 1e6 - 119]
+    store.maintain(t0 + 15 * 86400)
+    assert store.host_series(14 * 86400, 600, t0 + 15 * 86400).timestamps == []
     store.close()
 
 
