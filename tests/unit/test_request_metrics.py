@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
+from diplo.ledger import Ledger
 from diplo.metrics.collector import ContainerSample, RequestSample
 from diplo.metrics.requests import AccessLog, HostIndex, LogTail, bare_host, parse, percentile
 from diplo.metricstore import MetricStore
+from diplo.ops.context import Context
 from diplo.ops.metrics import usage
+from diplo.proxy.manager import Proxy
+from diplo.runtime.memory import MemoryRuntime
+from diplo.serve import request_stats
 
 
 def entry(host: str, status: int = 200, ms: float = 10.0, logger: str = "http.log.access") -> str:
@@ -313,8 +320,6 @@ def test_an_idle_interval_has_a_zero_rate_and_no_latency(tmp_path: Path):
 
 
 def test_a_history_of_an_older_diplo_gets_the_request_columns(tmp_path: Path):
-    import sqlite3
-
     path = tmp_path / "metrics.db"
     db = sqlite3.connect(path)
     db.execute(
@@ -334,3 +339,20 @@ def test_a_history_of_an_older_diplo_gets_the_request_columns(tmp_path: Path):
     assert series.metrics["requests_per_second"] == [None, 1.0]
     store.close()
     assert os.path.getsize(path) > 0
+
+
+# --- serve's wiring ------------------------------------------------------------------
+
+
+def test_serve_reads_the_access_log_of_this_homes_proxy_with_the_ledgers_routes(tmp_path: Path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    home = tmp_path / "home"
+    proxy = Proxy(home, runtime=cast(Any, object()))  # never started here
+    route = {"domains": ["web.example.com"], "http_port": 8080, "tls": "auto", "replicas": 1}
+    ledger.set_route("web", "shop", route)
+    assert request_stats(Context(_runtime=MemoryRuntime(), _ledger=ledger)) is None  # no proxy
+    stats = request_stats(Context(_runtime=MemoryRuntime(), _ledger=ledger, _proxy=proxy))
+    assert isinstance(stats, AccessLog)
+    assert stats.tail.path == home / "proxy" / "access" / "access.log"
+    assert stats.routes() == {"web": ("shop", ["web.example.com"])}
+    ledger.close()
