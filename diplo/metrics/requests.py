@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,13 +25,14 @@ from typing import IO
 
 import structlog
 
-from diplo.metrics.collector import RequestSample, RequestTotals
+from diplo.metrics.collector import STATUS_CLASSES, RequestSample, RequestTotals
 
 log = structlog.get_logger("diplo.metrics")
 
 MAX_READ = 32 * 1024 * 1024  # bytes read per refresh at most: the rest waits a cycle
 MAX_LINE = 64 * 1024  # a longer line is no entry of ours: skipped
 ACCESS_LOGGER = "http.log.access"
+_CLASS = {int(c[0]): c for c in STATUS_CLASSES}  # 5 -> "5xx"
 
 # app -> (project, domains): what the proxy serves (the ledger's routes)
 Routes = Callable[[], Mapping[str, tuple[str, Sequence[str]]]]
@@ -118,11 +120,35 @@ class Entry:
     duration_s: float
 
 
+# Caddy writes compact JSON with these keys once per line (URIs and headers deleted): the
+# fields are found by pattern, about ten times cheaper than decoding the line; a line
+# they do not fit (an escaped host, another layout) is decoded.
+_LOGGER = re.compile(rb'"logger":\s*"http\.log\.access[."]')
+_HOST = re.compile(rb'"host":\s*"([^"\\]*)"')
+_DURATION = re.compile(rb'"duration":\s*([0-9.eE+-]+)[,}]')
+_STATUS = re.compile(rb'"status":\s*([0-9]+)[,}]')
+
+
 def parse(line: bytes) -> Entry | None:
     """An access entry of Caddy's JSON log; None for anything else."""
+    if (
+        _LOGGER.search(line)
+        and (host := _HOST.search(line))
+        and (duration := _DURATION.search(line))
+        and (status := _STATUS.search(line))
+    ):
+        try:
+            return Entry(host[1].decode(), int(status[1]), float(duration[1]))
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return _decoded(line)
+
+
+def _decoded(line: bytes) -> Entry | None:
     try:
         data = json.loads(line)
-        if not str(data.get("logger", "")).startswith(ACCESS_LOGGER):
+        logger = str(data.get("logger", ""))
+        if logger != ACCESS_LOGGER and not logger.startswith(ACCESS_LOGGER + "."):
             return None
         return Entry(
             host=str(data["request"]["host"]),
@@ -188,8 +214,20 @@ def window(durations_ms: list[float], errors: int, seconds: float) -> RequestSam
 
 @dataclass
 class _Acc:
+    """One app's requests in one window."""
+
+    project: str
     durations_ms: list[float] = field(default_factory=list)
     errors: int = 0
+    by_class: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUS_CLASSES, 0))
+    duration_seconds: float = 0.0  # of the requests counted in by_class
+
+    def add(self, entry: Entry) -> None:
+        self.durations_ms.append(entry.duration_s * 1000.0)
+        self.errors += entry.status >= 500
+        if 1 <= entry.status // 100 <= 5:  # Caddy logs 0 for a client that went away
+            self.by_class[_CLASS[entry.status // 100]] += 1
+            self.duration_seconds += entry.duration_s
 
 
 class AccessLog:
@@ -213,25 +251,33 @@ class AccessLog:
         lines = self.tail.read()
         routes = self.routes()
         index = HostIndex(routes)
+        owners: dict[str, tuple[str, str] | None] = {}  # Host header as sent -> its app
         accs: dict[str, _Acc] = {}
+        unmatched = 0
+        for line in lines:
+            entry = parse(line)
+            if entry is None:
+                continue
+            if entry.host not in owners:
+                owners[entry.host] = index.app_of(entry.host)
+            owner = owners[entry.host]
+            if owner is None:
+                unmatched += 1
+                continue
+            acc = accs.get(owner[1])
+            if acc is None:
+                acc = accs[owner[1]] = _Acc(owner[0])
+            acc.add(entry)
         with self._lock:
-            for line in lines:
-                entry = parse(line)
-                if entry is None:
-                    continue
-                owner = index.app_of(entry.host)
-                if owner is None:
-                    self.unmatched += 1
-                    continue
-                project, app = owner
-                acc = accs.setdefault(app, _Acc())
-                acc.durations_ms.append(entry.duration_s * 1000.0)
-                acc.errors += entry.status >= 500
-                totals = self._totals.setdefault(app, RequestTotals(project))
-                totals.project = project
-                if 1 <= entry.status // 100 <= 5:  # Caddy logs 0 for a dropped client
-                    totals.by_class[f"{entry.status // 100}xx"] += 1
-                    totals.duration_seconds += entry.duration_s
+            self.unmatched += unmatched
+            for app, acc in accs.items():
+                totals = self._totals.get(app)
+                if totals is None:
+                    totals = self._totals[app] = RequestTotals(acc.project)
+                totals.project = acc.project
+                for code_class, count in acc.by_class.items():
+                    totals.by_class[code_class] += count
+                totals.duration_seconds += acc.duration_seconds
             for gone in set(self._totals) - set(routes):
                 del self._totals[gone]
         seconds = now - self._last if self._last is not None else 0.0

@@ -15,7 +15,15 @@ import pytest
 
 from diplo.ledger import Ledger
 from diplo.metrics.collector import ContainerSample, RequestSample
-from diplo.metrics.requests import AccessLog, HostIndex, LogTail, bare_host, parse, percentile
+from diplo.metrics.requests import (
+    AccessLog,
+    Entry,
+    HostIndex,
+    LogTail,
+    bare_host,
+    parse,
+    percentile,
+)
 from diplo.metricstore import MetricStore
 from diplo.ops.context import Context
 from diplo.ops.metrics import usage
@@ -152,6 +160,26 @@ def test_only_access_entries_are_parsed():
     assert parse(b"not json") is None
     assert parse(b'{"logger": "http.log.access", "status": 200}') is None  # no host
     assert parse(b"[1, 2]") is None
+
+
+CADDY_26 = (  # verbatim, from Caddy 2.6.2 with Diplo's logging config
+    b'{"level":"error","ts":1795959834.836597,"logger":"http.log.access","msg":"handled '
+    b'request","request":{"proto":"HTTP/1.1","method":"GET","host":"b.localhost"},'
+    b'"duration":0.000428124,"size":0,"status":502}'
+)
+
+
+def test_caddys_lines_are_read_by_pattern_and_odd_ones_decoded():
+    assert parse(CADDY_26) == Entry("b.localhost", 502, 0.000428124)
+    # an escaped host does not fit the pattern: the line is decoded
+    escaped = CADDY_26.replace(b'"b.localhost"', b'"b\\u002elocalhost"')
+    assert b"\\u002e" in escaped
+    assert parse(escaped) == Entry("b.localhost", 502, 0.000428124)
+    late_status = (
+        b'{"logger":"http.log.access.x","status":201,"duration":1e-3,"request":{"host":"h"}}'
+    )
+    assert parse(late_status) == Entry("h", 201, 0.001)
+    assert parse(CADDY_26.replace(b"http.log.access", b"http.log.accessory")) is None
 
 
 @pytest.mark.parametrize(
