@@ -1,8 +1,10 @@
 """The collector of `diplo serve`: every `interval` seconds it samples each running
 container Diplo owns from the kernel's counters (the engine's stats call only where those
 cannot be read), turns counters into rates against the previous sample it keeps in
-memory, writes the samples to the metrics history and rolls the history up. It runs in a
-thread of its own; a failing cycle is logged and the next one runs as usual."""
+memory, adds each app's request figures when it is behind the proxy (`RequestStats`,
+diplo/metrics/requests.py), writes the samples and the host's to the metrics history and
+rolls the history up. It runs in a thread of its own; a failing cycle is logged and the
+next one runs as usual."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """`GET /metrics`: the Prometheus text exposition of the collector's newest samples (one
-series per container, labelled app, project and replica) and of Diplo's own counters
-(reconciles, deploys and their durations, drift heals, the work queue, API latency).
+series per container, labelled app, project and replica; the requests of each app behind
+the proxy, labelled app and project) and of Diplo's own counters (reconciles, deploys
+and their durations, drift heals, the work queue, API latency).
 Each `diplo serve` has a registry of its own (never the library's global one)."""
 
 from __future__ import annotations
