@@ -8,6 +8,8 @@ a domain keeps its probe latency and has no request figures."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -146,16 +148,25 @@ def test_requests_through_the_proxy_reach_history_top_and_prometheus(
     total = "diplo_app_http_request_duration_seconds_sum"
     assert after[(total, "")] - before[(total, "")] >= SLOW * SLOW_S
 
-    # the history: the burst's windows add up to its requests, with its errors and the
-    # slow answers in the high percentiles; the quiet windows after it have a zero rate
+    # Prometheus's own linter finds nothing to say about the exposition
+    body = read(server, "/metrics")[1]
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed: `make engine` installs Debian's prometheus"
+    lint = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+    # the history: the burst's windows, with its errors and the slow answers in the high
+    # percentiles; the quiet windows after it have a zero rate
     def settled() -> dict[str, Any] | None:
         m = series(server, web)["metrics"]
         return m if m["requests_per_second"] and m["requests_per_second"][-1] == 0 else None
 
     time.sleep(2.5)  # a quiet window after the burst
     m = wait_for(settled, 15, "a quiet window after the burst")
-    requested = sum(r or 0 for r in m["requests_per_second"])  # 1 s per window
-    assert len(paths) * 0.8 <= requested <= len(paths) * 1.3 + 5, m["requests_per_second"]
+    # a window lasts the interval (1 s) or more on a loaded machine: the rates add up to
+    # the burst's requests at most, and to a good part of them
+    requested = sum(r or 0 for r in m["requests_per_second"])
+    assert len(paths) / 4 <= requested <= len(paths) * 1.2, m["requests_per_second"]
     assert max(e or 0 for e in m["error_ratio"]) > 0
     assert max(p or 0 for p in m["p99_ms"]) >= SLOW_S * 1000
     assert min(p for p in m["p50_ms"] if p is not None) < SLOW_S * 1000
