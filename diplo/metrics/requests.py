@@ -12,6 +12,7 @@ It also keeps totals since it started, for the Prometheus counters. Hosts no app
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -42,9 +43,8 @@ class LogTail:
     """The complete lines appended to a file since the last `read`. Caddy's writer
     (lumberjack) rolls the file by renaming it aside in the same folder and opening a new
     one: the rest of the old file is found by its inode and read first. A file shorter
-    than the offset was truncated: it is read from its start. The first `read` of a file
-    that existed before it starts at its end (what came before is history, not this
-    window)."""
+    than the offset was truncated: it is read from its start. What the file holds when
+    the tail is made is history: the first `read` gives what came after."""
 
     def __init__(self, path: Path, *, max_read: int = MAX_READ) -> None:
         self.path = path
@@ -52,7 +52,9 @@ class LogTail:
         self.skipped = 0  # over-long lines dropped
         self._inode: int | None = None
         self._offset = 0
-        self._started = False
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            self._inode, self._offset = st.st_ino, st.st_size
 
     def read(self) -> list[bytes]:
         lines: list[bytes] = []
@@ -62,11 +64,6 @@ class LogTail:
             f = None
         try:
             inode = os.fstat(f.fileno()).st_ino if f is not None else None
-            if not self._started:  # the first look: what is there now is history
-                self._started = True
-                if f is not None:
-                    self._inode, self._offset = inode, os.fstat(f.fileno()).st_size
-                return []
             if self._inode is not None and inode != self._inode:  # rolled meanwhile
                 lines += self._rest_of_rolled(self._inode)
                 self._inode, self._offset = None, 0
@@ -243,7 +240,7 @@ class AccessLog:
         self._latest: dict[str, RequestSample] = {}
         self._totals: dict[str, RequestTotals] = {}
         self._lock = threading.Lock()
-        self._last: float | None = None
+        self._last = mono()  # the first window starts now, with the tail
 
     def refresh(self) -> None:
         """Read what the proxy logged since the last call: the window of `of`."""
@@ -280,13 +277,11 @@ class AccessLog:
                 totals.duration_seconds += acc.duration_seconds
             for gone in set(self._totals) - set(routes):
                 del self._totals[gone]
-        seconds = now - self._last if self._last is not None else 0.0
-        first = self._last is None
-        self._last = now
-        # every app behind the proxy has a window, an idle one too; none before the first
+        seconds, self._last = now - self._last, now
+        # every app behind the proxy has a window, an idle one too
         self._latest = (
             {}
-            if first
+            if seconds <= 0
             else {
                 app: window(accs[app].durations_ms, accs[app].errors, seconds)
                 if app in accs

@@ -235,7 +235,7 @@ def test_each_window_gives_rate_percentiles_and_error_ratio_per_app(log_path: Pa
     clock = Clock()
     stats = AccessLog(log_path, lambda: ROUTES, mono=clock)
     stats.refresh()
-    assert stats.of("web") is None  # no full window yet
+    assert stats.of("web") is None  # made and refreshed at one instant: no window yet
     # 100 requests to web over 10 s: 1..100 ms, the slowest 5 answered 502
     lines = [entry("web.example.com", 502 if ms > 95 else 200, ms) for ms in range(1, 101)]
     lines += [entry("nobody.example.com", 404)] * 3  # Caddy's 404 of an unknown host
