@@ -245,8 +245,8 @@ class AccessLog:
     def refresh(self) -> None:
         """Read what the proxy logged since the last call: the window of `of`."""
         now = self.mono()
+        routes = self.routes()  # first: if the ledger fails, no line is read and lost
         lines = self.tail.read()
-        routes = self.routes()
         index = HostIndex(routes)
         owners: dict[str, tuple[str, str] | None] = {}  # Host header as sent -> its app
         accs: dict[str, _Acc] = {}

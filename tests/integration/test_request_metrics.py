@@ -31,6 +31,8 @@ pytestmark = pytest.mark.docker
 
 FAST, FAILED, SLOW = 40, 6, 4
 SLOW_S = 0.3
+# a collector cycle asks the engine for its containers: seconds, on a loaded engine
+SLOW_WAIT = 120
 
 
 def cgi_site(box: Sandbox) -> str:
@@ -131,7 +133,7 @@ def test_requests_through_the_proxy_reach_history_top_and_prometheus(
         time.sleep(2.0)  # two collector intervals
         return first if first and first == counters() else None
 
-    before = wait_for(steady, 30, "the app's request counters to settle")
+    before = wait_for(steady, SLOW_WAIT, "the app's request counters to settle")
 
     paths = ["/"] * FAST + ["/cgi-bin/fail"] * FAILED + ["/cgi-bin/slow"] * SLOW
     with ThreadPoolExecutor(8) as pool:
@@ -148,7 +150,7 @@ def test_requests_through_the_proxy_reach_history_top_and_prometheus(
         grown = now.get((total, ""), 0) - before.get((total, ""), 0)
         return now if grown >= len(paths) else None
 
-    after = wait_for(counted, 15, "the proxy's counters to count the requests")
+    after = wait_for(counted, SLOW_WAIT, "the proxy's counters to count the requests")
     by = "diplo_app_http_requests_total"
     assert after[(by, "2xx")] - before[(by, "2xx")] == FAST + SLOW
     assert after[(by, "5xx")] - before[(by, "5xx")] == FAILED
@@ -168,7 +170,9 @@ def test_requests_through_the_proxy_reach_history_top_and_prometheus(
     # the history: the burst's windows, with its errors and the slow answers in the high
     # percentiles; the quiet windows after it have a zero rate
     time.sleep(2.5)  # a quiet window after the burst
-    answer = wait_for(lambda: _settled(series(server, web)), 30, "a quiet window after the burst")
+    answer = wait_for(
+        lambda: _settled(series(server, web)), SLOW_WAIT, "a quiet window after the burst"
+    )
     m, stamps = answer["metrics"], answer["timestamps"]
     # A window lasts from one cycle's read of the log to the next: the interval (1 s),
     # longer or shorter on a loaded machine. Its rate is its requests over its length, so
