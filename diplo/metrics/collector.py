@@ -409,10 +409,15 @@ class Collector:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread, then close the history and the engine client."""
+        """Stop the thread, then close the history and the engine client. A cycle still
+        running after `timeout` (a slow engine) keeps them: closed under it, its writes
+        would fail; the process is ending, and SQLite's WAL survives it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("metrics.stop_timeout", seconds=timeout)
+                return
         if self.store is not None:
             self.store.close()
         close = getattr(self.source, "close", None)

@@ -4,6 +4,7 @@ pruning (with an injected clock), and the Prometheus exposition."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -353,3 +354,31 @@ def test_an_in_memory_engine_has_no_collector(tmp_path: Path):
     assert metrics_collector(tmp_path, ctx, MetricsConfig()) is None
     assert metrics_collector(tmp_path, ctx, MetricsConfig(enabled=False)) is None
     assert not (tmp_path / "metrics.db").exists()
+
+
+class StuckEngine(FakeEngine):
+    """An engine whose listing hangs until released (a slow engine at shutdown)."""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def running(self):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        self.release.wait(10)
+        return super().running()
+
+
+def test_a_stop_during_a_slow_cycle_leaves_the_history_open_for_it(tmp_path: Path):
+    Tree(tmp_path).container(CID, 7)
+    engine = StuckEngine([running(CID, 7)])
+    store = MetricStore(tmp_path / "metrics.db")
+    c = Collector(engine, store, interval=10, root=tmp_path)
+    c.start()
+    assert engine.entered.wait(5)
+    c.stop(timeout=0.1)  # the cycle is still in the engine's listing
+    engine.release.set()
+    assert c._thread is not None
+    c._thread.join(5)
+    assert c.cycles == 1  # it ended with its writes, into a history still open
+    store.close()
