@@ -26,6 +26,7 @@ from diplo.controller.sources import Source
 from diplo.errors import DiploError, InputError
 from diplo.hostconfig import AlertsConfig, MetricsConfig, load_config
 from diplo.metrics.collector import Collector
+from diplo.metrics.requests import AccessLog
 from diplo.metricstore import FILE as METRICS_FILE
 from diplo.metricstore import MetricStore, Retention
 from diplo.ops import status
@@ -195,7 +196,26 @@ def metrics_collector(
         newest = status.probes(ctx, app, 1)
         return newest[0].latency_ms if newest else None
 
-    return Collector(meter, store, interval=config.interval, latency=latency, owned=owned)
+    return Collector(
+        meter,
+        store,
+        interval=config.interval,
+        latency=latency,
+        requests=request_stats(ctx),
+        owned=owned,
+    )
+
+
+def request_stats(ctx: Context) -> AccessLog | None:
+    """The request metrics of the apps behind the proxy, from its access log; None where
+    this home runs no proxy."""
+    if not ctx.proxy_enabled:
+        return None
+
+    def routes() -> dict[str, tuple[str, list[str]]]:
+        return {app: (project, r["domains"]) for app, (project, r) in ctx.ledger.routes().items()}
+
+    return AccessLog(ctx.proxy.access_log, routes)
 
 
 class ControllerInputs:

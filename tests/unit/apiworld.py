@@ -7,6 +7,7 @@ or TOKENS (DIPLO_TOKEN and DIPLO_VIEWER_TOKEN chosen: every read needs one of th
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -27,6 +28,7 @@ from diplo.controller.controller import Controller
 from diplo.hostconfig import AlertsConfig
 from diplo.ledger import Ledger
 from diplo.metrics.collector import Collector
+from diplo.metrics.requests import AccessLog
 from diplo.metricstore import MetricStore
 from diplo.model import LABEL_APP
 from diplo.ops.context import Context
@@ -152,23 +154,51 @@ def alerted(controller: Controller, ledger: Ledger) -> AlertService:
 
 def sampled(root: Path) -> Collector:
     """A collector over a kernel tree where `web` runs one container that used 1.5 s of
-    CPU in 10 s (15 % of a core) and 40 MiB of its 100 MiB: two cycles, both written."""
+    CPU in 10 s (15 % of a core) and 40 MiB of its 100 MiB: two cycles, both written.
+    `web` is behind the proxy, whose access log has 20 requests to it in those 10 s
+    (1 to 20 ms, the two slowest answered 503) and one to a host no app serves."""
     tree = Tree(root / "kernel", 1)
     tree.container(WEB_ID, 10, cpu_ns=10**9, memory=40 << 20, limit=100 << 20)
     engine = FakeEngine([running(WEB_ID, 10, cpus=0.5)], root=str(root))
     mono = [0.0]
+    access = root / "proxy" / "access" / "access.log"
+    access.parent.mkdir(parents=True)
+    access.write_text("")
     collector = Collector(
         engine,
         MetricStore(root / "home" / "metrics.db"),
         root=root / "kernel",
         mono=lambda: mono[0],
         latency=lambda app: 3.0,
+        requests=AccessLog(
+            access, lambda: {"web": ("shop", ["web.example.com"])}, mono=lambda: mono[0]
+        ),
     )
     collector.cycle()
     tree.container(WEB_ID, 10, cpu_ns=25 * 10**8, memory=40 << 20, limit=100 << 20)
+    with access.open("a") as f:
+        for ms in range(1, 21):
+            f.write(access_entry("Web.example.com:8443", 503 if ms > 18 else 200, ms) + "\n")
+        f.write(access_entry("elsewhere.example.com", 404, 1) + "\n")
     mono[0] = 10.0
     collector.cycle()
     return collector
+
+
+def access_entry(host: str, status: int, ms: float) -> str:
+    """A line of the proxy's access log, as Caddy 2.6 writes it with Diplo's encoder."""
+    return json.dumps(
+        {
+            "level": "info",
+            "ts": time.time(),
+            "logger": "http.log.access",
+            "msg": "handled request",
+            "request": {"proto": "HTTP/1.1", "method": "GET", "host": host},
+            "duration": ms / 1000,
+            "size": 2,
+            "status": status,
+        }
+    )
 
 
 class FollowingRuntime(MemoryRuntime):
