@@ -66,6 +66,7 @@ class Evaluator:
         errors: dict[str, Reading] = {}
         latency: dict[str, Reading] = {}
         unknown_cpu: set[str] = set()
+        idle: set[str] = set()
         for app, group in by_app.items():
             rules = self.of(app)
             if rules.memory.enabled and (r := _memory(group, rules, host)):
@@ -77,6 +78,11 @@ class Evaluator:
                 elif r_cpu.value is not None:
                     cpu[app] = r_cpu
             req = next((s.requests for s in group if s.requests is not None), None)
+            if req is not None and req.requests == 0:
+                # no request in the interval says nothing of errors or latency: an alert
+                # that fires stays firing until answers show it cleared
+                idle.add(app)
+                req = None
             if req is not None and rules.error_rate.enabled:
                 t = rules.error_rate.threshold()
                 if 100.0 * req.error_ratio > t.value:
@@ -100,8 +106,8 @@ class Evaluator:
                     )
         self.book.settle("memory", memory, now)
         self.book.settle("cpu", cpu, now, keep=unknown_cpu)
-        self.book.settle("error_rate", errors, now)
-        self.book.settle("latency", latency, now)
+        self.book.settle("error_rate", errors, now, keep=idle)
+        self.book.settle("latency", latency, now, keep=idle)
         self.disk(host, now)
 
     def disk(self, host: HostSample | None, now: float) -> None:

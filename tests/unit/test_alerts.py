@@ -201,14 +201,21 @@ def test_error_rate_and_p99_from_the_proxys_figures_and_nothing_without_them():
     book, rules = world(
         {"error_rate": {"above": "5%", "for": 0}, "latency": {"above": "500ms", "for": 0}}
     )
-    bad = RequestSample(10.0, 20.0, 300.0, 800.0, 0.2)
+    bad = RequestSample(10.0, 20.0, 300.0, 800.0, 0.2, requests=100)
     rules.samples([sample(requests=bad), sample("plain")], host(), now=0)
     found = {n.key: n.payload for n in book.due(0)}
     assert set(found) == {"error_rate:web", "latency:web"}
     assert found["error_rate:web"]["value"] == "20.0%" and found["latency:web"]["value"] == "800ms"
-    good = RequestSample(10.0, 20.0, 30.0, 80.0, 0.0)
-    rules.samples([sample(requests=good)], host(), now=1)
-    assert sorted(states(book, 1)) == [("error_rate:web", "resolved"), ("latency:web", "resolved")]
+    idle = RequestSample(0.0, 0.0, 0.0, 0.0, 0.0, requests=0)  # an interval without requests
+    rules.samples([sample(requests=idle)], host(), now=1)
+    assert states(book, 1) == []  # nothing resolved
+    assert {k: a.state for k, a in book.current.items()} == {
+        "error_rate:web": "firing",
+        "latency:web": "firing",
+    }
+    good = RequestSample(10.0, 20.0, 30.0, 80.0, 0.0, requests=100)
+    rules.samples([sample(requests=good)], host(), now=2)
+    assert sorted(states(book, 2)) == [("error_rate:web", "resolved"), ("latency:web", "resolved")]
 
 
 def test_dockers_disk_filling():
