@@ -6,13 +6,17 @@ BIN := $(VENV)/bin
 COVERAGE ?= 85
 CLI_COVERAGE ?= 80
 
-.PHONY: setup engine run test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics bench-proxy clean
+.PHONY: setup engine browser run test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics bench-proxy clean
 
 setup:
 	@bash scripts/setup.sh
 
 engine:
 	@bash scripts/engine.sh
+
+# Debian's chromium, for the dashboard's browser tests (tests/integration/test_dashboard.py).
+browser:
+	@bash scripts/browser.sh
 
 # The main job: environment, engine, the hello example applied, and its status.
 run: setup engine
@@ -26,7 +30,7 @@ lint: setup
 
 # The whole suite: lint, layering and types; the unit tests (no Docker) with their coverage,
 # which must stay at or above the floors below; the real-Docker integration tests.
-test: setup engine lint unit-coverage
+test: setup engine browser lint unit-coverage
 	$(BIN)/pytest -q -ra tests/integration
 
 unit-coverage: setup
@@ -37,7 +41,7 @@ unit-coverage: setup
 unit: setup
 	$(BIN)/pytest -q tests/unit
 
-integration: setup engine
+integration: setup engine browser
 	$(BIN)/pytest -q tests/integration
 
 schema: setup
