@@ -30,6 +30,7 @@ from diplo.ops import status
 from diplo.ops.context import Context
 from diplo.paths import default_home
 from diplo.tokens import WeakToken, api_token, viewer_token
+from diplo.web import add_dashboard
 from diplo.webhooks import secrets_from_env
 
 log = structlog.get_logger("diplo.serve")
@@ -129,6 +130,7 @@ def run_server(
         listen_host=host,
         allowed_hosts=exposure.allowed_hosts,
         metrics=collector,
+        extend=lambda api: add_dashboard(api, controller, access, collector),
     )
     server = uvicorn.Server(server_config(app, host, port, exposure))
     info = home / "serve.json"

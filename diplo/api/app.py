@@ -109,9 +109,13 @@ def asgi_app(
     listen_host: str = "127.0.0.1",
     allowed_hosts: Iterable[str] = (),
     metrics: Collector | None = None,
+    extend: Callable[[FastAPI], object] | None = None,
 ) -> HostCheck:
-    """What `diplo serve` runs: the Host check, then the GET /apps fast path, then the API."""
+    """What `diplo serve` runs: the Host check, then the GET /apps fast path, then the API;
+    `extend` adds routes of the layers above (the dashboard) to the same app."""
     api = create_app(controller, access, webhook_secrets, metrics)
+    if extend is not None:
+        extend(api)
     return HostCheck(ListingFastPath(api, controller, access), listen_host, allowed_hosts)
 
 
