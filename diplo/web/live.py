@@ -129,7 +129,7 @@ def add_live(api: FastAPI, dash: Dashboard) -> None:
 
             listener = asyncio.create_task(receive())
             loop = asyncio.get_running_loop()
-            next_look = next_ping = loop.time()
+            next_look, next_ping = loop.time(), loop.time() + PING_EVERY
             try:
                 while not gone.is_set():
                     while True:
