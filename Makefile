@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 COVERAGE ?= 85
 CLI_COVERAGE ?= 80
 
-.PHONY: setup engine browser run test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics bench-proxy clean
+.PHONY: setup engine browser run serve bench-dashboard test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics bench-proxy clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,11 @@ browser:
 run: setup engine
 	$(BIN)/diplo apply -f examples/hello/diplo.yaml
 	$(BIN)/diplo status
+
+# The example kept converged by `diplo serve`, in the foreground: its dashboard is at the
+# printed address (http://127.0.0.1:7700). Ctrl-C stops it; the apps keep running.
+serve: setup engine
+	$(BIN)/diplo serve --manifests examples/hello
 
 lint: setup
 	$(BIN)/ruff check .
@@ -52,6 +57,9 @@ bench: setup engine
 
 bench-rollback: setup engine
 	$(BIN)/python benchmarks/rollback.py
+
+bench-dashboard: setup engine browser
+	$(BIN)/python benchmarks/dashboard.py
 
 bench-metrics: setup engine
 	$(BIN)/python benchmarks/metrics.py
