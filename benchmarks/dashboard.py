@@ -67,10 +67,14 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median_ms": round(statistics.median(values), 1), "max_ms": round(max(values), 1)}
 
 
-def browser_loads(url: str, repeat: int) -> dict[str, Any]:
+def browser_loads(url: str, repeat: int, live: bool = True) -> dict[str, Any]:
+    """Chromium opening `url` `repeat` times, each in a fresh context (nothing cached);
+    `live`: also wait until the page's WebSocket is open."""
     from playwright.sync_api import sync_playwright
 
-    fcp, dcl, live = [], [], []
+    fcp: list[float] = []
+    dcl: list[float] = []
+    ready: list[float] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
@@ -79,8 +83,9 @@ def browser_loads(url: str, repeat: int) -> dict[str, Any]:
                 page = ctx.new_page()
                 began = time.perf_counter()
                 page.goto(url)
-                page.wait_for_selector("#live[data-state=live]", timeout=30_000)
-                live.append((time.perf_counter() - began) * 1000)
+                if live:
+                    page.wait_for_selector("#live[data-state=live]", timeout=30_000)
+                ready.append((time.perf_counter() - began) * 1000)
                 entries = page.evaluate(
                     """() => ({
                         fcp: (performance.getEntriesByName('first-contentful-paint')[0]
@@ -99,8 +104,38 @@ def browser_loads(url: str, repeat: int) -> dict[str, Any]:
         "rows": entries["rows"],
         "first_contentful_paint": summary(fcp),
         "dom_content_loaded": summary(dcl),
-        "live": summary(live),
+        "live": summary(ready),
     }
+
+
+def floor(url: str, repeat: int) -> dict[str, Any]:
+    """The same overview's bytes (its HTML, stylesheet and scripts, as served) from a
+    plain static file server, opened the same way: what the browser and this machine's
+    load cost by themselves, whatever the server."""
+    import http.server
+    import threading
+    from functools import partial
+
+    site = Path(tempfile.mkdtemp(prefix="diplo-dash-floor-"))
+    for path in ("/", "/ui/static/dash.css", "/ui/static/dash.js",
+                 "/ui/static/vendor/htmx.min.js"):  # fmt: skip
+        with urllib.request.urlopen(url + path, timeout=10) as resp:
+            body = resp.read()
+        target = site / (path.lstrip("/") or "index.html")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(body)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=site))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        return browser_loads(f"http://127.0.0.1:{server.server_address[1]}/", repeat, live=False)
+    finally:
+        server.shutdown()
+        shutil.rmtree(site, ignore_errors=True)
 
 
 def main() -> None:
@@ -149,6 +184,7 @@ def main() -> None:
             samples = [timed_get(url + path) for _ in range(args.repeat)]
             server[path] = {**summary([s[0] for s in samples]), "bytes": samples[-1][1]}
         browser = browser_loads(url + "/", args.repeat)
+        static = floor(url, args.repeat)
     finally:
         serve.send_signal(signal.SIGTERM)
         try:
@@ -161,7 +197,13 @@ def main() -> None:
             api.remove_network(n["Id"])
         shutil.rmtree(work, ignore_errors=True)
 
-    result = {"apps": args.apps, "repeat": args.repeat, "server": server, "browser": browser}
+    result = {
+        "apps": args.apps,
+        "repeat": args.repeat,
+        "server": server,
+        "browser": browser,
+        "floor": static,
+    }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
     (out / "dashboard.json").write_text(json.dumps(result, indent=2))
@@ -172,6 +214,10 @@ def main() -> None:
     for key in ("first_contentful_paint", "dom_content_loaded", "live"):
         s = browser[key]
         print(f"| browser {key.replace('_', ' ')} | {s['median_ms']} ms | {s['max_ms']} ms |")
+    for key in ("first_contentful_paint", "dom_content_loaded"):
+        s = static[key]
+        what = f"floor (same bytes, static server) {key.replace('_', ' ')}"
+        print(f"| {what} | {s['median_ms']} ms | {s['max_ms']} ms |")
     fcp = browser["first_contentful_paint"]["median_ms"]
     verdict = "PASS" if fcp < TARGET_MS else "MISS"
     print(f"\n{verdict}: first render (FCP, median) {fcp} ms at {args.apps} apps "

@@ -153,7 +153,8 @@ def add_live(api: FastAPI, dash: Dashboard) -> None:
             finally:
                 listener.cancel()
                 if ws.application_state == WebSocketState.CONNECTED:
-                    with contextlib.suppress(RuntimeError, OSError):
+                    # the page may be gone already: closing is then nothing to report
+                    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
                         await ws.close()
         finally:
             bus.unsubscribe(sub)

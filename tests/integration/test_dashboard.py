@@ -88,7 +88,7 @@ def screenshot(page: Page, shots: Path, name: str) -> Path:
     print(f"screenshot: {path}")
     if keep := os.environ.get("DIPLO_SCREENSHOTS"):
         Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(keep) / path.name)
+        shutil.copy(path, Path(keep) / f"dashboard-{path.name}")
     return path
 
 
@@ -238,6 +238,11 @@ def test_the_overview_follows_a_broken_app_live_and_survives_a_restart_of_serve(
         assert not axe_violations(phone), axe_violations(phone)
         screenshot(phone, shots, "overview-phone-dark")
         assert not page.errors and not phone.errors  # type: ignore[attr-defined]
+        phone.context.close()  # a page that leaves: its socket ends without a traceback
+        page.context.close()
+        time.sleep(0.5)
+        srv.stop()
+        assert "Traceback" not in srv.output, srv.output
     finally:
         if srv.proc is not None and srv.proc.poll() is None:
             srv.stop()
@@ -396,5 +401,8 @@ def test_logs_stream_and_can_be_searched_and_paused(
         shown = logs.inner_text().splitlines()
         assert shown and all("line 1" in ln for ln in shown)
         assert not page.errors  # type: ignore[attr-defined]
+        page.context.close()
+        time.sleep(0.5)
     finally:
         srv.stop()
+    assert "Traceback" not in srv.output, srv.output
