@@ -130,6 +130,7 @@ def floor(url: str, repeat: int) -> dict[str, Any]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=site))
+    server.handle_error = lambda *_: None  # type: ignore[method-assign]  # pages leaving
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         return browser_loads(f"http://127.0.0.1:{server.server_address[1]}/", repeat, live=False)

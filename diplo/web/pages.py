@@ -36,13 +36,6 @@ def add_pages(api: FastAPI, dash: Dashboard) -> None:
     reader: Any = Depends(dash.reader)
     html: dict[str, Any] = {"include_in_schema": False, "response_class": HTMLResponse}
 
-    def overview_data() -> dict[str, Any]:
-        listing = dash.listing()
-        busy = set(controller.queue.processing)
-        for row in listing["apps"]:
-            row["reconciling"] = row["app"] in busy
-        return listing
-
     def host() -> dict[str, Any]:
         rows = list(controller.view.rows.values())
         sample = dash.metrics.host if dash.metrics is not None else None
@@ -57,21 +50,22 @@ def add_pages(api: FastAPI, dash: Dashboard) -> None:
 
     @api.get("/", **html)
     def overview(request: Request, session: Session = reader) -> HTMLResponse:
-        data = overview_data()
+        data = dash.listing()
         projects = sorted({r["project"] for r in data["apps"] if r.get("project")})
         return dash.page(
             request,
             "overview.html",
             session,
             listing=data,
+            rows=dash.rows(),
             projects=projects,
             host=host(),
             alerts=dash.firing(),
         )
 
     @api.get("/ui/rows", **html)
-    def rows(request: Request, session: Session = reader) -> HTMLResponse:
-        return dash.page(request, "rows.html", session, apps=overview_data()["apps"])
+    def rows(_: Session = reader) -> HTMLResponse:
+        return HTMLResponse(dash.rows())
 
     @api.get("/ui/rows/{app}", **html)
     def row(request: Request, app: AppName, session: Session = reader) -> Response:

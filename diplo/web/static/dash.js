@@ -269,6 +269,8 @@
         activity(msg);
         if (/^(deploy|rollback|app)\./.test(msg.kind)) soon("app", () => fire("dash:app"));
       }
+      // a deploy starting or ending shows on its row (the "deploying" badge)
+      if (rowsBody && msg.app && /^(deploy|rollback)\./.test(msg.kind)) soon(`row-${msg.app}`, () => refreshRow(msg.app), 150);
       if (msg.kind === "deploy.succeeded" || msg.kind === "deploy.failed" || msg.kind === "rollback.failed") {
         toast(`${msg.app}: ${msg.kind.replace(".", " ")}${msg.data.message ? ` — ${msg.data.message}` : ""}`, msg.kind === "deploy.succeeded" ? "good" : "bad");
       }
