@@ -220,7 +220,8 @@ def test_the_overview_follows_a_broken_app_live_and_survives_a_restart_of_serve(
         srv.start()
         page.wait_for_selector("#live[data-state=live]", timeout=30_000)
         assert page.evaluate("window.__noReload") is True
-        assert health_on_screen(page, web) == "healthy"
+        # (a fresh serve looks at the host again: for a moment an app may show as missing)
+        wait_for(lambda: health_on_screen(page, web) == "healthy", 30, "healthy after restart")
 
         # keyboard: the first app's link is reached with Tab and followed with Enter
         page.keyboard.press("Tab")  # the skip link
@@ -294,9 +295,9 @@ def test_commits_history_rollback_and_roles_in_the_app_page(
         second = repo.commit({web: web_spec(sandbox, "v2")}, "Serve v2")
         admin.wait_for_function(
             "() => document.querySelector('#history tbody tr').innerText.includes('Serve v2')",
-            timeout=60_000,
+            timeout=120_000,  # a poll every second, and a deploy: slow on a loaded machine
         )
-        wait_for(lambda: deployed(second), 60, "the second commit to deploy")
+        wait_for(lambda: deployed(second), 120, "the second commit to deploy")
         admin.wait_for_function(
             "sha => document.querySelector('#summary').innerText.includes(sha)",
             arg=second[:8],
