@@ -202,7 +202,6 @@ def test_the_overview_follows_a_broken_app_live_and_survives_a_restart_of_serve(
         page.select_option("#f-health", "")
 
         assert not axe_violations(page), axe_violations(page)
-        screenshot(page, shots, "overview")
 
         # break the app: the page shows it within a second of the API, without a reload
         watch_row(page, web)
@@ -235,6 +234,7 @@ def test_the_overview_follows_a_broken_app_live_and_survives_a_restart_of_serve(
         assert page.evaluate("window.__noReload") is True
         # (a fresh serve looks at the host again: for a moment an app may show as missing)
         wait_for(lambda: health_on_screen(page, web) == "healthy", 30, "healthy after restart")
+        screenshot(page, shots, "overview")
 
         # keyboard: the first app's link is reached with Tab and followed with Enter
         page.keyboard.press("Tab")  # the skip link
