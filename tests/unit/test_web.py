@@ -319,3 +319,28 @@ def test_the_socket_refuses_another_sites_page_and_an_unknown_host(loopback: Wor
         browser(loopback).websocket_connect("/ws", headers=rebound) as ws,
     ):
         ws.receive_json()
+
+
+def test_the_fragments_a_live_page_swaps_in(loopback: World):
+    client = browser(loopback)
+    assert 'id="row-web"' in client.get("/ui/rows").text
+    assert 'id="row-web"' in client.get("/ui/rows/web").text
+    assert client.get("/ui/rows/nope").status_code == 404
+    assert "Sources" in client.get("/ui/panels/sources").text
+    assert "2/2 healthy" in client.get("/ui/panels/host").text
+    assert "No alerting" in client.get("/ui/panels/alerts").text
+    assert client.get("/ui/panels/nope").status_code == 404
+    summary = client.get("/ui/apps/web/part/summary").text
+    assert 'id="app-health"' in summary and SECRET not in summary
+    assert "Deployments" in client.get("/ui/apps/web/part/history").text
+    assert "Recent probes" in client.get("/ui/apps/web/part/probes").text
+    assert "No domains" in client.get("/ui/apps/web/part/domains").text
+    assert client.get("/ui/apps/web/part/nope").status_code == 404
+    assert client.get("/ui/apps/nope/part/summary").status_code == 404
+
+
+def test_the_log_panel_reads_the_containers_output(loopback: World):
+    loopback.container("web").logs.append("hello from web")
+    logs = browser(loopback).get("/ui/apps/web/logs", params={"tail": 10})
+    assert logs.status_code == 200 and "hello from web" in logs.text
+    assert browser(loopback).get("/ui/apps/nope/logs").status_code == 404
