@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 COVERAGE ?= 85
 CLI_COVERAGE ?= 80
 
-.PHONY: setup engine run test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics bench-proxy clean
+.PHONY: setup engine browser run serve bench-dashboard test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics bench-proxy clean
 
 setup:
 	@bash scripts/setup.sh
@@ -14,10 +14,19 @@ setup:
 engine:
 	@bash scripts/engine.sh
 
+# Debian's chromium, for the dashboard's browser tests (tests/integration/test_dashboard.py).
+browser:
+	@bash scripts/browser.sh
+
 # The main job: environment, engine, the hello example applied, and its status.
 run: setup engine
 	$(BIN)/diplo apply -f examples/hello/diplo.yaml
 	$(BIN)/diplo status
+
+# The example kept converged by `diplo serve`, in the foreground: its dashboard is at the
+# printed address (http://127.0.0.1:7700). Ctrl-C stops it; the apps keep running.
+serve: setup engine
+	$(BIN)/diplo serve --manifests examples/hello
 
 lint: setup
 	$(BIN)/ruff check .
@@ -26,7 +35,7 @@ lint: setup
 
 # The whole suite: lint, layering and types; the unit tests (no Docker) with their coverage,
 # which must stay at or above the floors below; the real-Docker integration tests.
-test: setup engine lint unit-coverage
+test: setup engine browser lint unit-coverage
 	$(BIN)/pytest -q -ra tests/integration
 
 unit-coverage: setup
@@ -37,7 +46,7 @@ unit-coverage: setup
 unit: setup
 	$(BIN)/pytest -q tests/unit
 
-integration: setup engine
+integration: setup engine browser
 	$(BIN)/pytest -q tests/integration
 
 schema: setup
@@ -48,6 +57,9 @@ bench: setup engine
 
 bench-rollback: setup engine
 	$(BIN)/python benchmarks/rollback.py
+
+bench-dashboard: setup engine browser
+	$(BIN)/python benchmarks/dashboard.py
 
 bench-metrics: setup engine
 	$(BIN)/python benchmarks/metrics.py

@@ -34,6 +34,7 @@ from diplo.ops.context import Context
 from diplo.ops.proxy import certificates
 from diplo.paths import default_home
 from diplo.tokens import WeakToken, api_token, viewer_token
+from diplo.web import add_dashboard
 from diplo.webhooks import secrets_from_env
 
 log = structlog.get_logger("diplo.serve")
@@ -137,6 +138,7 @@ def run_server(
         allowed_hosts=exposure.allowed_hosts,
         metrics=collector,
         alerts=alerts,
+        extend=lambda api: add_dashboard(api, controller, access, collector, firing_of(alerts)),
     )
     server = uvicorn.Server(server_config(app, host, port, exposure))
     info = home / "serve.json"
@@ -261,6 +263,14 @@ def alert_service(
         poll_every=poll_every,
         publish=controller.bus.publish,
     )
+
+
+def firing_of(alerts: AlertService | None) -> Callable[[], list[dict[str, Any]]] | None:
+    """The dashboard's alerts panel: the firing alerts, read from memory (every open page
+    asks every 0.25 s)."""
+    if alerts is None:
+        return None
+    return lambda: [a.public() for a in alerts.book.snapshot(0)[0]]
 
 
 def _sole_server(home: Path) -> int:

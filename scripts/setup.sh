@@ -4,6 +4,7 @@
 set -euo pipefail
 venv=${VENV:-.venv}
 py=${PYTHON:-python3}
+bash "$(dirname "$0")/web.sh"  # the dashboard's front-end files (npm ci, from the lockfile)
 if [ -x "$venv/bin/python" ] && [ "$venv/.installed" -nt pyproject.toml ]; then
   exit 0
 fi

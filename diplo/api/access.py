@@ -26,6 +26,18 @@ class Access:
         self._admin = _digest(admin)
         self._viewer = _digest(viewer) if viewer else None
         self.open_reads = open_reads
+        # What signs the dashboard's session cookies: changing a token ends every session.
+        self.session_key = hashlib.sha256(
+            b"diplo-dashboard-session\0" + self._admin + (self._viewer or b"")
+        ).digest()
+
+    def role_of(self, token: str) -> str | None:
+        """ "admin", "viewer" or None (no such token)."""
+        digest = _digest(token)
+        admin = hmac.compare_digest(digest, self._admin)
+        # Both are compared, so timing does not tell which token was close.
+        viewer = self._viewer is not None and hmac.compare_digest(digest, self._viewer)
+        return "admin" if admin else "viewer" if viewer else None
 
     def check(self, authorization: str, *, act: bool) -> None:
         """Raise the 401/403 Problem of a request that may not read (or act, `act`)."""
@@ -35,13 +47,10 @@ class Access:
             if self.open_reads and not act:
                 return
             raise Problem(401, "authentication required", "send Authorization: Bearer <token>")
-        digest = _digest(given)
-        admin = hmac.compare_digest(digest, self._admin)
-        # Both are compared, so timing does not tell which token was close.
-        viewer = self._viewer is not None and hmac.compare_digest(digest, self._viewer)
-        if admin or (viewer and not act):
+        role = self.role_of(given)
+        if role == "admin" or (role == "viewer" and not act):
             return
-        if viewer:
+        if role == "viewer":
             raise Problem(403, "read-only token", "this token can read, not act")
         raise Problem(403, "invalid token")
 
@@ -83,6 +92,10 @@ class HostCheck:
         return True
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and not self.allows(header(scope, b"host")):
+            await receive()  # websocket.connect; a close before accepting answers 403
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] == "http" and not self.allows(header(scope, b"host")):
             answer = problem_response(
                 421,

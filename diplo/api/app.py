@@ -112,9 +112,13 @@ def asgi_app(
     allowed_hosts: Iterable[str] = (),
     metrics: Collector | None = None,
     alerts: AlertService | None = None,
+    extend: Callable[[FastAPI], object] | None = None,
 ) -> HostCheck:
-    """What `diplo serve` runs: the Host check, then the GET /apps fast path, then the API."""
+    """What `diplo serve` runs: the Host check, then the GET /apps fast path, then the API;
+    `extend` adds routes of the layers above (the dashboard) to the same app."""
     api = create_app(controller, access, webhook_secrets, metrics, alerts)
+    if extend is not None:
+        extend(api)
     return HostCheck(ListingFastPath(api, controller, access), listen_host, allowed_hosts)
 
 
