@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from diplo.model import (
     LedgerSnapshot,
     Pin,
     PortAllocation,
+    ProbeNote,
     ProbeRecord,
     Revision,
 )
@@ -541,17 +542,24 @@ class Ledger:
         latency_ms: float | None,
         deployment_id: int | None = None,
     ) -> None:
+        self.record_probes([ProbeNote(app, ok, health, detail, latency_ms, deployment_id)])
+
+    def record_probes(self, notes: Iterable[ProbeNote]) -> None:
+        """Probes, in one transaction (a health tick's, for every app at once); each app
+        keeps its newest PROBES_KEPT."""
+        at = now()
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO probes (app, at, ok, health, detail, latency_ms, deployment_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (app, now(), int(ok), health, detail, latency_ms, deployment_id),
-            )
-            db.execute(
-                "DELETE FROM probes WHERE app = ? AND id <= "
-                "(SELECT id FROM probes WHERE app = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (app, app, PROBES_KEPT),
-            )
+            for n in notes:
+                db.execute(
+                    "INSERT INTO probes (app, at, ok, health, detail, latency_ms, deployment_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (n.app, at, int(n.ok), n.health, n.detail, n.latency_ms, n.deployment_id),
+                )
+                db.execute(
+                    "DELETE FROM probes WHERE app = ? AND id <= "
+                    "(SELECT id FROM probes WHERE app = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (n.app, n.app, PROBES_KEPT),
+                )
 
     def probes(self, app: str, limit: int = 20) -> list[ProbeRecord]:
         rows = self._query(

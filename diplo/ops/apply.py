@@ -23,6 +23,7 @@ from diplo.hostkey import seal
 from diplo.model import DesiredState, Plan, Revision
 from diplo.ops import proxy as routed
 from diplo.ops.context import Context
+from diplo.ops.listing import SharedListing
 from diplo.ops.plan import Prepared, apps_to_lock, plan_state
 from diplo.ops.rollback import Pinned, apply_pins
 from diplo.planner import network_name
@@ -98,13 +99,16 @@ def apply(
     skip: Callable[[Prepared], bool] | None = None,
     lock_wait: float = LOCK_WAIT,
     waiting: Callable[[str], None] | None = None,
+    listing: SharedListing | None = None,
 ) -> ApplyReport:
     """Converge the apps of `desired` (those in `only`, when given) under their host locks.
 
     `prune` removes recorded apps of `desired`'s projects that it no longer has (with
     `owners`, only those that these sources deployed: see `plan_state`).
     `skip(prepared)` may decide, once the plan is known, that nothing is executed (the
-    controller does not retry a release that failed). Raises InputError before anything
+    controller does not retry a release that failed). `listing`: an engine listing shared
+    with other applies (of `only`'s apps: see ops/listing.py), dropped when this one
+    changes anything. Raises InputError before anything
     changes when the input cannot be applied (a pin that cannot be restored, a port clash)."""
     names = apps_to_lock(ctx, desired, prune=prune, only=only)
     with ctx.locks.hold(names, timeout=lock_wait, waiting=waiting):
@@ -112,10 +116,19 @@ def apply(
         blocked = [message for _, message in sorted(pinned.blocked.items())]
         if blocked:
             raise InputError("; ".join(blocked))
-        prepared = plan_state(ctx, pinned.desired, prune=prune, only=only, owners=owners)
+        prepared = plan_state(
+            ctx,
+            pinned.desired,
+            prune=prune,
+            only=only,
+            owners=owners,
+            observe=None if listing is None else listing.observe,
+        )
         report = ApplyReport(prepared, pinned)
         if dry_run or (skip is not None and skip(prepared)):
             return report
+        if listing is not None:
+            listing.invalidate()  # what follows changes the engine
         handle = DeployHandle()
         routed.expect(ctx, [a for a in prepared.desired.apps if only is None or a.name in only])
         had_routes = set(ctx.ledger.routes())
@@ -132,7 +145,11 @@ def apply(
                 router=ctx.router,
             )
             handle._bind(executor)
-            report.result = executor.run(prepared.plan)
+            try:
+                report.result = executor.run(prepared.plan)
+            finally:
+                if listing is not None:
+                    listing.invalidate()  # ...and others may have listed it meanwhile
         report.cancelled = executor.cancel_all.is_set()
         report.unpinned = _unpin_failed(ctx, report)
         _seal_env(ctx, report)
