@@ -153,6 +153,8 @@ class Ledger:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._lock = threading.RLock()
+            self._writes = 0  # this connection's commits: what makes `snapshot` read again
+            self._snapshot: tuple[tuple[int, int], LedgerSnapshot] | None = None
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(
@@ -181,6 +183,7 @@ class Ledger:
                 ) from exc
             try:
                 yield self._db
+                self._writes += 1  # before COMMIT: a failed one may have written too
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 with suppress(sqlite3.Error):  # the cause below matters, not this
@@ -218,6 +221,22 @@ class Ledger:
     # --- reads ---------------------------------------------------------------------------
 
     def snapshot(self) -> LedgerSnapshot:
+        """Apps, ports and builds as recorded. Read again only after a write: this
+        connection's own (counted), or another process's (SQLite's data_version), so a
+        resync of N apps does not parse every app's spec N times. Callers share it: it
+        is read-only (Mappings of frozen records)."""
+        with self._lock:
+            try:
+                version = (self._writes, self._db.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger read failed: {exc}") from exc
+            if self._snapshot is not None and self._snapshot[0] == version:
+                return self._snapshot[1]
+            snapshot = self._read_snapshot()
+            self._snapshot = (version, snapshot)
+            return snapshot
+
+    def _read_snapshot(self) -> LedgerSnapshot:
         apps = {
             r["app"]: AppRecord(
                 r["app"], r["project"], r["spec_hash"], json.loads(r["spec_json"]), r["applied_at"]
