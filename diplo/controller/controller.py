@@ -85,7 +85,7 @@ class Controller:
         self._stop = threading.Event()
         self.triggers = Triggers(
             ctx, self.queue, self.bus, self.view, self._stop, resync=resync,
-            poll_every=poll_every, clock=clock, on_event=self.listing.invalidate,
+            poll_every=poll_every, clock=clock, on_event=self.listing.event,
         )  # fmt: skip
         # app -> the release whose deploy failed (`_release`: its spec hash and replicas)
         self.failed_release: dict[str, str] = {}

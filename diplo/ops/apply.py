@@ -20,7 +20,7 @@ import structlog
 from diplo.errors import DiploError, InputError
 from diplo.executor import ApplyResult, Executor, NullReporter, Reporter
 from diplo.hostkey import seal
-from diplo.model import DesiredState, Plan, Revision
+from diplo.model import DesiredState, Plan, Revision, RunContainer, StartContainer
 from diplo.ops import proxy as routed
 from diplo.ops.context import Context
 from diplo.ops.listing import SharedListing
@@ -127,8 +127,6 @@ def apply(
         report = ApplyReport(prepared, pinned)
         if dry_run or (skip is not None and skip(prepared)):
             return report
-        if listing is not None:
-            listing.invalidate()  # what follows changes the engine
         handle = DeployHandle()
         routed.expect(ctx, [a for a in prepared.desired.apps if only is None or a.name in only])
         had_routes = set(ctx.ledger.routes())
@@ -149,13 +147,29 @@ def apply(
                 report.result = executor.run(prepared.plan)
             finally:
                 if listing is not None:
-                    listing.invalidate()  # ...and others may have listed it meanwhile
+                    _changed(listing, prepared.plan)
         report.cancelled = executor.cancel_all.is_set()
         report.unpinned = _unpin_failed(ctx, report)
         _seal_env(ctx, report)
         _drop_empty_networks(ctx, report)
         _serve_routes(ctx, report, had_routes)
         return report
+
+
+def _changed(listing: SharedListing, plan: Plan) -> None:
+    """What a shared listing must list again after `plan` ran: the apps' containers, when
+    that is all it touched (a drift healed: a container created or started); everything,
+    when it may have pulled, built, untagged, replaced or created anything else."""
+
+    def containers_only(action: object) -> bool:
+        return isinstance(action, StartContainer) or (
+            isinstance(action, RunContainer) and not action.replaces
+        )
+
+    if not plan.networks and all(containers_only(a) for p in plan.apps for a in p.actions):
+        listing.changed(p.app for p in plan.apps if p.actions)
+    else:
+        listing.invalidate()
 
 
 def _serve_routes(ctx: Context, report: ApplyReport, had_routes: set[str]) -> None:

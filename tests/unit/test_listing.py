@@ -99,16 +99,52 @@ def test_a_reconcile_sees_its_own_app_as_it_is_after_its_lock(controller: Contro
     assert controller.view.rows["a"].state == "running"
 
 
-def test_an_engine_event_drops_the_shared_listing(controller: Controller):
+def test_an_engine_event_marks_its_app_to_be_listed_again(controller: Controller):
     engine = controller.ctx.runtime
     assert isinstance(engine, MemoryRuntime)
     controller.handle("a")
     engine.listings.clear()
     controller.handle("b")
-    assert full_listings(engine) == 0  # shared
-    controller.triggers.on_event()  # what the event loop calls for each container event
+    assert engine.listings == [frozenset({"b"})]  # shared, and b's own listed again
+    controller.triggers.on_event("d")  # what the event loop calls for a container event
     controller.handle("c")
-    assert full_listings(engine) == 1
+    assert engine.listings[-1] == frozenset({"c", "d"})
+    controller.handle("e")
+    assert engine.listings[-1] == frozenset({"e"})  # d's listed since: settled
+
+
+def test_a_drift_heal_marks_its_app_and_keeps_the_rest(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    controller.handle("a")
+    (gone,) = [c.id for c in engine.containers.values() if c.spec.labels["diplo.app"] == "b"]
+    engine.remove(gone)
+    engine.listings.clear()
+    controller.handle("b")  # created again: only containers changed
+    controller.handle("c")
+    assert full_listings(engine) == 0
+    assert frozenset({"b", "c"}) in engine.listings
+    shown = {c.app for c in controller.listing.observe(frozenset({"d"})).containers}
+    assert shown == set(APPS)
+
+
+def test_an_event_during_a_listing_is_not_lost():
+    engine = MemoryRuntime()
+    shared = listed(engine)
+    shared.observe(frozenset({"a"}))  # the whole listing
+    shared.event("x")
+    real = engine.observe
+
+    def racing(*args: object, **kw: object) -> Observed:
+        out = real(*args, **kw)  # type: ignore[arg-type]
+        shared.event("x")  # x changes again while its containers are on their way
+        return out
+
+    engine.observe = racing  # type: ignore[method-assign]
+    shared.observe(frozenset({"a"}))
+    engine.observe = real  # type: ignore[method-assign]
+    shared.observe(frozenset({"a"}))
+    assert engine.listings[-1] == frozenset({"a", "x"})  # listed again: it may have missed it
 
 
 def test_a_failed_reconcile_drops_the_shared_listing(controller: Controller, monkeypatch):
