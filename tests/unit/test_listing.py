@@ -283,3 +283,20 @@ def test_the_apps_body_is_what_a_whole_serialisation_gives(controller: Controlle
     controller.reload()
     assert b'"ok": false' in view.listing()
     assert view.listing() == from_scratch(controller)
+
+
+def test_a_deploy_that_pulled_an_image_drops_the_whole_listing(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    controller.handle("a")
+    engine.registry["nginx:1"] = "sha256:" + "e" * 64  # a new image, pulled by the deploy
+    folder = controller.manifests
+    assert folder is not None
+    apps = {n: {"image": "nginx:1" if n == "b" else "busybox:latest"} for n in APPS}
+    (folder / "diplo.yaml").write_text(yaml.safe_dump({"project": "shop", "apps": apps}))
+    controller.reload()
+    controller.handle("b")
+    assert ("pull", "nginx:1") in engine.calls
+    engine.listings.clear()
+    controller.handle("c")
+    assert full_listings(engine) == 1  # the images changed: listed again, whole
