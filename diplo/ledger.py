@@ -130,7 +130,32 @@ MIGRATIONS: list[str] = [
         route_json TEXT NOT NULL
     );
     """,
+    # v6: alerts, one row per firing (episode) of a rule on a subject: what fires now
+    # survives a restart of `diplo serve`, which then sends nothing twice.
+    """
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        app TEXT,
+        state TEXT NOT NULL,
+        since REAL NOT NULL,
+        resolved_at REAL,
+        value TEXT,
+        threshold TEXT,
+        message TEXT NOT NULL,
+        notified TEXT NOT NULL DEFAULT '',
+        notified_at_json TEXT NOT NULL DEFAULT '[]',
+        deliveries_json TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX alerts_state ON alerts (state, id);
+    """,
 ]
+ALERT_FIELDS = (
+    *("key", "rule", "subject", "app", "state", "since", "resolved_at", "value", "threshold"),
+    *("message", "notified", "notified_at_json", "deliveries_json"),
+)
 PROBES_KEPT = 50  # per app
 EVENTS_KEPT = 20_000  # in all: the newest, trimmed on every insert
 DEPLOYMENTS_KEPT = 200  # per app: the newest, and any that keeps an image or is pinned
@@ -593,6 +618,37 @@ class Ledger:
                 (now(), app, kind, message),
             )
             _trim_events(db)
+
+    def save_alert(self, row: dict[str, Any], keep_resolved: int = 500) -> int:
+        """Insert (no `id`) or update one alert; returns its id. Resolved alerts beyond
+        the newest `keep_resolved` are dropped."""
+        values = tuple(row.get(f) for f in ALERT_FIELDS)
+        with self._tx() as db:
+            if row.get("id") is None:
+                cols = ", ".join(ALERT_FIELDS)
+                marks = ", ".join("?" for _ in ALERT_FIELDS)
+                cur = db.execute(f"INSERT INTO alerts ({cols}) VALUES ({marks})", values)
+                alert_id = int(cur.lastrowid or 0)
+            else:
+                sets = ", ".join(f"{f} = ?" for f in ALERT_FIELDS)
+                db.execute(f"UPDATE alerts SET {sets} WHERE id = ?", (*values, row["id"]))
+                alert_id = int(row["id"])
+            if row.get("state") == "resolved":
+                db.execute(
+                    "DELETE FROM alerts WHERE state = 'resolved' AND id NOT IN (SELECT id FROM "
+                    "alerts WHERE state = 'resolved' ORDER BY id DESC LIMIT ?)",
+                    (keep_resolved,),
+                )
+        return alert_id
+
+    def alerts(self, resolved: int = 50) -> list[dict[str, Any]]:
+        """Every firing alert, then the newest `resolved` ones, newest first."""
+        rows = self._query(
+            "SELECT * FROM alerts WHERE state != 'resolved' ORDER BY id DESC"
+        ) + self._query(
+            "SELECT * FROM alerts WHERE state = 'resolved' ORDER BY id DESC LIMIT ?", (resolved,)
+        )
+        return [dict(r) for r in rows]
 
 
 def _alive(pid: int) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from diplo.errors import LedgerError
@@ -42,9 +42,31 @@ COLUMNS = {
     "blk_write_bytes": "MAX({c})",
     "restarts": "MAX({c})",
     "latency_ms": "ROUND(AVG({c}), 1)",
+    # an app's requests through the proxy (each of its replicas' rows holds the app's);
+    # a roll-up keeps the mean of the interval's percentiles, not a percentile of all
+    "requests_per_second": "ROUND(AVG({c}), 3)",
+    "p50_ms": "ROUND(AVG({c}), 1)",
+    "p95_ms": "ROUND(AVG({c}), 1)",
+    "p99_ms": "ROUND(AVG({c}), 1)",
+    "error_ratio": "ROUND(AVG({c}), 4)",
 }
+REQUEST_COLUMNS = ("requests_per_second", "p50_ms", "p95_ms", "p99_ms", "error_ratio")
 # how the replicas of one app add up in a series (the rest are summed)
-MEAN_OVER_REPLICAS = {"cpu_limit_percent", "latency_ms"}
+MEAN_OVER_REPLICAS = {"cpu_limit_percent", "latency_ms", *REQUEST_COLUMNS}
+
+# the host's figures, one row per cycle (the same tiers and retention as the apps')
+HOST_COLUMNS = {
+    "cpu_percent": "ROUND(AVG({c}), 2)",  # of all cores
+    "cpu_percent_max": "MAX({c})",
+    "memory_used_bytes": "ROUND(AVG({c}))",
+    "memory_used_bytes_max": "MAX({c})",
+    "memory_total_bytes": "MAX({c})",
+    "load_1m": "ROUND(AVG({c}), 2)",
+    "load_5m": "ROUND(AVG({c}), 2)",
+    "load_15m": "ROUND(AVG({c}), 2)",
+    "docker_disk_free_bytes": "MIN({c})",
+    "docker_disk_total_bytes": "MAX({c})",
+}
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS points (
@@ -54,6 +76,12 @@ CREATE TABLE IF NOT EXISTS points (
     ts INTEGER NOT NULL,
     {", ".join(f"{c} REAL" for c in COLUMNS)},
     PRIMARY KEY (tier, app, replica, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS host_points (
+    tier INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    {", ".join(f"{c} REAL" for c in HOST_COLUMNS)},
+    PRIMARY KEY (tier, ts)
 ) WITHOUT ROWID;
 """
 
@@ -95,6 +123,26 @@ class Point:
     blk_write_bytes: float
     restarts: float
     latency_ms: float | None = None
+    requests_per_second: float | None = None  # None: not behind the proxy
+    p50_ms: float | None = None  # None too for an interval without requests
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    error_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class HostPoint:
+    """One sample of the host (CPU in % of all cores; None where it was not read)."""
+
+    ts: int
+    cpu_percent: float | None
+    memory_used_bytes: float
+    memory_total_bytes: float
+    load_1m: float
+    load_5m: float
+    load_15m: float
+    docker_disk_free_bytes: float | None
+    docker_disk_total_bytes: float | None
 
 
 @dataclass
@@ -122,11 +170,19 @@ class MetricStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._add_missing_columns()
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(
                 f"cannot open the metrics history at {self.path}: {exc}",
                 hint="check DIPLO_HOME and that the folder is writable",
             ) from exc
+
+    def _add_missing_columns(self) -> None:
+        """A metrics.db of an older Diplo gets the columns it lacks (empty in old rows)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(points)")}
+        for name in COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE points ADD COLUMN {name} REAL")
 
     @classmethod
     def open_default(
@@ -158,28 +214,52 @@ class MetricStore:
         with self._lock, self._db:
             self._db.executemany(sql, rows)
 
+    def write_host(self, point: HostPoint) -> None:
+        names = HOST_POINT_FIELDS
+        sql = (
+            f"INSERT OR REPLACE INTO host_points (tier, {', '.join(names)}, cpu_percent_max, "
+            f"memory_used_bytes_max) VALUES (0, {', '.join('?' * len(names))}, ?, ?)"
+        )
+        row = (*(getattr(point, n) for n in names), point.cpu_percent, point.memory_used_bytes)
+        with self._lock, self._db:
+            self._db.execute(sql, row)
+
     def maintain(self, now: float) -> None:
         """Roll finished minutes into tier 1 and finished 10 minutes into tier 2, then drop
         what each tier keeps no longer. Idempotent: run it as often as you like."""
         with self._lock, self._db:
-            self._rollup(0, 1, MINUTE, now)
-            self._rollup(1, 2, TEN_MINUTES, now)
-            for tier, _, keep in self.retention.tiers(self.interval):
-                self._db.execute(
-                    "DELETE FROM points WHERE tier = ? AND ts < ?", (tier, int(now) - keep)
-                )
+            for table, keys, columns in (
+                ("points", ("app", "replica"), COLUMNS),
+                ("host_points", (), HOST_COLUMNS),
+            ):
+                self._rollup(table, keys, columns, 0, 1, MINUTE, now)
+                self._rollup(table, keys, columns, 1, 2, TEN_MINUTES, now)
+                for tier, _, keep in self.retention.tiers(self.interval):
+                    self._db.execute(
+                        f"DELETE FROM {table} WHERE tier = ? AND ts < ?", (tier, int(now) - keep)
+                    )
 
-    def _rollup(self, src: int, dst: int, res: int, now: float) -> None:
-        last = self._db.execute("SELECT MAX(ts) FROM points WHERE tier = ?", (dst,)).fetchone()[0]
+    def _rollup(
+        self,
+        table: str,
+        keys: tuple[str, ...],
+        columns: dict[str, str],
+        src: int,
+        dst: int,
+        res: int,
+        now: float,
+    ) -> None:
+        last = self._db.execute(f"SELECT MAX(ts) FROM {table} WHERE tier = ?", (dst,)).fetchone()[0]
         start = last + res if last is not None else 0
         end = int(now) // res * res  # only buckets that are over
         if end <= start:
             return
-        aggregates = ", ".join(how.format(c=c) for c, how in COLUMNS.items())
+        aggregates = ", ".join(how.format(c=c) for c, how in columns.items())
+        key = "".join(f"{k}, " for k in keys)
         self._db.execute(
-            f"INSERT OR REPLACE INTO points (tier, app, replica, ts, {', '.join(COLUMNS)}) "
-            f"SELECT ?, app, replica, (ts / ?) * ? AS bucket, {aggregates} FROM points "
-            "WHERE tier = ? AND ts >= ? AND ts < ? GROUP BY app, replica, bucket",
+            f"INSERT OR REPLACE INTO {table} (tier, {key}ts, {', '.join(columns)}) "
+            f"SELECT ?, {key}(ts / ?) * ? AS bucket, {aggregates} FROM {table} "
+            f"WHERE tier = ? AND ts >= ? AND ts < ? GROUP BY {key}bucket",
             (dst, res, res, src, start, end),
         )
 
@@ -229,6 +309,37 @@ class MetricStore:
                     out.metrics[name].append(round(sum(per), 3))
         return out
 
+    def host_series(self, since: float, step: float | None, now: float) -> Series:
+        """The host's figures over the last `since` seconds, as `series` reads an app's
+        (app "host"); a bucket of several samples holds their mean, or their maximum for
+        the `_max` figures and the totals, their minimum for the free disk."""
+        since = min(since, self.retention.ten_minutes)
+        tier, res = self.pick_tier(since)
+        bucket = max(int(step or res), int(res), 1, -(-int(since) // MAX_POINTS))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT ts, {', '.join(HOST_COLUMNS)} FROM host_points "
+                "WHERE tier = ? AND ts >= ? ORDER BY ts",
+                (tier, int(now - since)),
+            ).fetchall()
+        acc: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for ts, *values in rows:
+            for name, value in zip(HOST_COLUMNS, values, strict=True):
+                if value is not None:
+                    acc[ts // bucket * bucket][name].append(value)
+        out = Series("host", bucket, res, metrics={name: [] for name in HOST_COLUMNS})
+        for b in sorted(acc):
+            out.timestamps.append(b)
+            for name, how in HOST_COLUMNS.items():
+                values = acc[b][name]
+                if not values:
+                    out.metrics[name].append(None)
+                elif how.startswith(("MAX", "MIN")):
+                    out.metrics[name].append((max if how.startswith("MAX") else min)(values))
+                else:
+                    out.metrics[name].append(round(sum(values) / len(values), 3))
+        return out
+
     def latest(self, now: float, max_age: float) -> list[Point]:
         """The newest raw sample of each container sampled in the last `max_age` s."""
         names = ["app", "replica", "ts", *_raw_columns()]
@@ -245,6 +356,9 @@ class MetricStore:
 
 def _agg(name: str, values: list[float]) -> float:
     return max(values) if COLUMNS[name].startswith("MAX") else sum(values) / len(values)
+
+
+HOST_POINT_FIELDS = [f.name for f in fields(HostPoint)]
 
 
 def _raw_columns() -> list[str]:

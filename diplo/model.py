@@ -128,6 +128,7 @@ class DesiredApp:
     tls_digest: str = ""
     prune: bool = True  # diplo serve removes the app when it leaves the manifests
     keep_images: int = 5  # images of this many recent deployments are kept for rollbacks
+    alerts: str = ""  # the app's own alert rules (alertspec.AppAlerts as JSON); "": the host's
     # Values that interpolation put into fields other than env, as (field, variable,
     # value): secrets like env values, so the public spec and the record show `${VAR}`.
     masked: tuple[tuple[str, str, str], ...] = ()

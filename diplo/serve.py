@@ -18,17 +18,21 @@ from typing import Any
 import structlog
 import uvicorn
 
+from diplo.alerts.channels import senders
+from diplo.alerts.service import AlertService
 from diplo.api.access import Access
 from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
 from diplo.controller.sources import Source
 from diplo.errors import DiploError, InputError
-from diplo.hostconfig import MetricsConfig, load_config
+from diplo.hostconfig import AlertsConfig, MetricsConfig, load_config
 from diplo.metrics.collector import Collector
+from diplo.metrics.requests import AccessLog
 from diplo.metricstore import FILE as METRICS_FILE
 from diplo.metricstore import MetricStore, Retention
 from diplo.ops import status
 from diplo.ops.context import Context
+from diplo.ops.proxy import certificates
 from diplo.paths import default_home
 from diplo.tokens import WeakToken, api_token, viewer_token
 from diplo.webhooks import secrets_from_env
@@ -125,6 +129,9 @@ def run_server(
     collector = metrics_collector(
         home, ctx, config.metrics, owned=lambda: list(controller.view.rows)
     )
+    alerts = alert_service(config.alerts, ctx, controller, poll_every)
+    if alerts is not None and collector is not None:
+        collector.listeners.append(alerts.on_samples)
     app = asgi_app(
         controller,
         access,
@@ -132,11 +139,14 @@ def run_server(
         listen_host=host,
         allowed_hosts=exposure.allowed_hosts,
         metrics=collector,
+        alerts=alerts,
     )
     server = uvicorn.Server(server_config(app, host, port, exposure))
     info = home / "serve.json"
     address = url(exposure.scheme, host, port)
     controller.start()
+    if alerts is not None:
+        alerts.start(controller.bus.subscribe())
     if collector is not None:
         collector.start()
     stop_gc = _tidy_heap()
@@ -157,9 +167,13 @@ def run_server(
         server.run()  # returns on SIGTERM / SIGINT
     finally:
         stop_gc.set()
+        if alerts is not None:
+            alerts.halt()  # told first: its threads end while the others are stopped
         if collector is not None:
             collector.stop()
         controller.stop()
+        if alerts is not None:
+            alerts.stop()
         info.unlink(missing_ok=True)
         os.close(sole)  # the lock goes with it
 
@@ -189,7 +203,71 @@ def metrics_collector(
         newest = status.probes(ctx, app, 1)
         return newest[0].latency_ms if newest else None
 
-    return Collector(meter, store, interval=config.interval, latency=latency, owned=owned)
+    return Collector(
+        meter,
+        store,
+        interval=config.interval,
+        latency=latency,
+        requests=request_stats(ctx),
+        owned=owned,
+    )
+
+
+def request_stats(ctx: Context) -> AccessLog | None:
+    """The request metrics of the apps behind the proxy, from its access log; None where
+    this home runs no proxy."""
+    if not ctx.proxy_enabled:
+        return None
+
+    def routes() -> dict[str, tuple[str, list[str]]]:
+        return {app: (project, r["domains"]) for app, (project, r) in ctx.ledger.routes().items()}
+
+    return AccessLog(ctx.proxy.access_log, routes)
+
+
+class ControllerInputs:
+    """What the alert rules read of the controller: its view, specs and sources."""
+
+    def __init__(self, ctx: Context, controller: Controller) -> None:
+        self.ctx, self.controller = ctx, controller
+
+    def health(self) -> dict[str, tuple[str, int]] | None:
+        view = self.controller.view
+        if view.refreshed_at is None:  # not looked yet: absent apps are not gone ones
+            return None
+        known = {a.name: ("absent", 0) for a in self.controller.state.desired.apps}
+        return {**known, **{r.app: (r.health, r.restarts) for r in list(view.rows.values())}}
+
+    def app_rules(self, app: str) -> str | None:
+        spec = self.controller.state.desired.app(app)
+        return spec.alerts if spec is not None else None
+
+    def sources(self) -> list[dict[str, Any]]:
+        return [s.describe() for s in self.controller.sources]
+
+    def certificates(self) -> list[dict[str, Any]]:
+        try:
+            return certificates(self.ctx)
+        except DiploError as exc:
+            log.warning("alerts.certificates_unreadable", error=exc.message)
+            return []
+
+
+def alert_service(
+    config: AlertsConfig, ctx: Context, controller: Controller, poll_every: float
+) -> AlertService | None:
+    """The alerts (not started), their channels' secrets read now: a missing one stops
+    serve before it changes anything. None when the host's config turns alerts off."""
+    if not config.enabled:
+        return None
+    return AlertService(
+        config,
+        ctx.ledger,
+        senders(config.channels, config.channel_names()),
+        ControllerInputs(ctx, controller),
+        poll_every=poll_every,
+        publish=controller.bus.publish,
+    )
 
 
 def _sole_server(home: Path) -> int:

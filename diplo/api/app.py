@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from diplo import __version__
 from diplo.api.access import Access, HostCheck
+from diplo.api.alerts import add_alert_routes
 from diplo.api.fastpath import ListingFastPath
 from diplo.api.gitops import add_gitops_routes, busy
 from diplo.api.limits import RateLimiter, StreamSlots, relay
@@ -48,6 +49,7 @@ from diplo.ops import lifecycle, status
 from diplo.ops import proxy as routed
 
 if TYPE_CHECKING:
+    from diplo.alerts.service import AlertService
     from diplo.metrics.collector import Collector
     from diplo.webhooks import WebhookSecrets
 
@@ -109,9 +111,10 @@ def asgi_app(
     listen_host: str = "127.0.0.1",
     allowed_hosts: Iterable[str] = (),
     metrics: Collector | None = None,
+    alerts: AlertService | None = None,
 ) -> HostCheck:
     """What `diplo serve` runs: the Host check, then the GET /apps fast path, then the API."""
-    api = create_app(controller, access, webhook_secrets, metrics)
+    api = create_app(controller, access, webhook_secrets, metrics, alerts)
     return HostCheck(ListingFastPath(api, controller, access), listen_host, allowed_hosts)
 
 
@@ -120,6 +123,7 @@ def create_app(
     access: Access,
     webhook_secrets: WebhookSecrets | None = None,
     metrics: Collector | None = None,
+    alerts: AlertService | None = None,
 ) -> FastAPI:
     api = FastAPI(
         title="Diplo",
@@ -383,4 +387,5 @@ def create_app(
 
     add_gitops_routes(api, controller, authorized, view, Problem, webhook_secrets)
     add_metrics_routes(api, controller.meter, metrics, reads, view)
+    add_alert_routes(api, alerts, reads)
     return api

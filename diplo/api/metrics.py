@@ -42,7 +42,23 @@ class MetricSeries(BaseModel):
         description="cpu_percent (of one core), cpu_percent_max, cpu_limit_percent, "
         "memory_bytes, memory_bytes_max, memory_limit_bytes, rx_bytes_per_second, "
         "tx_bytes_per_second, rx_bytes, tx_bytes, blk_read_bytes, blk_write_bytes, "
-        "restarts, latency_ms (the health probe's)."
+        "restarts, latency_ms (the health probe's); for apps behind the proxy: "
+        "requests_per_second, p50_ms, p95_ms, p99_ms (response time through the proxy) "
+        "and error_ratio (5xx answers / all), null for a step without requests."
+    )
+
+
+class HostSeries(BaseModel):
+    """The host's figures over time, as the collector sampled them each interval."""
+
+    since: int = Field(description="Seconds of history asked for (at most the longest tier).")
+    step: int = Field(description="Seconds per value: the step asked for, raised if needed.")
+    resolution: float = Field(description="Seconds between samples of the tier read.")
+    timestamps: list[int] = Field(description="Start of each step, epoch seconds.")
+    metrics: dict[str, list[float | None]] = Field(
+        description="cpu_percent (of all cores), cpu_percent_max, memory_used_bytes, "
+        "memory_used_bytes_max, memory_total_bytes, load_1m, load_5m, load_15m, "
+        "docker_disk_free_bytes (the lowest in the step), docker_disk_total_bytes."
     )
 
 
@@ -60,6 +76,15 @@ class AppUsage(BaseModel):
     restarts: int
     latency_ms: float | None = Field(description="The newest health probe's.")
     sampled_at: int = Field(description="Epoch seconds.")
+    requests_per_second: float | None = Field(
+        None, description="Through the proxy, over the last interval; null: not behind it."
+    )
+    p50_ms: float | None = Field(None, description="Response time through the proxy.")
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    error_ratio: float | None = Field(
+        None, description="5xx answers / all answers; null without requests."
+    )
 
 
 class TopAnswer(BaseModel):
@@ -100,6 +125,36 @@ def add_metrics_routes(
             app, seconds, parse_duration(step) if step else None, time.time()
         )
         return MetricSeries(**series_answer(series, seconds))
+
+    @api.get(
+        "/system/metrics",
+        summary="The host's CPU, memory, load and Docker disk history",
+        dependencies=reads,
+        response_model=HostSeries,
+        responses={
+            **AUTH_ERRORS,
+            422: problem_doc("Invalid query parameter"),
+            503: problem_doc("Metrics are turned off"),
+        },
+    )
+    def host_metrics(
+        since: Annotated[
+            str, Query(pattern=DURATION, description="How far back, e.g. 30m, 1h, 7d.")
+        ] = "1h",
+        step: Annotated[
+            str | None,
+            Query(pattern=DURATION, description="Seconds per value, e.g. 10s, 1m, 1h."),
+        ] = None,
+    ) -> HostSeries:
+        if collector is None or collector.store is None:
+            raise Problem(503, "metrics are off", "this diplo serve collects no metrics")
+        seconds = min(parse_duration(since), collector.store.retention.ten_minutes)
+        series = collector.store.host_series(
+            seconds, parse_duration(step) if step else None, time.time()
+        )
+        answer = series_answer(series, seconds)
+        del answer["app"]
+        return HostSeries(**answer)
 
     @api.get(
         "/system/top",

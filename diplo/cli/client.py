@@ -90,6 +90,10 @@ class RemoteOps:
         apps = [AppUsage.from_dict(a) for a in answer["apps"]]
         return Top(apps, answer.get("host"), answer.get("interval_s"), served_by=self.url)
 
+    def alerts(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self.get("/alerts")
+        return {**answer, "served_by": self.url}
+
     def metrics(self, app: str, since: str, step: str | None) -> dict[str, Any]:
         # Checked here for the same messages as without a server (the API says 422).
         query = {"since": _api_duration(since, "--since")}

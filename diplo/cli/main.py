@@ -211,6 +211,21 @@ def top(ctx: click.Context, once: bool, as_json: bool, every: float) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="As GET /alerts answers.")
+@click.pass_context
+@handled
+def alerts(ctx: click.Context, as_json: bool) -> None:
+    """Alerts firing and recently resolved (from diplo serve, else from the ledger)."""
+    from diplo.cli.usage import print_alerts
+
+    answer = _operations(ctx, ()).alerts()
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    print_alerts(answer)
+
+
+@main.command()
 @click.argument("app")
 @click.option("--since", default="1h", show_default=True, help="How far back: 30m, 1h, 7d.")
 @click.option("--step", default=None, help="Seconds per value (default: 30 rows, or raw).")

@@ -1,5 +1,5 @@
-"""How `diplo top` and `diplo metrics` show resource use: rich tables, one-line host
-figures, human units (KiB, MiB/s)."""
+"""How `diplo top`, `diplo metrics` and `diplo alerts` show resource use and alerts:
+rich tables, one-line host figures, human units (KiB, MiB/s)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,19 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
 
+def rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def millis(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def ratio(value: float | None) -> str:
+    """An error ratio as a percentage."""
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def host_line(host: dict[str, Any] | None) -> str | None:
     if not host:
         return None
@@ -49,7 +62,9 @@ def top_table(top: Top) -> Any:
     from rich.console import Group
     from rich.text import Text
 
-    table = _table("APP", "REPLICAS", "CPU", "MEMORY", "MEM %", "NET RX", "NET TX", "RESTARTS")
+    table = _table(
+        "APP", "REPLICAS", "CPU", "MEMORY", "MEM %", "NET RX", "NET TX", "REQ/S", "5XX", "RESTARTS"
+    )
     for u in top.apps:
         table.add_row(
             plain(u.app),
@@ -59,6 +74,8 @@ def top_table(top: Top) -> Any:
             pct(u.memory_percent),
             size(u.rx_bytes_per_second, "/s"),
             size(u.tx_bytes_per_second, "/s"),
+            rate(u.requests_per_second),
+            ratio(u.error_ratio),
             str(u.restarts),
         )
     lines: list[Any] = []
@@ -86,10 +103,22 @@ def series_table(series: dict[str, Any]) -> None:
     if not stamps:
         click.echo(f"{series['app']}: no samples in the last {series['since']}s")
         return
-    table = _table("TIME", "CPU", "CPU MAX", "MEMORY", "MEM MAX", "NET RX", "NET TX", "PROBE")
+    proxied = any(v is not None for v in m.get("requests_per_second", []))
+    heads = ["TIME", "CPU", "CPU MAX", "MEMORY", "MEM MAX", "NET RX", "NET TX", "PROBE"]
+    table = _table(*heads, *(("REQ/S", "P50", "P99", "5XX") if proxied else ()))
     for i, ts in enumerate(stamps):
         when = dt.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M:%S")
         latency = m["latency_ms"][i]
+        requests = (
+            (
+                rate(m["requests_per_second"][i]),
+                millis(m["p50_ms"][i]),
+                millis(m["p99_ms"][i]),
+                ratio(m["error_ratio"][i]),
+            )
+            if proxied
+            else ()
+        )
         table.add_row(
             when,
             pct(m["cpu_percent"][i]),
@@ -98,7 +127,46 @@ def series_table(series: dict[str, Any]) -> None:
             size(m["memory_bytes_max"][i]),
             size(m["rx_bytes_per_second"][i], "/s"),
             size(m["tx_bytes_per_second"][i], "/s"),
-            "-" if latency is None else f"{latency:.0f} ms",
+            millis(latency),
+            *requests,
         )
     click.echo(f"{series['app']}: every {series['step']}s over the last {series['since']}s")
     _console().print(table)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M:%S")
+
+
+def print_alerts(answer: dict[str, Any]) -> None:
+    """`diplo alerts`: what fires, what fired, and the channels' health."""
+    if not answer.get("enabled", True):
+        click.echo("alerts are off (alerts.enabled in $DIPLO_HOME/config.yaml)")
+        return
+    rows = [*answer["firing"], *answer["resolved"]]
+    if not rows:
+        click.echo("no alerts")
+    else:
+        table = _table("STATE", "ALERT", "SINCE", "RESOLVED", "VALUE", "THRESHOLD", "MESSAGE")
+        for a in rows:
+            table.add_row(
+                a["state"].upper(),
+                plain(a["key"]),
+                _when(a["since"]),
+                _when(a["resolved_at"]),
+                plain(a["value"] or "-"),
+                plain(a["threshold"] or "-"),
+                plain(a["message"]),
+            )
+        _console().print(table)
+    for ch in answer.get("channels", []):
+        line = f"channel {ch['name']} ({ch['type']}, {ch['target']}): {ch['sent']} sent"
+        if ch["failed"]:
+            line += f", {ch['failed']} failed attempts, last error: {ch['last_error']}"
+        if ch["queued"]:
+            line += f", {ch['queued']} queued"
+        click.echo(line)
+    if not answer.get("served_by"):
+        click.echo("(from the ledger: no diplo serve runs, so nothing is evaluated or sent)")

@@ -236,6 +236,9 @@ class Controller:
             scope = self.state.scope_for(app)
             if scope is None:
                 return Result()  # `prune: false`: an app that left the source keeps running
+            # A create or start of an app deployed before is a heal; of a new app, not.
+            before = self.view.rows.get(app)
+            deployed = before is not None and before.last_deployment is not None
             began = time.monotonic()
             try:
                 report = apply(
@@ -254,7 +257,7 @@ class Controller:
             except DiploError as exc:
                 self.listing.invalidate()  # it may be what failed: the retry lists anew
                 return Result(exc.message, retry=exc.retryable, retry_after=exc.retry_after)
-            result = self._outcome(app, report, bound, time.monotonic() - began)
+            result = self._outcome(app, report, bound, time.monotonic() - began, deployed)
         if report.result is not None or not self._as_shown(app, report.prepared.observed):
             self.view.refresh([app])
         return result
@@ -295,7 +298,9 @@ class Controller:
         )
         return running or app_plan.kind == "update"
 
-    def _outcome(self, app: str, report: ApplyReport, bound: Any, took: float = 0.0) -> Result:
+    def _outcome(
+        self, app: str, report: ApplyReport, bound: Any, took: float = 0.0, deployed: bool = True
+    ) -> Result:
         app_plan = report.plan.app(app)
         if report.result is None:  # nothing to do, or held back
             held = app_plan is not None and bool(app_plan.actions)
@@ -305,7 +310,7 @@ class Controller:
         self.meter.deployed(app_plan.kind, outcome is None or outcome.ok, took)
         spec = report.prepared.desired.app(app)
         if outcome is None or outcome.ok:
-            drift = app_plan.kind in ("create", "start") and app in self.view.rows
+            drift = app_plan.kind in ("create", "start") and deployed
             self.failed_release.pop(app, None)
             self.healer.healthy(app)
             kind = "drift.healed" if drift else f"app.{app_plan.kind}"

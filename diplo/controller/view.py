@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,7 @@ class View:
         self.sync: dict[str, dict[str, Any]] = {}  # app -> its sync fields
         self.engine_ok = True
         self.engine_version = ""
+        self.refreshed_at: float | None = None  # the first full look at the host, and since
         self._listing: bytes | None = None  # GET /apps, up to date unless _stale
         self._lines: dict[str, bytes] = {}  # app -> its line in GET /apps, serialised
         self._stale: set[str] | None = set()  # lines to serialise again (None: all)
@@ -64,6 +66,8 @@ class View:
                     )
                 rows[name] = row
             self.rows = rows
+            if apps is None:
+                self.refreshed_at = time.time()
         self.compute_sync(None if apps is None else set(apps))
 
     def compute_sync(self, apps: set[str] | None = None) -> None:

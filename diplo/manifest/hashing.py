@@ -139,11 +139,11 @@ def with_spec_hash(app: DesiredApp) -> DesiredApp:
     data.pop("masked")  # the values are in the fields themselves
     # Ordering and Diplo-side checks: changing them does not need a new container. Nor
     # does the number of replicas (replicas are added or removed, the others stay), nor
-    # what the proxy serves (domains, TLS: a proxy change).
+    # what the proxy serves (domains, TLS: a proxy change), nor what alerts watch for.
     for key in (
         *("depends_on", "health", "deploy_timeout", "strategy", "drain", "prune", "keep_images"),
         *("replicas", "domains", "http_port", "tls", "tls_cert", "tls_key", "tls_digest"),
-        "load_balancing",
+        *("load_balancing", "alerts"),
     ):
         data.pop(key)
     return replace(app, spec_hash=spec_digest(data))

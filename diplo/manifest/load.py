@@ -513,6 +513,9 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
         keep_images=app.deploy.keep_images,
         prune=f.prune,
         masked=_masked(f, at),
+        alerts=""
+        if app.alerts is None
+        else app.alerts.model_dump_json(by_alias=True, exclude_unset=True),
         **routing,
     )
     return with_spec_hash(desired)

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from diplo.alertspec import AppAlerts
 from diplo.model import MAX_REPLICAS, HealthSpec
 from diplo.units import parse_duration, parse_size
 
@@ -364,6 +365,11 @@ class AppConfig(_Strict):
         "auto",
         description="auto: a public certificate (ACME) for public names, the proxy's own CA "
         "otherwise; internal: the proxy's own CA; off: plain HTTP; {cert, key}: your files.",
+    )
+    alerts: AppAlerts | None = Field(
+        None,
+        description="The app's own alert thresholds over the host's, e.g. {memory: {above: "
+        "80%, for: 1m}, cpu: false}; changing them redeploys nothing.",
     )
 
     @field_validator("env")

@@ -1,16 +1,18 @@
 """The collector of `diplo serve`: every `interval` seconds it samples each running
 container Diplo owns from the kernel's counters (the engine's stats call only where those
 cannot be read), turns counters into rates against the previous sample it keeps in
-memory, writes the samples to the metrics history and rolls the history up. It runs in a
-thread of its own; a failing cycle is logged and the next one runs as usual."""
+memory, adds each app's request figures when it is behind the proxy (`RequestStats`,
+diplo/metrics/requests.py), writes the samples and the host's to the metrics history and
+rolls the history up. It runs in a thread of its own; a failing cycle is logged and the
+next one runs as usual."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,7 +21,7 @@ import structlog
 from diplo import kernelstats
 from diplo.errors import DiploError, NotFound
 from diplo.kernelstats import Unreadable
-from diplo.metricstore import MetricStore, Point
+from diplo.metricstore import HostPoint, MetricStore, Point
 
 if TYPE_CHECKING:  # the engine side is the composition root's to build
     from diplo.runtime.sampling import EngineStats, Running
@@ -43,19 +45,46 @@ class ContainerSource(Protocol):
 
 @dataclass(frozen=True)
 class RequestSample:
-    """Request figures of an app behind the proxy (issue 11 fills them)."""
+    """Request figures of an app behind the proxy over the last collector interval
+    (diplo/metrics/requests.py): all 0.0 when it had no request."""
 
     requests_per_second: float
     p50_ms: float
     p95_ms: float
     p99_ms: float
     error_ratio: float  # 5xx answers / all answers
+    requests: int = 0  # answered in the interval
+
+
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+@dataclass
+class RequestTotals:
+    """An app's requests through the proxy since the collector started (what the
+    Prometheus counters and the summary's count and sum show)."""
+
+    project: str
+    by_class: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUS_CLASSES, 0))
+    duration_seconds: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_class.values())
 
 
 class RequestStats(Protocol):
     """The seam for the proxy's request metrics: None for an app it does not serve."""
 
+    def refresh(self) -> None:
+        """Take the next window (once per cycle, before the `of` calls)."""
+        ...
+
     def of(self, app: str) -> RequestSample | None: ...
+
+    def totals(self) -> Mapping[str, RequestTotals]:
+        """Each app's totals since start (a copy)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -113,6 +142,7 @@ class ContainerSample:
             blk_write_bytes=self.blk_write_bytes,
             restarts=self.restarts,
             latency_ms=_round(self.latency_ms, 1),
+            **_request_columns(self.requests),
         )
 
 
@@ -127,6 +157,19 @@ class HostSample:
     docker_root: str | None
     disk_total_bytes: int | None
     disk_free_bytes: int | None
+
+    def point(self) -> HostPoint:
+        return HostPoint(
+            ts=int(self.at),
+            cpu_percent=_round(self.cpu_percent, 2),
+            memory_used_bytes=self.memory_total_bytes - self.memory_available_bytes,
+            memory_total_bytes=self.memory_total_bytes,
+            load_1m=self.load[0],
+            load_5m=self.load[1],
+            load_15m=self.load[2],
+            docker_disk_free_bytes=self.disk_free_bytes,
+            docker_disk_total_bytes=self.disk_total_bytes,
+        )
 
     def as_dict(self) -> dict[str, object]:
         used = self.memory_total_bytes - self.memory_available_bytes
@@ -154,6 +197,22 @@ class HostSample:
             },
             "sampled_at": round(self.at, 3),
         }
+
+
+def _request_columns(r: RequestSample | None) -> dict[str, float | None]:
+    """A point's request columns: the rate of an app behind the proxy (0 when idle), its
+    latencies and error ratio only when it answered requests (an idle interval is no
+    0 ms answer, and would drag the history's means down)."""
+    if r is None:
+        return {}
+    answered = r.requests > 0
+    return {
+        "requests_per_second": r.requests_per_second,
+        "p50_ms": r.p50_ms if answered else None,
+        "p95_ms": r.p95_ms if answered else None,
+        "p99_ms": r.p99_ms if answered else None,
+        "error_ratio": r.error_ratio if answered else None,
+    }
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -213,6 +272,11 @@ class Collector:
         started = self.mono()
         now = self.clock()
         self.host = self._host(now)
+        if self.requests is not None:
+            try:
+                self.requests.refresh()
+            except Exception as exc:  # the containers' samples still count
+                log.exception("metrics.requests_failed", error=str(exc))
         samples: list[ContainerSample] = []
         latencies: dict[str, float | None] = {}
         owned = set(self.owned()) if self.owned is not None else None
@@ -232,6 +296,8 @@ class Collector:
         self.latest = {s.id: s for s in samples}
         if self.store is not None:
             self.store.write([p for s in samples if (p := s.point()) is not None])
+            if self.host is not None:
+                self.store.write_host(self.host.point())
             if now - self._maintained >= MAINTAIN_EVERY:
                 self.store.maintain(now)
                 self._maintained = now
@@ -343,10 +409,15 @@ class Collector:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread, then close the history and the engine client."""
+        """Stop the thread, then close the history and the engine client. A cycle still
+        running after `timeout` (a slow engine) keeps them: closed under it, its writes
+        would fail; the process is ending, and SQLite's WAL survives it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("metrics.stop_timeout", seconds=timeout)
+                return
         if self.store is not None:
             self.store.close()
         close = getattr(self.source, "close", None)

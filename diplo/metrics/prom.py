@@ -1,10 +1,12 @@
 """`GET /metrics`: the Prometheus text exposition of the collector's newest samples (one
-series per container, labelled app, project and replica) and of Diplo's own counters
-(reconciles, deploys and their durations, drift heals, the work queue, API latency).
+series per container, labelled app, project and replica; the requests of each app behind
+the proxy, labelled app and project) and of Diplo's own counters (reconciles, deploys
+and their durations, drift heals, the work queue, API latency).
 Each `diplo serve` has a registry of its own (never the library's global one)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -13,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector as PromCollector
 
 if TYPE_CHECKING:
-    from diplo.metrics.collector import Collector
+    from diplo.metrics.collector import Collector, ContainerSample, RequestSample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEPLOY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -125,7 +127,53 @@ class SampleExport(PromCollector):
                 latency.add_metric([s.app], s.latency_ms / 1000.0)
                 probed.add(s.app)
         yield from (cpu, mem, limit, cpus, rx, tx, rd, wr, restarts, latency)
+        yield from self._requests(samples)
         yield from self._host()
+
+    def _requests(self, samples: list[ContainerSample]) -> Iterator[Metric]:
+        """Each proxied app's requests: counters by status class since `diplo serve`
+        started, and a summary of its response times (the quantiles over the last
+        interval, NaN when it had no request; count and sum since start)."""
+        stats = self.collector.requests
+        if stats is None:
+            return
+        totals = stats.totals()
+        window: dict[str, tuple[str, RequestSample]] = {}
+        for s in samples:
+            if s.requests is not None:
+                window.setdefault(s.app, (s.project, s.requests))
+        requests = CounterMetricFamily(
+            "diplo_app_http_requests",
+            "Requests the proxy answered for the app, by status class.",
+            labels=["app", "project", "code_class"],
+        )
+        duration = Metric(
+            "diplo_app_http_request_duration_seconds",
+            "Response time through the proxy (quantiles over the collector's last interval).",
+            "summary",
+        )
+        for app in sorted(set(window) | set(totals)):
+            total = totals.get(app)
+            project = total.project if total else window[app][0]
+            labels = {"app": app, "project": project}
+            if total is not None:
+                for code_class, count in total.by_class.items():
+                    requests.add_metric([app, project, code_class], count)
+            if app in window:
+                sample = window[app][1]
+                answered = sample.requests > 0
+                for q, ms in (
+                    ("0.5", sample.p50_ms),
+                    ("0.95", sample.p95_ms),
+                    ("0.99", sample.p99_ms),
+                ):
+                    value = ms / 1000.0 if answered else math.nan
+                    duration.add_sample(duration.name, {**labels, "quantile": q}, value)
+            if total is not None:
+                duration.add_sample(f"{duration.name}_count", labels, total.count)
+                duration.add_sample(f"{duration.name}_sum", labels, total.duration_seconds)
+        yield requests
+        yield duration
 
     def _host(self) -> Iterator[Metric]:
         host = self.collector.host

@@ -16,6 +16,7 @@ from diplo.manifest.load import load_manifests
 from diplo.metricstore import Retention
 from diplo.model import DesiredState
 from diplo.ops import rollback as rollbacks
+from diplo.ops.alerts import local_alerts
 from diplo.ops.apply import LOCK_WAIT, ApplyReport, Watch, apply
 from diplo.ops.context import Context
 from diplo.ops.metrics import Top, local_series, local_top
@@ -51,6 +52,10 @@ class Operations(Protocol):
 
     def metrics(self, app: str, since: str, step: str | None) -> dict[str, Any]:
         """An app's series, as GET /apps/{app}/metrics answers it."""
+        ...
+
+    def alerts(self) -> dict[str, Any]:
+        """Firing and recently resolved alerts, as GET /alerts answers."""
         ...
 
 
@@ -117,6 +122,10 @@ class LocalOps:
         """From the metrics history the last `diplo serve` wrote."""
         config = load_config().metrics
         return local_top(config.interval, _retention(config.retention.model_dump()))
+
+    def alerts(self) -> dict[str, Any]:
+        """From the ledger the last `diplo serve` wrote."""
+        return local_alerts(self.ctx)
 
     def metrics(self, app: str, since: str, step: str | None) -> dict[str, Any]:
         config = load_config().metrics

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from diplo.errors import InputError
-from diplo.metricstore import FILE, MetricStore, Point, Retention, Series
+from diplo.metricstore import FILE, REQUEST_COLUMNS, MetricStore, Point, Retention, Series
 from diplo.paths import default_home
 
 STALE_AFTER = 3  # intervals: a sample older than this is no longer "now"
@@ -28,6 +28,13 @@ class AppUsage:
     restarts: int = 0
     latency_ms: float | None = None
     sampled_at: int = 0
+    # through the proxy, over the last interval (None: not behind the proxy, or no
+    # request answered for the latencies and the error ratio)
+    requests_per_second: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    error_ratio: float | None = None
 
     @property
     def memory_percent(self) -> float | None:
@@ -74,6 +81,9 @@ def usage(points: list[Point]) -> list[AppUsage]:
         u.restarts += int(p.restarts)
         if p.latency_ms is not None:
             u.latency_ms = p.latency_ms
+        for name in REQUEST_COLUMNS:  # the app's, the same in each of its replicas' rows
+            if (value := getattr(p, name)) is not None:
+                setattr(u, name, value)
         u.sampled_at = max(u.sampled_at, p.ts)
     return sorted(apps.values(), key=lambda u: u.app)
 

@@ -24,6 +24,14 @@ net.ipv4.tcp_migrate_req=1 on the host (`make engine`), or connections queued on
 old socket are reset. HTTP/3 is off (a UDP listener, and an Alt-Svc Caddy cannot
 announce behind a non-standard port).
 
+Both servers write an access log (`logging.logs.diplo_access`): one JSON line per request
+with only its host, status and duration (URIs, headers and client addresses are deleted
+by Caddy's filter encoder: no query-string secret or personal data lands on disk), in
+$DIPLO_HOME/proxy/access/, rolled by Caddy at ACCESS_ROLL_MB with ACCESS_KEEP old file.
+Diplo's collector reads it for each app's request rate, latencies and 5xx ratio
+(diplo/metrics/requests.py). The plain server skips the hosts it only redirects to
+HTTPS: their requests are counted once, on the HTTPS server.
+
 No `flush_interval: -1`: in Caddy 2.6 it ties every proxied request to the config it
 started under, so any config change (a switch) cuts requests in flight. Streaming passes
 through without it: Caddy flushes at once for `text/event-stream`, for responses of
@@ -40,7 +48,8 @@ from typing import Any, Literal
 
 from diplo.errors import InputError
 
-ADMIN_SOCKET = "/diplo/admin.sock"  # inside the container: $DIPLO_HOME/proxy is mounted on /diplo
+STATE_DIR = "/diplo"  # inside the container: $DIPLO_HOME/proxy is mounted there
+ADMIN_SOCKET = f"{STATE_DIR}/admin.sock"
 INTERNAL_STORAGE = "local"  # storage folders of the issuers' certificates
 ACME_STORAGE = "acme-v02.api.letsencrypt.org-directory"
 PROTOCOLS = ["h1", "h2"]  # no HTTP/3: no UDP listener, no Alt-Svc to announce
@@ -49,6 +58,22 @@ ACTIVE_TIMEOUT = "5s"
 TRY_DURATION = "5s"  # a request whose upstream refuses is retried on another for this long
 FAIL_DURATION = "10s"  # passive health: an upstream that failed is avoided for this long
 MAX_FAILS = 3
+ACCESS_DIR = "access"  # in $DIPLO_HOME/proxy, i.e. /diplo/access in the container
+ACCESS_FILE = "access.log"
+ACCESS_ROLL_MB = 10
+ACCESS_KEEP = 1  # rolled files kept: at most (1 + ACCESS_KEEP) * ACCESS_ROLL_MB on disk
+ACCESS_LOGGER = "http.log.access"  # Caddy's access loggers (a prefix of each of them)
+# every field of an access entry but the few the collector reads
+_ACCESS_DROPPED = (
+    "request>headers",
+    "request>uri",
+    "request>tls",
+    "request>remote_ip",
+    "request>remote_port",
+    "request>client_ip",
+    "resp_headers",
+    "user_id",
+)
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]*/[a-z0-9][a-z0-9-]*$")
 _UPSTREAM = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
 _INTERNAL_SUFFIXES = (".localhost", ".internal", ".local", ".test", ".home.arpa", ".invalid")
@@ -150,11 +175,13 @@ def build_config(
     http_routes += [_app_route(r) for r in plain]
     http_routes += [_draining_route(r) for r in ordered]
     http_routes.append(_NOT_FOUND)
+    redirected = sorted(d for r in secure for d in r.domains)
     servers: dict[str, Any] = {
         "http": {
             "listen": [f":{settings.http_port}"],
             "routes": http_routes,
             "protocols": PROTOCOLS,
+            "logs": _skipping(redirected, settings.http_port),
         }
     }
     if secure:
@@ -163,6 +190,7 @@ def build_config(
             "routes": [*(_app_route(r) for r in secure), _NOT_FOUND],
             "protocols": PROTOCOLS,
             "automatic_https": _automatic_https(secure),
+            "logs": {},
         }
     apps: dict[str, Any] = {
         "http": {
@@ -175,7 +203,43 @@ def build_config(
     }
     if secure:
         apps["tls"] = _tls_app(settings, secure, set(stored))
-    return {"admin": admin_block(settings), "apps": apps}
+    return {"admin": admin_block(settings), "logging": access_logging(), "apps": apps}
+
+
+def access_logging() -> dict[str, Any]:
+    """Caddy's `logging`: the access entries go to their own file, not to stderr (the
+    container's log, where the engine would keep them)."""
+    return {
+        "logs": {
+            "default": {"exclude": [ACCESS_LOGGER]},
+            "diplo_access": {
+                "writer": {
+                    "output": "file",
+                    "filename": f"{STATE_DIR}/{ACCESS_DIR}/{ACCESS_FILE}",
+                    "roll_size_mb": ACCESS_ROLL_MB,
+                    "roll_keep": ACCESS_KEEP,
+                    # rolled files stay plain: the collector reads the end of the one
+                    # just rolled, which a gzip in the background would take away
+                    "roll_gzip": False,
+                },
+                "encoder": {
+                    "format": "filter",
+                    "wrap": {"format": "json"},
+                    "fields": {f: {"filter": "delete"} for f in _ACCESS_DROPPED},
+                },
+                "include": [ACCESS_LOGGER],
+            },
+        }
+    }
+
+
+def _skipping(domains: list[str], port: int) -> dict[str, Any]:
+    """A server's `logs`, without the entries of these hosts. Caddy 2.6 compares the
+    Host header as sent, with its port when it is not the default one."""
+    if not domains:
+        return {}
+    hosts = domains if port == 80 else [h for d in domains for h in (d, f"{d}:{port}")]
+    return {"skip_hosts": hosts}
 
 
 def with_draining(config: dict[str, Any], draining: dict[str, list[str]]) -> dict[str, Any]:

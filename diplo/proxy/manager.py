@@ -23,6 +23,8 @@ from diplo.errors import InputError, ProxyUnavailable
 from diplo.proxy.admin import AdminClient
 from diplo.proxy.certs import Certificate, served
 from diplo.proxy.config import (
+    ACCESS_DIR,
+    ACCESS_FILE,
     ADMIN_SOCKET,
     CertFiles,
     ProxySettings,
@@ -79,6 +81,11 @@ class Proxy:
 
     def close(self) -> None:
         self.admin.close()
+
+    @property
+    def access_log(self) -> Path:
+        """Caddy's access log on the host (diplo/metrics/requests.py reads it)."""
+        return self.state_dir / ACCESS_DIR / ACCESS_FILE
 
     # --- the whole proxy -----------------------------------------------------------------
 

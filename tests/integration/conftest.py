@@ -50,8 +50,16 @@ def docker_api() -> docker.APIClient:
 def remove_by_label(api: docker.APIClient, label: str) -> None:
     filters = {"label": label}
     for c in api.containers(all=True, filters=filters):
-        with contextlib.suppress(docker.errors.NotFound):
+        try:
             api.remove_container(c["Id"], force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: a removal already in progress (Diplo's own)
+                raise
+    deadline = time.monotonic() + 30  # let such removals end before volumes and networks
+    while api.containers(all=True, filters=filters) and time.monotonic() < deadline:
+        time.sleep(0.2)
     for v in api.volumes(filters=filters).get("Volumes") or []:
         with contextlib.suppress(docker.errors.NotFound):
             api.remove_volume(v["Name"], force=True)

@@ -7,6 +7,7 @@ or TOKENS (DIPLO_TOKEN and DIPLO_VIEWER_TOKEN chosen: every read needs one of th
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -19,11 +20,15 @@ import uvicorn
 import yaml
 from fastapi.testclient import TestClient
 
+from diplo.alerts.channels import HttpSender
+from diplo.alerts.service import AlertService
 from diplo.api.access import Access
 from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
+from diplo.hostconfig import AlertsConfig
 from diplo.ledger import Ledger
 from diplo.metrics.collector import Collector
+from diplo.metrics.requests import AccessLog
 from diplo.metricstore import MetricStore
 from diplo.model import LABEL_APP
 from diplo.ops.context import Context
@@ -38,6 +43,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 VIEWER_TOKEN = "t0ken-for-the-api-tests-viewer"
 VIEWER = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
 HOST = "localhost"  # a Host name the API answers to (others get 421)
+HOOK_TOKEN = "hook-url-token-never-shown"  # in the alert channel's URL
 
 
 def loopback() -> Access:
@@ -74,6 +80,7 @@ class World:
     api: Any  # the ASGI app `diplo serve` runs
     access: Access
     metrics: Collector
+    alerts: AlertService
 
     def client(self, host: str = "testclient", headers: dict[str, str] | None = None) -> TestClient:
         """A client at address `host`, sending `headers` with every request."""
@@ -106,8 +113,9 @@ def build_world(
     ledger = Ledger(root / "home" / "ledger.db")
     controller = Controller(folder, Context(_runtime=engine, _ledger=ledger))
     metrics = sampled(root)
-    api = asgi_app(controller, access, metrics=metrics)
-    world = World(folder, engine, ledger, controller, api, access, metrics)
+    alerts = alerted(controller, ledger)
+    api = asgi_app(controller, access, metrics=metrics, alerts=alerts)
+    world = World(folder, engine, ledger, controller, api, access, metrics, alerts)
     world.write(app_specs())
     for name in APPS:
         controller.handle(name)
@@ -117,25 +125,80 @@ def build_world(
 WEB_ID = "c" * 64
 
 
+class NoInputs:
+    def health(self) -> None:
+        return None
+
+    def app_rules(self, app: str) -> None:
+        return None
+
+    def sources(self) -> list[dict[str, Any]]:
+        return []
+
+    def certificates(self) -> list[dict[str, Any]]:
+        return []
+
+
+def alerted(controller: Controller, ledger: Ledger) -> AlertService:
+    """Alerts (not started: the channel's notifications stay queued) where `web`'s deploy
+    failed and still fires, and `worker`'s failed and was fixed."""
+    hook = HttpSender("hook", "slack", f"http://127.0.0.1:9/{HOOK_TOKEN}")
+    alerts = AlertService(
+        AlertsConfig(), ledger, [hook], NoInputs(), publish=controller.bus.publish
+    )
+    alerts.on_event("deploy.failed", "worker", {"message": "health gate: timed out"})
+    alerts.on_event("deploy.succeeded", "worker", {"message": "ok"})
+    alerts.on_event("deploy.failed", "web", {"message": "health gate: timed out"})
+    return alerts
+
+
 def sampled(root: Path) -> Collector:
     """A collector over a kernel tree where `web` runs one container that used 1.5 s of
-    CPU in 10 s (15 % of a core) and 40 MiB of its 100 MiB: two cycles, both written."""
+    CPU in 10 s (15 % of a core) and 40 MiB of its 100 MiB: two cycles, both written.
+    `web` is behind the proxy, whose access log has 20 requests to it in those 10 s
+    (1 to 20 ms, the two slowest answered 503) and one to a host no app serves."""
     tree = Tree(root / "kernel", 1)
     tree.container(WEB_ID, 10, cpu_ns=10**9, memory=40 << 20, limit=100 << 20)
     engine = FakeEngine([running(WEB_ID, 10, cpus=0.5)], root=str(root))
     mono = [0.0]
+    access = root / "proxy" / "access" / "access.log"
+    access.parent.mkdir(parents=True)
+    access.write_text("")
     collector = Collector(
         engine,
         MetricStore(root / "home" / "metrics.db"),
         root=root / "kernel",
         mono=lambda: mono[0],
         latency=lambda app: 3.0,
+        requests=AccessLog(
+            access, lambda: {"web": ("shop", ["web.example.com"])}, mono=lambda: mono[0]
+        ),
     )
     collector.cycle()
     tree.container(WEB_ID, 10, cpu_ns=25 * 10**8, memory=40 << 20, limit=100 << 20)
+    with access.open("a") as f:
+        for ms in range(1, 21):
+            f.write(access_entry("Web.example.com:8443", 503 if ms > 18 else 200, ms) + "\n")
+        f.write(access_entry("elsewhere.example.com", 404, 1) + "\n")
     mono[0] = 10.0
     collector.cycle()
     return collector
+
+
+def access_entry(host: str, status: int, ms: float) -> str:
+    """A line of the proxy's access log, as Caddy 2.6 writes it with Diplo's encoder."""
+    return json.dumps(
+        {
+            "level": "info",
+            "ts": time.time(),
+            "logger": "http.log.access",
+            "msg": "handled request",
+            "request": {"proto": "HTTP/1.1", "method": "GET", "host": host},
+            "duration": ms / 1000,
+            "size": 2,
+            "status": status,
+        }
+    )
 
 
 class FollowingRuntime(MemoryRuntime):

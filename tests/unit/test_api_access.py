@@ -25,7 +25,12 @@ from diplo.serve import access_of
 from .apiworld import AUTH, TOKEN, VIEWER, VIEWER_TOKEN, World, build_world, loopback, tokens
 
 READS = ("/apps", "/apps/web", "/apps/web/health", "/apps/web/deployments", "/apps/web/logs")
-METRIC_READS = ("/apps/web/metrics", "/system/top", "/metrics")  # /metrics too: see README
+METRIC_READS = (
+    "/apps/web/metrics",
+    "/system/metrics",
+    "/system/top",
+    "/metrics",
+)  # /metrics too: see README
 READS_ALL = (*READS, *METRIC_READS, "/system/stats", "/events")
 POSTS = ("/apps/web/sync", "/apps/web/restart", "/apps/web/cancel", "/apps/web/rollback")
 WRONG = {"Authorization": "Bearer " + "x" * 30}

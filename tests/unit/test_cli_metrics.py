@@ -54,9 +54,14 @@ def test_top_once_shows_each_app_from_the_server(served: ServedWorld):
     assert lines[0] == f"from diplo serve at {served.url}"
     assert re.match(r"host: CPU .* of 2 cores, memory .*, load 0\.50, docker disk", lines[1])
     assert re.search(
-        r"^APP\s+REPLICAS\s+CPU\s+MEMORY\s+MEM %\s+NET RX\s+NET TX\s+RESTARTS", lines[2]
+        r"^APP\s+REPLICAS\s+CPU\s+MEMORY\s+MEM %\s+NET RX\s+NET TX\s+REQ/S\s+5XX\s+RESTARTS",
+        lines[2],
     )
-    assert re.search(r"^web\s+1\s+15\.0%\s+40\.0 MiB\s+40\.0%\s+0 B/s\s+0 B/s\s+0\s*$", lines[3])
+    # 20 requests in 10 s through the proxy, 2 of them answered 503
+    assert re.search(
+        r"^web\s+1\s+15\.0%\s+40\.0 MiB\s+40\.0%\s+0 B/s\s+0 B/s\s+2\.0\s+10\.0%\s+0\s*$",
+        lines[3],
+    )
 
 
 def test_top_json_is_one_document(served: ServedWorld):
@@ -66,6 +71,8 @@ def test_top_json_is_one_document(served: ServedWorld):
     (web,) = doc["apps"]
     assert web["app"] == "web" and web["cpu_percent"] == 15.0
     assert web["memory_bytes"] == 40 << 20 and web["memory_percent"] == 40.0
+    assert web["requests_per_second"] == 2.0 and web["error_ratio"] == 0.1
+    assert (web["p50_ms"], web["p95_ms"], web["p99_ms"]) == (10.0, 19.0, 20.0)
     assert doc["host"]["cores"] == 2 and doc["interval_s"] == 10
 
 
@@ -78,8 +85,11 @@ def test_metrics_of_an_app_from_the_server(served: ServedWorld):
     assert table.exit_code == 0, table.output
     assert table.stdout.startswith("web: every 120s over the last 3600s\n")
     assert re.search(
-        r"15\.0%\s+15\.0%\s+40\.0 MiB\s+40\.0 MiB\s+0 B/s\s+0 B/s\s+3 ms", table.stdout
+        r"15\.0%\s+15\.0%\s+40\.0 MiB\s+40\.0 MiB\s+0 B/s\s+0 B/s\s+3 ms"
+        r"\s+2\.0\s+10 ms\s+20 ms\s+10\.0%",
+        table.stdout,
     )
+    assert re.search(r"PROBE\s+REQ/S\s+P50\s+P99\s+5XX", table.stdout)
 
 
 @pytest.mark.parametrize(

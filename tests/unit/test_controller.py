@@ -124,6 +124,23 @@ def test_reconciles_deploys_and_drift_heals_are_counted(controller: Controller):
     assert metric(controller, "diplo_workqueue_depth") == 1
 
 
+def test_a_new_app_is_created_not_healed_though_the_view_lists_it(controller: Controller):
+    """serve's view can list an app while its first deploy runs: that first create is an
+    `app.create`; only a create of an app deployed before is a drift heal."""
+    engine = controller.ctx.runtime
+    # the health loop's full refresh lists an app as soon as its first container exists
+    controller.view.rows["web"] = AppView("web", project="shop", state="partial")
+    controller.handle("web")
+    kinds = [e.kind for e in controller.bus.recent if e.app == "web"]
+    assert "app.create" in kinds and "drift.healed" not in kinds
+    assert metric(controller, "diplo_drift_heals_total") == 0
+    for cid in list(engine.containers):
+        engine.remove(cid)
+    controller.handle("web")
+    assert [e.kind for e in controller.bus.recent if e.app == "web"][-1] == "drift.healed"
+    assert metric(controller, "diplo_drift_heals_total") == 1
+
+
 def test_a_slow_restart_does_not_hold_the_health_loop(controller: Controller, clock: Clock):
     """A PID 1 that ignores SIGTERM takes its whole grace period to stop: the heal goes
     on beside it, and the same app is not restarted twice meanwhile."""

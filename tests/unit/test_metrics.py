@@ -4,6 +4,7 @@ pruning (with an injected clock), and the Prometheus exposition."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from diplo import kernelstats
 from diplo.metrics.collector import Collector
 from diplo.metrics.prom import OwnMetrics
-from diplo.metricstore import MetricStore, Point, Retention
+from diplo.metricstore import HostPoint, MetricStore, Point, Retention
 from diplo.runtime.sampling import EngineStats, engine_stats
 
 from .kerneltree import FakeEngine, Tree, running
@@ -239,6 +240,37 @@ def test_history_rolls_up_into_minutes_and_ten_minutes_and_prunes(tmp_path: Path
     store.close()
 
 
+def host_point(ts: int, cpu: float, free: float) -> HostPoint:
+    return HostPoint(ts, cpu, cpu * 1000, 8000.0, cpu / 10, 0.2, 0.1, free, 1e9)
+
+
+def test_the_host_history_rolls_up_and_prunes_like_the_apps(tmp_path: Path):
+    store = MetricStore(tmp_path / "metrics.db", Retention(3600, 86400, 14 * 86400), 10)
+    t0 = 1_700_000_400
+    store.write_host(HostPoint(t0 - 10, None, 1.0, 8000.0, 0.0, 0.0, 0.0, None, None))
+    for i in range(120):
+        store.write_host(host_point(t0 + i * 10, cpu=float(i), free=1e6 - i))
+    raw = store.host_series(3600, None, t0 + 1200)
+    assert raw.resolution == 10 and len(raw.timestamps) == 121
+    assert raw.metrics["cpu_percent"][:2] == [None, 0.0]  # the first cycle has no CPU rate
+    store.maintain(t0 + 1200)
+    minutes = store.host_series(7200, 60, t0 + 1200)
+    assert minutes.resolution == 60 and minutes.timestamps[1:3] == [t0, t0 + 60]
+    assert minutes.metrics["cpu_percent"][1:3] == [2.5, 8.5]
+    assert minutes.metrics["cpu_percent_max"][1:3] == [5.0, 11.0]
+    assert minutes.metrics["memory_used_bytes"][1] == 2500.0
+    assert minutes.metrics["docker_disk_free_bytes"][1:3] == [1e6 - 5, 1e6 - 11]  # the lowest
+    # steps coarser than the tier: means of the means, maxima of maxima, minima of minima
+    ten = store.host_series(7200, 600, t0 + 1200)
+    assert ten.timestamps[-2:] == [t0, t0 + 600]
+    assert ten.metrics["cpu_percent"][-2:] == [29.5, 89.5]
+    assert ten.metrics["cpu_percent_max"][-2:] == [59.0, 119.0]
+    assert ten.metrics["docker_disk_free_bytes"][-2:] == [1e6 - 59, 1e6 - 119]
+    store.maintain(t0 + 15 * 86400)
+    assert store.host_series(14 * 86400, 600, t0 + 15 * 86400).timestamps == []
+    store.close()
+
+
 def test_rolling_up_twice_changes_nothing(tmp_path: Path):
     store = MetricStore(tmp_path / "metrics.db", interval=10)
     t0 = 1_700_000_400
@@ -322,3 +354,31 @@ def test_an_in_memory_engine_has_no_collector(tmp_path: Path):
     assert metrics_collector(tmp_path, ctx, MetricsConfig()) is None
     assert metrics_collector(tmp_path, ctx, MetricsConfig(enabled=False)) is None
     assert not (tmp_path / "metrics.db").exists()
+
+
+class StuckEngine(FakeEngine):
+    """An engine whose listing hangs until released (a slow engine at shutdown)."""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def running(self):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        self.release.wait(10)
+        return super().running()
+
+
+def test_a_stop_during_a_slow_cycle_leaves_the_history_open_for_it(tmp_path: Path):
+    Tree(tmp_path).container(CID, 7)
+    engine = StuckEngine([running(CID, 7)])
+    store = MetricStore(tmp_path / "metrics.db")
+    c = Collector(engine, store, interval=10, root=tmp_path)
+    c.start()
+    assert engine.entered.wait(5)
+    c.stop(timeout=0.1)  # the cycle is still in the engine's listing
+    engine.release.set()
+    assert c._thread is not None
+    c._thread.join(5)
+    assert c.cycles == 1  # it ended with its writes, into a history still open
+    store.close()

@@ -286,3 +286,32 @@ def test_the_upstreams_each_app_is_served_from_are_read_back_from_either_server(
     config = build_config(ProxySettings(8080, 8443), routes)
     assert upstreams_of(config) == {"p/a": ["10.0.0.2:80", "10.0.0.3:80"], "p/b": ["10.0.0.4:80"]}
     assert upstreams_of(None) == {} and upstreams_of({}) == {}
+
+
+def test_both_servers_log_requests_to_a_bounded_file_without_uris_headers_or_addresses() -> None:
+    secure = Route("p/web", ("web.localhost",), ("10.0.0.2:80",), tls="internal")
+    plain = Route("p/api", ("api.localhost",), ("10.0.0.3:80",), tls="off")
+    config = build_config(S, [secure, plain])
+    logs = config["logging"]["logs"]
+    assert logs["default"] == {"exclude": ["http.log.access"]}  # not in the engine's log
+    access = logs["diplo_access"]
+    assert access["include"] == ["http.log.access"]
+    assert access["writer"] == {
+        "output": "file",
+        "filename": "/diplo/access/access.log",
+        "roll_size_mb": 10,
+        "roll_keep": 1,
+        "roll_gzip": False,
+    }
+    dropped = access["encoder"]["fields"]
+    for field in ("request>uri", "request>headers", "request>remote_ip", "resp_headers"):
+        assert dropped[field] == {"filter": "delete"}
+    assert servers(config)["https"]["logs"] == {}
+    # the plain server skips the hosts it only redirects, with and without the port
+    assert servers(config)["http"]["logs"] == {
+        "skip_hosts": ["web.localhost", "web.localhost:8080"]
+    }
+    default_ports = build_config(ProxySettings(), [secure])
+    assert servers(default_ports)["http"]["logs"] == {"skip_hosts": ["web.localhost"]}
+    assert servers(build_config(S, [plain]))["http"]["logs"] == {}
+    json.dumps(config)

@@ -184,9 +184,10 @@ def test_serve_runs_the_controller_around_the_server(
     serve.run_server(ctx, [FolderSource(folder)], "0.0.0.0", 18080, resync=60, workers=2)
     assert seen["config"] == ("0.0.0.0", 18080)
     assert seen["info"] == {"pid": os.getpid(), "url": "http://0.0.0.0:18080"}
-    assert {"diplo-worker-0", "diplo-worker-1", "diplo-engine-events", "diplo-gc"} <= seen[
-        "threads"
-    ]
+    assert {
+        *("diplo-worker-0", "diplo-worker-1", "diplo-engine-events", "diplo-gc"),
+        "diplo-alerts",
+    } <= seen["threads"]
     assert seen["healthz"] == 200
     assert (seen["no token"], seen["bad token"]) == (401, 403)
     assert seen["hook"] == 404  # no repository served, no webhook secret
@@ -328,3 +329,28 @@ def test_a_second_serve_on_one_home_is_refused_before_it_starts(
     finally:
         os.close(first)
     serve.run_server(ctx, [FolderSource(tmp_path)], "127.0.0.1", 18081, resync=60, workers=1)
+
+
+def test_the_alert_rules_see_the_controllers_apps_once_it_has_looked(ctx: Context, tmp_path: Path):
+    from diplo.controller.controller import Controller
+    from diplo.hostconfig import AlertsConfig
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "diplo.yaml").write_text(
+        "project: shop\napps:\n  web:\n    image: busybox:latest\n"
+        "    alerts: {memory: {above: 50%}}\n"
+    )
+    controller = Controller([FolderSource(folder)], ctx)
+    controller.reload()
+    inputs = serve.ControllerInputs(ctx, controller)
+    assert inputs.health() is None  # the view has not looked at the host yet
+    controller.view.refresh()
+    assert inputs.health() == {"web": ("absent", 0)}  # desired, not deployed
+    assert inputs.app_rules("web") == '{"memory":{"above":"50%"}}'
+    assert inputs.app_rules("nope") is None
+    assert inputs.sources() == [{"kind": "folder", "path": str(folder)}]
+    assert inputs.certificates() == []  # no domains
+    assert serve.alert_service(AlertsConfig(enabled=False), ctx, controller, 60) is None
+    service = serve.alert_service(AlertsConfig(), ctx, controller, 60)
+    assert service is not None and service.snapshot()["channels"] == []
