@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from diplo.model import (
     LedgerSnapshot,
     Pin,
     PortAllocation,
+    ProbeNote,
     ProbeRecord,
     Revision,
 )
@@ -177,6 +178,8 @@ class Ledger:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._lock = threading.RLock()
+            self._writes = 0  # this connection's commits: what makes `snapshot` read again
+            self._snapshot: tuple[tuple[int, int], LedgerSnapshot] | None = None
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(
@@ -205,6 +208,7 @@ class Ledger:
                 ) from exc
             try:
                 yield self._db
+                self._writes += 1  # before COMMIT: a failed one may have written too
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 with suppress(sqlite3.Error):  # the cause below matters, not this
@@ -242,6 +246,22 @@ class Ledger:
     # --- reads ---------------------------------------------------------------------------
 
     def snapshot(self) -> LedgerSnapshot:
+        """Apps, ports and builds as recorded. Read again only after a write: this
+        connection's own (counted), or another process's (SQLite's data_version), so a
+        resync of N apps does not parse every app's spec N times. Callers share it: it
+        is read-only (Mappings of frozen records)."""
+        with self._lock:
+            try:
+                version = (self._writes, self._db.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger read failed: {exc}") from exc
+            if self._snapshot is not None and self._snapshot[0] == version:
+                return self._snapshot[1]
+            snapshot = self._read_snapshot()
+            self._snapshot = (version, snapshot)
+            return snapshot
+
+    def _read_snapshot(self) -> LedgerSnapshot:
         apps = {
             r["app"]: AppRecord(
                 r["app"], r["project"], r["spec_hash"], json.loads(r["spec_json"]), r["applied_at"]
@@ -566,17 +586,24 @@ class Ledger:
         latency_ms: float | None,
         deployment_id: int | None = None,
     ) -> None:
+        self.record_probes([ProbeNote(app, ok, health, detail, latency_ms, deployment_id)])
+
+    def record_probes(self, notes: Iterable[ProbeNote]) -> None:
+        """Probes, in one transaction (a health tick's, for every app at once); each app
+        keeps its newest PROBES_KEPT."""
+        at = now()
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO probes (app, at, ok, health, detail, latency_ms, deployment_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (app, now(), int(ok), health, detail, latency_ms, deployment_id),
-            )
-            db.execute(
-                "DELETE FROM probes WHERE app = ? AND id <= "
-                "(SELECT id FROM probes WHERE app = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (app, app, PROBES_KEPT),
-            )
+            for n in notes:
+                db.execute(
+                    "INSERT INTO probes (app, at, ok, health, detail, latency_ms, deployment_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (n.app, at, int(n.ok), n.health, n.detail, n.latency_ms, n.deployment_id),
+                )
+                db.execute(
+                    "DELETE FROM probes WHERE app = ? AND id <= "
+                    "(SELECT id FROM probes WHERE app = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (n.app, n.app, PROBES_KEPT),
+                )
 
     def probes(self, app: str, limit: int = 20) -> list[ProbeRecord]:
         rows = self._query(

@@ -482,6 +482,18 @@ class Pin:
 
 
 @dataclass(frozen=True)
+class ProbeNote:
+    """A probe to record: what the ledger is given (it adds the id and the time)."""
+
+    app: str
+    ok: bool
+    health: str
+    detail: str
+    latency_ms: float | None
+    deployment_id: int | None = None
+
+
+@dataclass(frozen=True)
 class ProbeRecord:
     id: int
     app: str

@@ -30,11 +30,12 @@ from diplo.controller.view import View
 from diplo.controller.workqueue import ALL, RELOAD, WorkQueue
 from diplo.errors import DiploError
 from diplo.metrics.prom import OwnMetrics
-from diplo.model import DesiredApp
+from diplo.model import DesiredApp, Observed
 from diplo.ops import lifecycle, rollback
 from diplo.ops import proxy as routed
 from diplo.ops.apply import ApplyReport, DeployHandle, Reporter, Watch, apply
 from diplo.ops.context import Context
+from diplo.ops.listing import SharedListing
 from diplo.ops.plan import Prepared
 
 log = structlog.get_logger("diplo.controller")
@@ -74,6 +75,7 @@ class Controller:
         self.workers = workers
         self.health_every = health_every
         self.queue = WorkQueue(clock)
+        self.listing = SharedListing(ctx)  # the engine as the reconciles share it
         self.bus = Bus()
         self.state = DesiredStore(self.sources, ctx, self.bus, self._sync_changed)
         self.view = View(ctx, self.bus, self.state, self.sources)
@@ -83,7 +85,7 @@ class Controller:
         self._stop = threading.Event()
         self.triggers = Triggers(
             ctx, self.queue, self.bus, self.view, self._stop, resync=resync,
-            poll_every=poll_every, clock=clock,
+            poll_every=poll_every, clock=clock, on_event=self.listing.event,
         )  # fmt: skip
         # app -> the release whose deploy failed (`_release`: its spec hash and replicas)
         self.failed_release: dict[str, str] = {}
@@ -215,6 +217,7 @@ class Controller:
         if key in (ALL, RELOAD):
             changed = self.reload()
             if key == ALL:
+                self.listing.invalidate()  # the resync's batch shares one new listing
                 self._proxy(routed.converge)
             everything = set(self.state.known) | set(self.view.rows)
             for name in sorted(everything if key == ALL else changed):
@@ -249,12 +252,25 @@ class Controller:
                     watch=self._watch(app),
                     skip=lambda prepared: self._hold(app, prepared),
                     lock_wait=RECONCILE_LOCK_WAIT,
+                    listing=self.listing,
                 )
             except DiploError as exc:
+                self.listing.invalidate()  # it may be what failed: the retry lists anew
                 return Result(exc.message, retry=exc.retryable, retry_after=exc.retry_after)
             result = self._outcome(app, report, bound, time.monotonic() - began, deployed)
-        self.view.refresh([app])
+        if report.result is not None or not self._as_shown(app, report.prepared.observed):
+            self.view.refresh([app])
         return result
+
+    def _as_shown(self, app: str, observed: Observed) -> bool:
+        """Whether the app's containers (listed after its lock) are those the view shows, in
+        the same states: then a reconcile that did nothing leaves the view as it is (the
+        health loop looks at health), and a resync of N apps probes none of them."""
+        row = self.view.rows.get(app)
+        if row is None:
+            return False
+        shown = sorted((c["id"], c["state"]) for c in row.containers)
+        return shown == sorted((c.short_id, c.state) for c in observed.of_app(app))
 
     def _watch(self, app: str) -> Watch:
         """A deploy's progress goes to the event bus; its handle is kept for a cancel."""
@@ -325,7 +341,7 @@ class Controller:
         if result.error is None:
             if self.view.errors.pop(app, None) is not None:
                 self.bus.publish("app.ok", app)
-            self.view.changed()
+                self.view.changed({app})
             return
         delay = self.healer.failed(app)
         if result.retry_after is not None:
@@ -338,8 +354,8 @@ class Controller:
                 retry_in=delay if result.retry else None,
             )
             self.bus.publish("app.error", app, error=result.error)
-        self.view.errors[app] = result.error
-        self.view.changed()
+            self.view.errors[app] = result.error
+            self.view.changed({app})
         if result.retry:
             self.queue.add_after(app, delay)
 

@@ -35,7 +35,9 @@ class Triggers:
         resync: float,
         poll_every: float,
         clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[str], None] = lambda app: None,
     ) -> None:
+        self.on_event = on_event  # an engine event: what was listed before is out of date
         self.ctx, self.queue, self.bus, self.view, self._stop = ctx, queue, bus, view, stop
         self.resync, self.poll_every = resync, poll_every
         self._clock = clock
@@ -114,10 +116,11 @@ class Triggers:
                     self.queue.add(ALL)
                 view.engine_ok, delay = True, 1.0
                 for app, action in self.ctx.runtime.events(self._stop.is_set):
-                    if action.startswith(("exec_", "health_status")) and action != (
-                        "health_status: unhealthy"
-                    ):
-                        continue
+                    if action.startswith(("exec_", "health_status")):
+                        if action != "health_status: unhealthy":
+                            continue  # a probe's exec: nothing listed changed
+                    else:
+                        self.on_event(app)  # a container came, went or changed state
                     self.queue.add(app, urgent=True)  # drift: ahead of any resync batch
             except Exception as exc:  # a bug must not end the watch either: retried too
                 if self._stop.is_set():

@@ -1,6 +1,9 @@
 """The controller's read model: the app views the API and the dashboard read, kept
 current by reconciles, engine events and the health loop, never by calling the engine
-per request. `GET /apps` is serialised once per change, not once per request."""
+per request. `GET /apps` is serialised by the thread that changed something (a health
+tick, a reconcile), one app's line at a time, and only the lines that changed: the API's
+event loop only hands out the bytes (built there, the whole body stalled every client for
+tens of ms after each health tick)."""
 
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ class View:
         self.engine_ok = True
         self.engine_version = ""
         self.refreshed_at: float | None = None  # the first full look at the host, and since
-        self._listing: bytes | None = None
+        self._listing: bytes | None = None  # GET /apps, up to date unless _stale
+        self._lines: dict[str, bytes] = {}  # app -> its line in GET /apps, serialised
+        self._stale: set[str] | None = set()  # lines to serialise again (None: all)
         self._lock = threading.Lock()
 
     def refresh(self, apps: list[str] | None = None) -> None:
@@ -61,7 +66,6 @@ class View:
                     )
                 rows[name] = row
             self.rows = rows
-            self._listing = None
             if apps is None:
                 self.refreshed_at = time.time()
         self.compute_sync(None if apps is None else set(apps))
@@ -80,17 +84,23 @@ class View:
         try:
             fresh = sync_views(self.ctx, names if apps is None else names & apps, source, self.rows)
         except DiploError:
+            self.changed(apps)  # the rows may have changed all the same
             return
         out = fresh if apps is None else {**self.sync, **fresh}
         self.sync = {n: v for n, v in out.items() if n in names}
-        self.changed()
+        self.changed(apps)
 
-    def changed(self) -> None:
-        """Something the API shows changed outside `refresh`."""
+    def changed(self, apps: set[str] | None = None) -> None:
+        """What the API shows of `apps` (of every app when None) changed: GET /apps is
+        serialised again now, in the caller's thread."""
         with self._lock:
-            self._listing = None
+            if apps is None or self._stale is None:
+                self._stale = None
+            else:
+                self._stale |= apps
+            self._build()
 
-    def app(self, name: str) -> AppView | None:
+    def app(self, name: str, *, with_spec: bool = True) -> AppView | None:
         """One app as the API shows it, or None when there is no such app."""
         row = self.rows.get(name)
         spec = self.state.desired.app(name)
@@ -107,7 +117,7 @@ class View:
                 replicas=f"0/{spec.replicas}",
                 health="missing",
             )
-        out.spec = spec.public_spec() if spec is not None else None
+        out.spec = spec.public_spec() if spec is not None and with_spec else None
         out.last_error = self.errors.get(name)
         sync = self.sync.get(name, {})
         out.sync, out.revision = sync.get("sync"), sync.get("revision")
@@ -116,27 +126,41 @@ class View:
 
     def summary(self, name: str) -> dict[str, Any]:
         """An app's line in GET /apps: its view without the spec and container details."""
-        view = self.app(name)
+        view = self.app(name, with_spec=False)
         out = {} if view is None else view.as_dict()
         for key in ("spec", "containers", "reconciling"):
             out.pop(key, None)
         return out
 
     def listing(self) -> bytes:
-        """GET /apps, serialised once per change rather than once per request."""
+        """GET /apps: built already, unless nothing changed since the view was made. No
+        lock when it is: a reader never waits for a build in progress."""
+        body = self._listing
+        if body is not None:
+            return body
         with self._lock:
             if self._listing is None:
-                names = sorted(set(self.rows) | {a.name for a in self.state.desired.apps})
-                m = self.state.manifest
-                body = {
-                    "apps": [self.summary(n) for n in names],
-                    "manifest": {
-                        "ok": m.ok,
-                        "error": m.error,
-                        "issues": m.issues,
-                        "files": m.files,
-                    },
-                    "sources": [s.describe() for s in self.sources],
-                }
-                self._listing = json.dumps(body).encode()
+                self._build()
+            assert self._listing is not None
             return self._listing
+
+    def _build(self) -> None:
+        """Serialise the stale lines and join them with the rest (under `_lock`)."""
+        names = sorted(set(self.rows) | {a.name for a in self.state.desired.apps})
+        stale = self._stale
+        lines = {
+            n: self._lines[n]
+            for n in names
+            if n in self._lines and stale is not None and n not in stale
+        }
+        for name in names:
+            if name not in lines:
+                lines[name] = json.dumps(self.summary(name)).encode()
+        self._lines, self._stale = lines, set()
+        m = self.state.manifest
+        rest = {
+            "manifest": {"ok": m.ok, "error": m.error, "issues": m.issues, "files": m.files},
+            "sources": [s.describe() for s in self.sources],
+        }
+        tail = json.dumps(rest).encode()[1:]  # its opening brace: after the apps'
+        self._listing = b'{"apps": [' + b", ".join(lines[n] for n in names) + b"], " + tail

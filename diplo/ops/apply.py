@@ -20,9 +20,10 @@ import structlog
 from diplo.errors import DiploError, InputError
 from diplo.executor import ApplyResult, Executor, NullReporter, Reporter
 from diplo.hostkey import seal
-from diplo.model import DesiredState, Plan, Revision
+from diplo.model import DesiredState, Plan, Revision, RunContainer, StartContainer
 from diplo.ops import proxy as routed
 from diplo.ops.context import Context
+from diplo.ops.listing import SharedListing
 from diplo.ops.plan import Prepared, apps_to_lock, plan_state
 from diplo.ops.rollback import Pinned, apply_pins
 from diplo.planner import network_name
@@ -98,13 +99,16 @@ def apply(
     skip: Callable[[Prepared], bool] | None = None,
     lock_wait: float = LOCK_WAIT,
     waiting: Callable[[str], None] | None = None,
+    listing: SharedListing | None = None,
 ) -> ApplyReport:
     """Converge the apps of `desired` (those in `only`, when given) under their host locks.
 
     `prune` removes recorded apps of `desired`'s projects that it no longer has (with
     `owners`, only those that these sources deployed: see `plan_state`).
     `skip(prepared)` may decide, once the plan is known, that nothing is executed (the
-    controller does not retry a release that failed). Raises InputError before anything
+    controller does not retry a release that failed). `listing`: an engine listing shared
+    with other applies (of `only`'s apps: see ops/listing.py), dropped when this one
+    changes anything. Raises InputError before anything
     changes when the input cannot be applied (a pin that cannot be restored, a port clash)."""
     names = apps_to_lock(ctx, desired, prune=prune, only=only)
     with ctx.locks.hold(names, timeout=lock_wait, waiting=waiting):
@@ -112,7 +116,14 @@ def apply(
         blocked = [message for _, message in sorted(pinned.blocked.items())]
         if blocked:
             raise InputError("; ".join(blocked))
-        prepared = plan_state(ctx, pinned.desired, prune=prune, only=only, owners=owners)
+        prepared = plan_state(
+            ctx,
+            pinned.desired,
+            prune=prune,
+            only=only,
+            owners=owners,
+            observe=None if listing is None else listing.observe,
+        )
         report = ApplyReport(prepared, pinned)
         if dry_run or (skip is not None and skip(prepared)):
             return report
@@ -132,13 +143,33 @@ def apply(
                 router=ctx.router,
             )
             handle._bind(executor)
-            report.result = executor.run(prepared.plan)
+            try:
+                report.result = executor.run(prepared.plan)
+            finally:
+                if listing is not None:
+                    _changed(listing, prepared.plan)
         report.cancelled = executor.cancel_all.is_set()
         report.unpinned = _unpin_failed(ctx, report)
         _seal_env(ctx, report)
         _drop_empty_networks(ctx, report)
         _serve_routes(ctx, report, had_routes)
         return report
+
+
+def _changed(listing: SharedListing, plan: Plan) -> None:
+    """What a shared listing must list again after `plan` ran: the apps' containers, when
+    that is all it touched (a drift healed: a container created or started); everything,
+    when it may have pulled, built, untagged, replaced or created anything else."""
+
+    def containers_only(action: object) -> bool:
+        return isinstance(action, StartContainer) or (
+            isinstance(action, RunContainer) and not action.replaces
+        )
+
+    if not plan.networks and all(containers_only(a) for p in plan.apps for a in p.actions):
+        listing.changed(p.app for p in plan.apps if p.actions)
+    else:
+        listing.invalidate()
 
 
 def _serve_routes(ctx: Context, report: ApplyReport, had_routes: set[str]) -> None:

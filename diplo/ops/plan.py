@@ -3,7 +3,7 @@ assigned, then the pure planner. Shared by apply, diff and the controller's reco
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from diplo.errors import PlanError
@@ -50,13 +50,16 @@ def plan_state(
     prune: bool,
     only: frozenset[str] | None = None,
     owners: frozenset[str] | None = None,
+    observe: Callable[[frozenset[str]], Observed] | None = None,
 ) -> Prepared:
     """Two passes of the pure planner around port assignment: the first says which apps
     get a new container (only those need their host ports free, which takes a probe of
     the host), the second plans with the ports assigned. With `owners` (the names of the
     sources a controller serves), only apps recorded in the ledger as last deployed by one
-    of them may be pruned: never another source's, nor containers the ledger does not know."""
-    observed = ctx.runtime.observe()
+    of them may be pruned: never another source's, nor containers the ledger does not know.
+    `observe(only)` lists the engine instead of a listing of its own (a shared listing,
+    see ops/listing.py), for a plan of `only`."""
+    observed = ctx.runtime.observe() if observe is None or only is None else observe(only)
     snapshot = ctx.ledger.snapshot()
     prunable = None
     if prune and owners is not None:

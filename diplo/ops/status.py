@@ -21,6 +21,7 @@ from diplo.model import (
     LedgerSnapshot,
     Observed,
     ObservedContainer,
+    ProbeNote,
     ProbeRecord,
     ResolvedPort,
     spec_id,
@@ -102,8 +103,10 @@ def check_health(
     ports: tuple[ResolvedPort, ...],
     *,
     record: bool = True,
+    recorded: list[ProbeNote] | None = None,
 ) -> tuple[Health, str, ContainerState | None]:
-    """Look at the app's container once and probe it once; record the probe."""
+    """Look at the app's container once and probe it once; record the probe (in the
+    ledger, or in `recorded`, for its caller to write many at once)."""
     policy = policy_of(health)
     if container is None:
         return Health.MISSING, "no container", None
@@ -124,10 +127,11 @@ def check_health(
     )
     if probe is not None:
         detail = f"{probe.detail} in {probe.latency * 1000:.0f}ms"
-        if record:
-            ctx.ledger.record_probe(
-                app, probe.ok, verdict.label, probe.detail, round(probe.latency * 1000, 1)
-            )
+        note = ProbeNote(app, probe.ok, verdict.label, probe.detail, round(probe.latency * 1000, 1))
+        if recorded is not None:
+            recorded.append(note)
+        elif record:
+            ctx.ledger.record_probes([note])
     elif not running:
         detail = f"{state.status}, exit code {state.exit_code}"
         if state.restart_count:
@@ -141,7 +145,8 @@ def check_health(
 
 def status(ctx: Context, app: str | None = None, *, only: set[str] | None = None) -> list[AppView]:
     """Views of every app (or of `app`, or of the apps in `only` that exist)."""
-    observed = ctx.runtime.observe(containers_only=True)
+    # `only` (a reconcile's refresh of its app) lists those apps' containers alone.
+    observed = ctx.runtime.observe(containers_only=True, apps=only if app is None else None)
     snapshot = ctx.ledger.snapshot()
     last = ctx.ledger.last_deployments()
     # This Diplo's apps: those of its ledger, and containers of its projects that the
@@ -217,7 +222,9 @@ def _observed_view(
 def _fill_health(
     ctx: Context, rows: list[AppView], observed: Observed, snapshot: LedgerSnapshot
 ) -> None:
-    """Health of every app, probed in parallel (each probe has its own timeout)."""
+    """Health of every app, probed in parallel (each probe has its own timeout); the
+    probes are written to the ledger in one transaction, not one each."""
+    recorded: list[ProbeNote] = []
 
     def one(row: AppView) -> None:
         containers = observed.of_app(row.app)
@@ -238,7 +245,9 @@ def _fill_health(
         worst: tuple[Health, str, ContainerState | None] | None = None
         try:
             for replica, target in sorted(targets, key=lambda t: t[0]):
-                verdict, detail, state = check_health(ctx, row.app, target, health, ports)
+                verdict, detail, state = check_health(
+                    ctx, row.app, target, health, ports, recorded=recorded
+                )
                 if replica:
                     detail = f"replica {replica}: {detail}"
                 if worst is None or verdict > worst[0]:
@@ -255,6 +264,8 @@ def _fill_health(
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(one, rows))
+    if recorded:
+        ctx.ledger.record_probes(recorded)
 
 
 def _container_dict(c: ObservedContainer) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Protocol
 
 from diplo.model import BuildSpec, ContainerSpec, ContainerState, Observed
@@ -12,9 +12,13 @@ StopCheck = Callable[[], bool]  # True: abandon the operation (cancel or deadlin
 
 
 class Runtime(Protocol):
-    def observe(self, containers_only: bool = False) -> Observed:
+    def observe(
+        self, containers_only: bool = False, apps: Collection[str] | None = None
+    ) -> Observed:
         """What the engine holds; `containers_only` skips images, networks and volumes
-        (status needs only containers, and each listing is an engine round trip)."""
+        (status needs only containers, and each listing is an engine round trip). With
+        `apps`, only those apps' containers are listed (and no foreign names): one app's
+        is a filtered listing the engine answers without the others'."""
         ...
 
     def version(self) -> str: ...

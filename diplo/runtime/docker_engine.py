@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -111,7 +111,9 @@ class DockerRuntime:
     # --- observation ---------------------------------------------------------------------
 
     @mapped("listing containers, images, networks and volumes")
-    def observe(self, containers_only: bool = False) -> Observed:
+    def observe(
+        self, containers_only: bool = False, apps: Collection[str] | None = None
+    ) -> Observed:
         # The listings are independent round trips: asked at once, not one by one. (The
         # pool's tasks never wait on each other, so any number of callers can share it.)
         if not containers_only:
@@ -122,13 +124,21 @@ class DockerRuntime:
             )
         owned: list[ObservedContainer] = []
         foreign: set[str] = set()
-        for c in self.api.containers(all=True):
+        wanted = None if apps is None else frozenset(apps)
+        # One app: the engine filters by its label (a label filter's values are ANDed, so
+        # several apps are one whole listing filtered here).
+        only = (
+            {"label": f"{LABEL_APP}={next(iter(wanted))}"} if wanted and len(wanted) == 1 else None
+        )
+        for c in self.api.containers(all=True, filters=only):
             labels = c.get("Labels") or {}
             names = [n.lstrip("/") for n in c.get("Names") or []]
             if LABEL_APP not in labels:
-                foreign.update(names)
+                if wanted is None:
+                    foreign.update(names)
                 continue
-            owned.append(_observed(c, labels, names))
+            if wanted is None or labels[LABEL_APP] in wanted:
+                owned.append(_observed(c, labels, names))
         ordered = tuple(sorted(owned, key=lambda o: (o.app, o.replica, o.created)))
         if containers_only:
             return Observed(containers=ordered, foreign_names=frozenset(foreign))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from diplo.errors import BuildFailed, BuildStopped, ImageUnavailable, NotFound, RuntimeFailure
@@ -59,6 +59,8 @@ class MemoryRuntime:
         self.unstuck = threading.Event()
         self._execs = ExecGuard()
         self.slow_stop: set[str] = set()  # images whose stop takes the whole grace period
+        # Each container listing asked for: the apps it was filtered to (None: all of them)
+        self.listings: list[frozenset[str] | None] = []
         self.stop_timeouts: list[int] = []
         self._killed: dict[str, threading.Event] = {}
         self._ids = itertools.count(1)
@@ -67,10 +69,15 @@ class MemoryRuntime:
     def _call(self, what: str, target: str) -> None:
         self.calls.append((what, target))
 
-    def observe(self, containers_only: bool = False) -> Observed:
+    def observe(
+        self, containers_only: bool = False, apps: Collection[str] | None = None
+    ) -> Observed:
+        self.listings.append(None if apps is None else frozenset(apps))
         out = []
         for c in self.containers.values():
             labels = c.spec.labels
+            if apps is not None and labels[LABEL_APP] not in apps:
+                continue
             out.append(
                 ObservedContainer(
                     id=c.id,

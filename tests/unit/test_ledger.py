@@ -156,3 +156,17 @@ def test_forgetting_an_app_drops_its_probes(ledger):
     ledger.record_probe("api", True, "healthy", "HTTP 200", 1.0)
     ledger.forget_app("web")
     assert ledger.probes("web") == [] and len(ledger.probes("api")) == 1
+
+
+def test_the_snapshot_is_read_again_after_a_write_of_this_process_or_another(tmp_path):
+    path = tmp_path / "ledger.db"
+    ours, theirs = Ledger(path), Ledger(path)  # `diplo serve`, and a `diplo apply` beside it
+    first = ours.snapshot()
+    assert ours.snapshot() is first  # nothing written: the same, not parsed again
+    ours.set_ports("web", [PortAllocation("web", "80/tcp", "", 8080)])
+    mine = ours.snapshot()
+    assert [p.host_port for p in mine.ports] == [8080]
+    theirs.set_ports("api", [PortAllocation("api", "80/tcp", "", 8081)])
+    assert [p.host_port for p in ours.snapshot().ports] == [8081, 8080]
+    ours.close()
+    theirs.close()

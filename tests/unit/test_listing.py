@@ -1,0 +1,302 @@
+"""The engine listing the controller's reconciles share (ops/listing.py): one listing for a
+resync's batch, never stale for the app whose lock a reconcile holds."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diplo.controller.controller import Controller
+from diplo.controller.workqueue import ALL
+from diplo.ledger import Ledger
+from diplo.model import Observed
+from diplo.ops.context import Context
+from diplo.ops.listing import SharedListing
+from diplo.runtime.memory import MemoryRuntime
+
+from .factories import IMAGE_ID
+
+APPS = ["a", "b", "c", "d", "e"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    apps = {n: {"image": "busybox:latest", "health": {"start_period": "0s"}} for n in APPS}
+    (folder / "diplo.yaml").write_text(yaml.safe_dump({"project": "shop", "apps": apps}))
+    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID})
+    ledger = Ledger(tmp_path / "home" / "ledger.db")
+    c = Controller(folder, Context(_runtime=engine, _ledger=ledger))
+    c.reload()
+    for name in APPS:
+        c.handle(name)
+    yield c
+    ledger.close()
+
+
+def drain(controller: Controller) -> list[str]:
+    """Work the queue in this thread, as a worker would; the keys handled."""
+    handled = []
+    while (key := controller.queue.get(timeout=0)) is not None:
+        controller.handle(key)
+        controller.queue.done(key)
+        handled.append(key)
+    return handled
+
+
+def full_listings(engine: MemoryRuntime) -> int:
+    return sum(1 for apps in engine.listings if apps is None)
+
+
+def test_a_resync_lists_the_engine_once_for_all_its_reconciles(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    engine.listings.clear()
+    controller.queue.add(ALL)
+    assert drain(controller) == [ALL, *APPS]
+    # One whole listing, taken by the first reconcile (after its lock); each other one
+    # lists its own app again after its lock. Nothing changed, and the view showed the
+    # apps' containers as they are: no status refresh (the health loop probes).
+    assert full_listings(engine) == 1
+    assert sorted(a for apps in engine.listings if apps for a in apps) == APPS[1:]
+
+
+def test_a_reconcile_that_finds_other_containers_than_shown_refreshes_the_view(
+    controller: Controller,
+):
+    view = controller.view
+    real = view.rows["b"]
+    view.rows["b"] = replace(real, containers=[{**real.containers[0], "id": "0123456789ab"}])
+    controller.handle("b")  # nothing to do for the engine, but the view was wrong
+    assert view.rows["b"].containers == real.containers
+
+
+def test_a_reconcile_sees_its_own_app_as_it_is_after_its_lock(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    controller.handle("b")  # a shared listing is taken, with a's container in it
+    (gone,) = [c.id for c in engine.containers.values() if c.spec.labels["diplo.app"] == "a"]
+    engine.remove(gone)  # removed meanwhile, and no event has told the controller yet
+    engine.calls.clear()
+    controller.handle("a")
+    assert [k for k, _ in engine.calls if k in ("create", "start")] == ["create", "start"]
+    assert controller.view.rows["a"].state == "running"
+
+
+def test_an_engine_event_marks_its_app_to_be_listed_again(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    controller.handle("a")
+    engine.listings.clear()
+    controller.handle("b")
+    assert engine.listings == [frozenset({"b"})]  # shared, and b's own listed again
+    controller.triggers.on_event("d")  # what the event loop calls for a container event
+    controller.handle("c")
+    assert engine.listings[-1] == frozenset({"c", "d"})
+    controller.handle("e")
+    assert engine.listings[-1] == frozenset({"e"})  # d's listed since: settled
+
+
+def test_a_drift_heal_marks_its_app_and_keeps_the_rest(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    controller.handle("a")
+    (gone,) = [c.id for c in engine.containers.values() if c.spec.labels["diplo.app"] == "b"]
+    engine.remove(gone)
+    engine.listings.clear()
+    controller.handle("b")  # created again: only containers changed
+    controller.handle("c")
+    assert full_listings(engine) == 0
+    assert frozenset({"b", "c"}) in engine.listings
+    shown = {c.app for c in controller.listing.observe(frozenset({"d"})).containers}
+    assert shown == set(APPS)
+
+
+def test_an_event_during_a_listing_is_not_lost():
+    engine = MemoryRuntime()
+    shared = listed(engine)
+    shared.observe(frozenset({"a"}))  # the whole listing
+    shared.event("x")
+    real = engine.observe
+
+    def racing(*args: object, **kw: object) -> Observed:
+        out = real(*args, **kw)  # type: ignore[arg-type]
+        shared.event("x")  # x changes again while its containers are on their way
+        return out
+
+    engine.observe = racing  # type: ignore[method-assign]
+    shared.observe(frozenset({"a"}))
+    engine.observe = real  # type: ignore[method-assign]
+    shared.observe(frozenset({"a"}))
+    assert engine.listings[-1] == frozenset({"a", "x"})  # listed again: it may have missed it
+
+
+def test_a_failed_reconcile_drops_the_shared_listing(controller: Controller, monkeypatch):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    controller.handle("a")
+    from diplo.errors import LedgerError
+
+    def broken(*_: object, **__: object) -> object:
+        raise LedgerError("the disk is full")
+
+    monkeypatch.setattr(controller.ctx.ledger, "snapshot", broken)
+    controller.handle("b")
+    assert controller.view.errors["b"] == "the disk is full"
+    monkeypatch.undo()
+    engine.listings.clear()
+    controller.handle("b")
+    assert full_listings(engine) == 1
+
+
+def listed(ctx_engine: MemoryRuntime, **kw: object) -> SharedListing:
+    return SharedListing(Context(_runtime=ctx_engine), **kw)  # type: ignore[arg-type]
+
+
+def test_the_listing_is_taken_again_once_too_old():
+    engine = MemoryRuntime()
+    clock = Clock()
+    shared = listed(engine, max_age=10.0, clock=clock)
+    shared.observe(frozenset({"a"}))
+    shared.observe(frozenset({"a"}))
+    assert engine.listings == [None, frozenset({"a"})]
+    clock.now += 10.5
+    shared.observe(frozenset({"a"}))
+    assert engine.listings[-1] is None
+
+
+def test_a_listing_begun_before_an_invalidation_is_not_kept():
+    engine = MemoryRuntime()
+    shared = listed(engine)
+    real = engine.observe
+
+    def racing(*args: object, **kw: object) -> Observed:
+        out = real(*args, **kw)  # type: ignore[arg-type]
+        shared.invalidate()  # an event arrives while the listing is on its way
+        return out
+
+    engine.observe = racing  # type: ignore[method-assign]
+    shared.observe(frozenset({"a"}))
+    engine.observe = real  # type: ignore[method-assign]
+    shared.observe(frozenset({"a"}))
+    assert engine.listings == [None, None]
+
+
+def test_callers_at_once_share_one_listing():
+    engine = MemoryRuntime()
+    shared = listed(engine)
+    real = engine.observe
+
+    def slow(*args: object, **kw: object) -> Observed:
+        time.sleep(0.05)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    engine.observe = slow  # type: ignore[method-assign]
+    threads = [
+        threading.Thread(target=shared.observe, args=(frozenset({f"app{i}"}),)) for i in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert full_listings(engine) == 1
+    assert len(engine.listings) == 6  # the others: their own app's containers, listed again
+
+
+def test_a_failed_listing_is_not_kept_and_frees_the_waiters():
+    engine = MemoryRuntime()
+    shared = listed(engine)
+    real = engine.observe
+
+    def down(*_: object, **__: object) -> Observed:
+        from diplo.errors import EngineUnavailable
+
+        raise EngineUnavailable("the engine is gone")
+
+    engine.observe = down  # type: ignore[method-assign]
+    with pytest.raises(Exception, match="the engine is gone"):
+        shared.observe(frozenset({"a"}))
+    engine.observe = real  # type: ignore[method-assign]
+    shared.observe(frozenset({"a"}))
+    assert engine.listings == [None]
+
+
+# --- GET /apps's body, kept by the view -------------------------------------------------------
+
+
+def from_scratch(controller: Controller) -> bytes:
+    view = controller.view
+    names = sorted(set(view.rows) | {a.name for a in controller.state.desired.apps})
+    m = controller.state.manifest
+    body = {
+        "apps": [view.summary(n) for n in names],
+        "manifest": {"ok": m.ok, "error": m.error, "issues": m.issues, "files": m.files},
+        "sources": [s.describe() for s in controller.sources],
+    }
+    return json.dumps(body).encode()
+
+
+def test_the_apps_body_is_what_a_whole_serialisation_gives(controller: Controller, monkeypatch):
+    view = controller.view
+    assert view.listing() == from_scratch(controller)
+    serialised: list[str] = []
+    real = view.summary
+    monkeypatch.setattr(view, "summary", lambda n: serialised.append(n) or real(n))
+    controller.handle("c")
+    assert serialised == []  # nothing changed
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    (gone,) = [c.id for c in engine.containers.values() if c.spec.labels["diplo.app"] == "c"]
+    engine.remove(gone)
+    controller.handle("c")
+    assert set(serialised) == {"c"}  # a drift healed: that app's line alone
+    assert view.listing() == from_scratch(controller)
+
+    engine.fail_start["busybox:latest"] = "crashed"
+    folder = controller.manifests
+    assert folder is not None
+    apps = {n: {"image": "busybox:latest", "command": ["v2"]} for n in APPS if n != "e"}
+    (folder / "diplo.yaml").write_text(yaml.safe_dump({"project": "shop", "apps": apps}))
+    controller.queue.add(ALL)
+    drain(controller)
+    assert view.errors and "e" not in view.rows  # failed deploys, and e pruned
+    assert view.listing() == from_scratch(controller)
+    view.refresh()
+    assert view.listing() == from_scratch(controller)
+    (folder / "diplo.yaml").write_text("apps: [")
+    controller.reload()
+    assert b'"ok": false' in view.listing()
+    assert view.listing() == from_scratch(controller)
+
+
+def test_a_deploy_that_pulled_an_image_drops_the_whole_listing(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    controller.handle("a")
+    engine.registry["nginx:1"] = "sha256:" + "e" * 64  # a new image, pulled by the deploy
+    folder = controller.manifests
+    assert folder is not None
+    apps = {n: {"image": "nginx:1" if n == "b" else "busybox:latest"} for n in APPS}
+    (folder / "diplo.yaml").write_text(yaml.safe_dump({"project": "shop", "apps": apps}))
+    controller.reload()
+    controller.handle("b")
+    assert ("pull", "nginx:1") in engine.calls
+    engine.listings.clear()
+    controller.handle("c")
+    assert full_listings(engine) == 1  # the images changed: listed again, whole
