@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 COVERAGE ?= 85
 CLI_COVERAGE ?= 80
 
-.PHONY: setup engine browser run serve bench-dashboard test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics bench-proxy clean
+.PHONY: setup engine browser run stop serve bench-dashboard test unit unit-coverage integration lint schema bench bench-serve bench-rollback bench-metrics bench-proxy clean
 
 setup:
 	@bash scripts/setup.sh
@@ -18,10 +18,17 @@ engine:
 browser:
 	@bash scripts/browser.sh
 
-# The main job: environment, engine, the hello example applied, and its status.
+# The main job: environment, engine, the hello example applied and kept converged by a
+# `diplo serve` in the background; prints its status and the dashboard's address.
 run: setup engine
-	$(BIN)/diplo apply -f examples/hello/diplo.yaml
-	$(BIN)/diplo status
+	@bash scripts/run.sh
+
+# Stops the `diplo serve` that `make run` started (the apps keep running).
+stop:
+	@home=$$($(BIN)/python -c 'from diplo.paths import default_home; print(default_home())'); \
+	if [ -f "$$home/run-serve.pid" ] && kill "$$(cat "$$home/run-serve.pid")" 2>/dev/null; then \
+	  echo "stopped diplo serve"; else echo "no diplo serve of make run is running"; fi; \
+	rm -f "$$home/run-serve.pid"
 
 # The example kept converged by `diplo serve`, in the foreground: its dashboard is at the
 # printed address (http://127.0.0.1:7700). Ctrl-C stops it; the apps keep running.
