@@ -234,6 +234,19 @@ def test_history_shows_deployments_and_the_diff_between_two(loopback: World):
     assert SECRET not in diff.text  # env values never show, only their digests
 
 
+def test_any_two_deployments_can_be_compared(loopback: World):
+    for command in (["sleep", "100"], ["sleep", "200"]):
+        loopback.write({"web": {"image": "busybox:latest", "command": command}})
+        loopback.controller.handle("web")
+    ids = [d.id for d in loopback.ledger.deployments("web", 3)]
+    client = browser(loopback)
+    form = client.get("/ui/apps/web").text
+    form = form[form.index('<form class="compare"') :]
+    assert all(f'<option value="{i}"' in form for i in ids)
+    diff = client.get("/ui/apps/web/diff", params={"old": ids[-1], "new": ids[0]})
+    assert f"Deployment {ids[-1]} → {ids[0]}" in diff.text and "200" in diff.text
+
+
 def test_the_rollback_confirmation_shows_what_would_change(tokens: World):
     tokens.write({"web": {"image": "busybox:latest", "command": ["sleep", "100"]}})
     tokens.controller.handle("web")
