@@ -86,15 +86,24 @@ def browser_loads(url: str, repeat: int, live: bool = True) -> dict[str, Any]:
                 if live:
                     page.wait_for_selector("#live[data-state=live]", timeout=30_000)
                 ready.append((time.perf_counter() - began) * 1000)
+                # the paint entry can come after `load`: wait for it (buffered) rather
+                # than read a missing one
                 entries = page.evaluate(
-                    """() => ({
-                        fcp: (performance.getEntriesByName('first-contentful-paint')[0]
-                              || {}).startTime,
+                    """async () => ({
+                        fcp: await new Promise(done => {
+                            new PerformanceObserver(list => {
+                                const e = list.getEntriesByName('first-contentful-paint')[0];
+                                if (e) done(e.startTime);
+                            }).observe({type: 'paint', buffered: true});
+                            setTimeout(() => done(null), 10000);
+                        }),
                         dcl: performance.getEntriesByType('navigation')[0]
                               .domContentLoadedEventEnd,
                         rows: document.querySelectorAll('#app-rows tr').length,
                     })"""
                 )
+                if entries["fcp"] is None:
+                    raise SystemExit(f"{url}: no first-contentful-paint entry in 10 s")
                 fcp.append(entries["fcp"])
                 dcl.append(entries["dcl"])
                 ctx.close()

@@ -321,6 +321,7 @@ def main() -> None:
     ap.add_argument("--drifts", type=int, default=20)
     ap.add_argument("--resync", type=int, default=20, help="serve's resync period, s")
     ap.add_argument("--idle", type=int, default=30, help="seconds of idle cost measured")
+    ap.add_argument("--no-metrics", action="store_true", help="serve without its metrics collector")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
@@ -328,6 +329,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="diplo-serve-bench-"))
     folder, home = work / "manifests", work / "home"
     folder.mkdir()
+    if args.no_metrics:  # what the collector's cycles cost the API, measured apart
+        home.mkdir()
+        (home / "config.yaml").write_text("metrics: {enabled: false}\n")
     env = {**os.environ, "DIPLO_HOME": str(home)}
     project = f"sb{os.getpid() % 10000}"
     port = free_port()
