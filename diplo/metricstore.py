@@ -150,6 +150,7 @@ class Series:
     app: str
     step: int
     resolution: float  # of the tier the series was read from
+    since: int = 0  # seconds of history asked for, at most the longest tier
     timestamps: list[int] = field(default_factory=list)
     metrics: dict[str, list[float | None]] = field(default_factory=dict)
 
@@ -273,14 +274,18 @@ class MetricStore:
         tier, res, _ = next((t for t in tiers if t[2] >= since), tiers[-1])
         return tier, res
 
+    def _window(self, since: float, step: float | None) -> tuple[float, int, float, int]:
+        """(since, tier, resolution, bucket) of a read: `since` at most the longest tier;
+        the bucket never finer than the tier, nor making more than MAX_POINTS values."""
+        since = min(since, self.retention.ten_minutes)
+        tier, res = self.pick_tier(since)
+        return since, tier, res, max(int(step or res), int(res), 1, -(-int(since) // MAX_POINTS))
+
     def series(self, app: str, since: float, step: float | None, now: float) -> Series:
         """An app's metrics over the last `since` seconds (at most the longest tier), one
         value per `step` (raised to the tier's resolution, and so that there are at most
         MAX_POINTS values); the replicas added up; no value where no sample fell."""
-        since = min(since, self.retention.ten_minutes)
-        tier, res = self.pick_tier(since)
-        # never finer than the tier, nor more than MAX_POINTS values
-        bucket = max(int(step or res), int(res), 1, -(-int(since) // MAX_POINTS))
+        since, tier, res, bucket = self._window(since, step)
         with self._lock:
             rows = self._db.execute(
                 f"SELECT replica, ts, {', '.join(COLUMNS)} FROM points "
@@ -296,7 +301,7 @@ class MetricStore:
             for name, value in zip(COLUMNS, values, strict=True):
                 if value is not None:
                     slot[name].append(value)
-        out = Series(app, bucket, res, metrics={name: [] for name in COLUMNS})
+        out = Series(app, bucket, res, int(since), metrics={name: [] for name in COLUMNS})
         for b in sorted(acc):
             out.timestamps.append(b)
             for name in COLUMNS:
@@ -313,9 +318,7 @@ class MetricStore:
         """The host's figures over the last `since` seconds, as `series` reads an app's
         (app "host"); a bucket of several samples holds their mean, or their maximum for
         the `_max` figures and the totals, their minimum for the free disk."""
-        since = min(since, self.retention.ten_minutes)
-        tier, res = self.pick_tier(since)
-        bucket = max(int(step or res), int(res), 1, -(-int(since) // MAX_POINTS))
+        since, tier, res, bucket = self._window(since, step)
         with self._lock:
             rows = self._db.execute(
                 f"SELECT ts, {', '.join(HOST_COLUMNS)} FROM host_points "
@@ -327,7 +330,7 @@ class MetricStore:
             for name, value in zip(HOST_COLUMNS, values, strict=True):
                 if value is not None:
                     acc[ts // bucket * bucket][name].append(value)
-        out = Series("host", bucket, res, metrics={name: [] for name in HOST_COLUMNS})
+        out = Series("host", bucket, res, int(since), metrics={n: [] for n in HOST_COLUMNS})
         for b in sorted(acc):
             out.timestamps.append(b)
             for name, how in HOST_COLUMNS.items():

@@ -120,11 +120,10 @@ def add_metrics_routes(
         view(app)
         if collector is None or collector.store is None:
             raise Problem(503, "metrics are off", "this diplo serve collects no metrics")
-        seconds = min(parse_duration(since), collector.store.retention.ten_minutes)
         series = collector.store.series(
-            app, seconds, parse_duration(step) if step else None, time.time()
+            app, parse_duration(since), parse_duration(step) if step else None, time.time()
         )
-        return MetricSeries(**series_answer(series, seconds))
+        return MetricSeries(**series_answer(series))
 
     @api.get(
         "/system/metrics",
@@ -148,11 +147,10 @@ def add_metrics_routes(
     ) -> HostSeries:
         if collector is None or collector.store is None:
             raise Problem(503, "metrics are off", "this diplo serve collects no metrics")
-        seconds = min(parse_duration(since), collector.store.retention.ten_minutes)
         series = collector.store.host_series(
-            seconds, parse_duration(step) if step else None, time.time()
+            parse_duration(since), parse_duration(step) if step else None, time.time()
         )
-        answer = series_answer(series, seconds)
+        answer = series_answer(series)
         del answer["app"]
         return HostSeries(**answer)
 

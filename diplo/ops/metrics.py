@@ -88,11 +88,11 @@ def usage(points: list[Point]) -> list[AppUsage]:
     return sorted(apps.values(), key=lambda u: u.app)
 
 
-def series_answer(series: Series, since: float) -> dict[str, Any]:
+def series_answer(series: Series) -> dict[str, Any]:
     """The JSON of a series, as GET /apps/{app}/metrics answers it."""
     return {
         "app": series.app,
-        "since": int(since),
+        "since": series.since,
         "step": series.step,
         "resolution": series.resolution,
         "timestamps": series.timestamps,
@@ -127,7 +127,7 @@ def local_series(
         series = store.series(app, since, step, time.time())
     finally:
         store.close()
-    return series_answer(series, min(since, store.retention.ten_minutes))
+    return series_answer(series)
 
 
 def _round(value: float | None) -> float | None:

@@ -192,9 +192,8 @@ def add_pages(api: FastAPI, dash: Dashboard) -> None:
         store = dash.metrics.store if dash.metrics is not None else None
         if store is None:
             return JSONResponse({"enabled": False}, status_code=503)
-        seconds = min(parse_duration(since), store.retention.ten_minutes)
-        series = store.series(app, seconds, None, time.time())
-        return JSONResponse({"enabled": True, **series_answer(series, seconds)})
+        series = store.series(app, parse_duration(since), None, time.time())
+        return JSONResponse({"enabled": True, **series_answer(series)})
 
     follow_threads = anyio.CapacityLimiter(dash.follows.total)
 
