@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 
 from .gitrepo import git
+
+if TYPE_CHECKING:
+    from .cliworld import ServedWorld
 
 
 @pytest.fixture
@@ -27,3 +32,32 @@ def _digest_key_of_the_test() -> Iterator[None]:
     saved = model._digest_key, model._key_source
     yield
     model._digest_key, model._key_source = saved
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Every CLI command (and every `configure()`) binds structlog to the streams of its
+    test, which pytest closes after it: put the configuration back so that no later test
+    logs into a closed stream."""
+    config = structlog.get_config()
+    yield
+    structlog.configure(**config)
+
+
+@pytest.fixture
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServedWorld]:
+    """apiworld's `diplo serve` (apps web and worker, deployed once) on a free port, for
+    the CLI to talk to."""
+    from .apiworld import TOKEN
+    from .cliworld import serve
+
+    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DIPLO_TOKEN", TOKEN)
+    monkeypatch.delenv("DIPLO_DEBUG", raising=False)
+    server = serve(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.world.ledger.close()
+    assert not server.thread.is_alive()

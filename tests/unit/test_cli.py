@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from click.testing import CliRunner
 
 from diplo.cli import main
@@ -37,7 +36,7 @@ from diplo.ops.apply import DeployHandle, apply
 from diplo.ops.context import Context
 from diplo.ops.plan import prepare
 
-from .apiworld import TOKEN, app_specs
+from .apiworld import app_specs
 from .cliworld import (
     BROKEN_IMAGE,
     OLD_IMAGE,
@@ -46,21 +45,11 @@ from .cliworld import (
     ServedWorld,
     bad_gateway,
     free_port,
-    serve,
     slow_spec,
     spec,
 )
 
 # --- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """Every command configures structlog onto the streams of its CliRunner; put the
-    configuration back so that no later test logs into a closed stream."""
-    config = structlog.get_config()
-    yield
-    structlog.configure(**config)
 
 
 @pytest.fixture
@@ -69,21 +58,6 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliWorld:
     monkeypatch.delenv("DIPLO_DEBUG", raising=False)
     monkeypatch.delenv("DIPLO_TOKEN", raising=False)
     return CliWorld(tmp_path)
-
-
-@pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServedWorld]:
-    """apiworld's `diplo serve` (apps web and worker, deployed once) on a free port."""
-    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DIPLO_TOKEN", TOKEN)
-    monkeypatch.delenv("DIPLO_DEBUG", raising=False)
-    server = serve(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
-        server.world.ledger.close()
-    assert not server.thread.is_alive()
 
 
 def deployments(world: CliWorld, app: str) -> list[Any]:

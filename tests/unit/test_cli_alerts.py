@@ -5,37 +5,13 @@ ledger the last serve wrote."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-import structlog
 
 from diplo.alerts.state import AlertBook, Reading
 from diplo.ledger import Ledger
 
-from .apiworld import HOOK_TOKEN, TOKEN
-from .cliworld import CliWorld, ServedWorld, serve
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    config = structlog.get_config()
-    yield
-    structlog.configure(**config)
-
-
-@pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServedWorld]:
-    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DIPLO_TOKEN", TOKEN)
-    monkeypatch.delenv("DIPLO_DEBUG", raising=False)
-    server = serve(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
-        server.world.ledger.close()
+from .apiworld import HOOK_TOKEN
+from .cliworld import CliWorld, ServedWorld
 
 
 def test_alerts_from_the_server(served: ServedWorld):

@@ -7,36 +7,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from diplo.metricstore import MetricStore, Point
 
-from .apiworld import TOKEN
-from .cliworld import CliWorld, ServedWorld, serve, spec
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    config = structlog.get_config()
-    yield
-    structlog.configure(**config)
-
-
-@pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServedWorld]:
-    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DIPLO_TOKEN", TOKEN)
-    monkeypatch.delenv("DIPLO_DEBUG", raising=False)
-    server = serve(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
-        server.world.ledger.close()
+from .cliworld import CliWorld, ServedWorld, spec
 
 
 @pytest.fixture

@@ -10,14 +10,6 @@ from diplo.logconfig import configure
 SECRET = "tok-SECRET-123"
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """configure() binds the captured stream, which pytest closes after the test."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
-
-
 def _crash() -> None:
     token = SECRET  # a local, as a reconcile's locals hold env values
     raise ValueError(f"boom ({len(token)} chars)")
