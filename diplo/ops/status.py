@@ -110,7 +110,7 @@ def check_health(
     policy = policy_of(health)
     if container is None:
         return Health.MISSING, "no container", None
-    state = ctx.runtime.state(container.id)
+    state = ctx.runtime.state(container.id, listed=_listed(container))
     running = state.status == "running"
     uptime = time.time() - state.started_at if state.started_at else 0.0
     probe = None
@@ -141,6 +141,17 @@ def check_health(
     else:
         detail = f"up {uptime:.0f}s, no health check"
     return verdict, detail, state
+
+
+def _listed(container: ObservedContainer) -> str | None:
+    """How the listing shows a running container, its uptime left out ("running (healthy)"):
+    while that stays the same and the engine reports no event of it, the inspect the
+    runtime kept of it still holds. None (inspect it anew) when it is not running: a crash's
+    exit code and restarts are what a person reads then."""
+    if container.state != "running":
+        return None
+    _, paren, health = container.status.partition("(")
+    return "running" + (f" ({health}" if paren else "")
 
 
 def status(ctx: Context, app: str | None = None, *, only: set[str] | None = None) -> list[AppView]:

@@ -60,7 +60,10 @@ class Runtime(Protocol):
 
     def remove(self, container_id: str) -> None: ...
 
-    def state(self, container_id: str) -> ContainerState: ...
+    def state(self, container_id: str, listed: str | None = None) -> ContainerState:
+        """The container inspected. `listed` (how a listing just showed it): an earlier
+        answer may do while the engine reports no change of the container."""
+        ...
 
     def logs(
         self, container_id: str, *, tail: int | None, follow: bool, timestamps: bool = False

@@ -45,6 +45,7 @@ from diplo.model import (
 )
 from diplo.runtime.base import LineSink, StopCheck
 from diplo.runtime.execguard import ExecGuard
+from diplo.runtime.statecache import StateCache
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -103,6 +104,7 @@ class DockerRuntime:
         self._network_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="diplo-engine")
         self._execs = ExecGuard()
+        self._states = StateCache()  # inspects kept while the event stream is quiet
         try:
             self.api = docker.APIClient(version="auto", timeout=timeout, **self._kwargs)
         except docker.errors.DockerException as exc:
@@ -409,12 +411,17 @@ class DockerRuntime:
             self.api.remove_container(container_id, force=True)
 
     @mapped("inspecting a container")
-    def state(self, container_id: str) -> ContainerState:
+    def state(self, container_id: str, listed: str | None = None) -> ContainerState:
+        if listed is not None:
+            kept = self._states.get(container_id, listed)
+            if kept is not None:
+                return kept
+        mark = self._states.mark()
         info = self.api.inspect_container(container_id)
         st = info.get("State") or {}
         networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
         ip = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), "")
-        return ContainerState(
+        state = ContainerState(
             status=st.get("Status", "unknown"),
             exit_code=int(st.get("ExitCode") or 0),
             error=st.get("Error") or "",
@@ -423,6 +430,9 @@ class DockerRuntime:
             ip=ip or "",
             started_at=_epoch(st.get("StartedAt") or ""),
         )
+        if listed is not None:
+            self._states.put(container_id, listed, state, mark)
+        return state
 
     @mapped("running a command in a container")
     def exec(self, container_id: str, cmd: list[str], timeout: float) -> tuple[int, str]:
@@ -475,6 +485,7 @@ class DockerRuntime:
             client.close()
             raise EngineUnavailable(str(exc)) from exc
         done = threading.Event()
+        self._states.watching()
 
         def watch() -> None:
             while not done.wait(0.1):
@@ -486,14 +497,18 @@ class DockerRuntime:
         threading.Thread(target=watch, name="diplo-events-watch", daemon=True).start()
         try:
             for event in stream:
+                action = str(event.get("Action", ""))
+                if not action.startswith("exec_"):  # a probe's exec changes nothing kept
+                    self._states.event(str(event.get("id", "")))
                 attrs = (event.get("Actor") or {}).get("Attributes") or {}
                 app = attrs.get(LABEL_APP)
                 if app:
-                    yield app, str(event.get("Action", ""))
+                    yield app, action
         except Exception as exc:
             if not stop():
                 raise EngineUnavailable(f"the event stream broke: {exc}") from exc
         finally:
+            self._states.unwatched()
             done.set()
             client.close()
         if not stop():

@@ -207,7 +207,7 @@ class MemoryRuntime:
         self._call("remove", container_id)
         self.containers.pop(container_id, None)
 
-    def state(self, container_id: str) -> ContainerState:
+    def state(self, container_id: str, listed: str | None = None) -> ContainerState:
         c = self._get(container_id)
         ip = c.ip if c.state == "running" else ""
         return ContainerState(c.state, c.exit_code, "", ip=ip, started_at=c.started_at)

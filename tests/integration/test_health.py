@@ -324,3 +324,51 @@ def test_a_hanging_cmd_probe_is_killed_in_the_container(sandbox: Sandbox):
     processes = [p[-1] for p in api.top(c["Id"])["Processes"]]
     assert processes == ["sleep 300"]  # no probe command is left running
     assert run_probe(HealthSpec(kind="cmd", cmd=("true",)), None, runtime, c["Id"]).ok
+
+
+def test_a_container_is_inspected_again_only_after_an_event_of_it(sandbox: Sandbox):
+    """What keeps `diplo serve`'s health ticks cheap at 100 apps: an inspect is answered
+    again while the engine's event stream says nothing of the container, and never after
+    one (a restart's new start time is seen at once) or once the stream is gone."""
+    from diplo.runtime.docker_engine import DockerRuntime
+
+    from .conftest import TEST_LABEL
+
+    api = sandbox.api
+    labels = {"diplo.app": sandbox.name("kept"), "diplo.project": sandbox.project}
+    c = api.create_container(
+        "busybox:latest", ["sleep", "300"], labels={**labels, TEST_LABEL: sandbox.id},
+        name=sandbox.name("kept"), host_config=api.create_host_config(init=True),
+    )  # fmt: skip
+    api.start(c["Id"])
+    runtime = DockerRuntime()
+    inspects: list[str] = []
+    inspect = runtime.api.inspect_container
+    runtime.api.inspect_container = lambda cid: inspects.append(cid) or inspect(cid)
+    stop = threading.Event()
+    actions: list[str] = []
+
+    def watch() -> None:
+        for _, action in runtime.events(stop.is_set):
+            actions.append(action)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while runtime._states.mark() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first = runtime.state(c["Id"], listed="running")
+        assert runtime.state(c["Id"], listed="running") == first and len(inspects) == 1
+        assert runtime.state(c["Id"]) == first and len(inspects) == 2  # asked fresh: inspected
+        api.restart(c["Id"], timeout=0)
+        while "start" not in actions and time.monotonic() < deadline:
+            time.sleep(0.02)
+        again = runtime.state(c["Id"], listed="running")
+        assert len(inspects) == 3 and again.started_at > first.started_at
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert not watcher.is_alive()
+    runtime.state(c["Id"], listed="running")
+    assert len(inspects) == 4  # no stream: nothing is taken on trust

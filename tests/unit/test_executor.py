@@ -350,10 +350,10 @@ def test_the_apps_strategy_replaces_its_container(engine, ledger, monkeypatch):
 class BuggyRuntime(MemoryRuntime):
     """Inspecting a container of `buggy_image` raises an exception no code expects."""
 
-    def state(self, container_id):
+    def state(self, container_id, listed=None):
         if self.containers[container_id].spec.image == "v2:latest":
             raise UnicodeEncodeError("ascii", "/é", 1, 2, "ordinal not in range(128)")
-        return super().state(container_id)
+        return super().state(container_id, listed)
 
 
 def test_an_unexpected_exception_during_a_deploy_rolls_back_and_fails_the_deployment(ledger):
