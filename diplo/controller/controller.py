@@ -137,9 +137,12 @@ class Controller:
 
     def _health_loop(self) -> None:
         self.view.refresh()
+        # A tick's probes are spread over a fifth of the period (1 s by default): they
+        # then never all want the GIL at once, which the API's event loop felt.
+        pace = min(1.0, self.health_every / 5)
         while not self._stop.wait(self.health_every):
             try:
-                self.view.refresh()
+                self.view.refresh(pace=pace)
                 self.heal()
                 self._proxy(routed.heal)
             except Exception as exc:  # a bug must not end the health loop for good

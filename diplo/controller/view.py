@@ -39,10 +39,12 @@ class View:
         self._stale: set[str] | None = set()  # lines to serialise again (None: all)
         self._lock = threading.Lock()
 
-    def refresh(self, apps: list[str] | None = None) -> None:
-        """Look at `apps` (all when None) on the host again: containers, ledger, a probe."""
+    def refresh(self, apps: list[str] | None = None, pace: float = 0.0) -> None:
+        """Look at `apps` (all when None) on the host again: containers, ledger, a probe
+        (spread over `pace` seconds)."""
         try:
-            fresh = {r.app: r for r in status(self.ctx, only=None if apps is None else set(apps))}
+            only = None if apps is None else set(apps)
+            fresh = {r.app: r for r in status(self.ctx, only=only, pace=pace)}
         except EngineUnavailable:
             self.engine_ok = False
             return

@@ -3,6 +3,8 @@ home's apps on the same engine are neither listed, judged nor offered for prunin
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,3 +81,43 @@ def test_down_waits_for_a_deploy_in_flight(homes, monkeypatch):
         down(a, ["web"])
     assert [v.app for v in status(a)] == ["web"]
     assert down(a, ["web"]) and status(a) == []
+
+
+def _probe_times(monkeypatch: pytest.MonkeyPatch, rendezvous: threading.Barrier | None = None):
+    """Record when each app's health check starts (and, given a barrier, make them meet
+    there: only probes in flight together get past it)."""
+    import diplo.ops.status as ops_status
+    from diplo.health import Health
+
+    started: list[float] = []
+
+    def check(ctx, app, container, health, ports, **_):
+        started.append(time.monotonic())
+        if rendezvous is not None:
+            rendezvous.wait()
+        return Health.HEALTHY, "ok", None
+
+    monkeypatch.setattr(ops_status, "check_health", check)
+    return started
+
+
+def test_a_status_probes_every_app_at_once(homes, monkeypatch: pytest.MonkeyPatch):
+    a, _ = homes
+    names = [f"a{i}" for i in range(5)]
+    assert apply(a, state(*(app(n, "shop") for n in names))).ok
+    _probe_times(monkeypatch, threading.Barrier(5, timeout=10))
+    assert {v.health for v in status(a)} == {"healthy"}  # all five were in flight together
+
+
+def test_the_health_loop_spreads_its_probes_over_the_pace(homes, monkeypatch):
+    a, _ = homes
+    names = [f"a{i}" for i in range(5)]
+    assert apply(a, state(*(app(n, "shop") for n in names))).ok
+    started = _probe_times(monkeypatch)
+    asked = time.monotonic()
+    views = status(a, pace=0.5)
+    assert {v.health for v in views} == {"healthy"} and len(started) == 5
+    # one every pace / 5 = 0.1 s: the (i+1)th to start did so 0.1 * i s after the first
+    # could at the earliest (sleeps only ever run long)
+    for i, at in enumerate(sorted(started)):
+        assert at - asked >= 0.1 * i - 0.001
