@@ -383,7 +383,7 @@ def test_the_health_loop_survives_an_unexpected_error(controller: Controller, mo
 
     calls: list[int] = []
 
-    def refresh(apps: list[str] | None = None) -> None:
+    def refresh(apps: list[str] | None = None, pace: float = 0.0) -> None:
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("a bug")
