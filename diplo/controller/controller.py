@@ -224,7 +224,9 @@ class Controller:
                 self._proxy(routed.converge)
             everything = set(self.state.known) | set(self.view.rows)
             for name in sorted(everything if key == ALL else changed):
-                self.queue.add(name)
+                # a resync's look comes after everything else, a worker at a time; an
+                # app whose desired state changed is a deploy to make now
+                self.queue.add(name, background=key == ALL and name not in changed)
         else:
             self._settle(key, self.reconcile(key))
 
@@ -253,7 +255,7 @@ class Controller:
                     parallel=1,
                     revision=self.state.loaded.of(app),
                     watch=self._watch(app),
-                    skip=lambda prepared: self._hold(app, prepared),
+                    skip=lambda prepared: self._hold(app, prepared) or self._defer(app, prepared),
                     lock_wait=RECONCILE_LOCK_WAIT,
                     listing=self.listing,
                 )
@@ -300,6 +302,16 @@ class Controller:
             c.state == "running" for c in prepared.observed.of_app(app)
         )
         return running or app_plan.kind == "update"
+
+    def _defer(self, app: str, prepared: Prepared) -> bool:
+        """A resync's look (one worker at a time) that finds work to do hands it to the
+        normal lane, where deploys run side by side: after an engine restart, a resync
+        may find every app to start again."""
+        app_plan = prepared.plan.app(app)
+        if app_plan is None or not app_plan.actions or not self.queue.in_background(app):
+            return False
+        self.queue.add(app)  # handed out again, in the normal lane, once this one is done
+        return True
 
     def _outcome(
         self, app: str, report: ApplyReport, bound: Any, took: float = 0.0, deployed: bool = True

@@ -398,3 +398,27 @@ def test_the_health_loop_survives_an_unexpected_error(controller: Controller, mo
     controller._stop.set()
     loop.join(2)
     assert len(calls) >= 4 and not loop.is_alive()
+
+
+def test_a_resync_that_finds_work_hands_it_to_the_normal_lane(controller: Controller):
+    """A resync's looks run one at a time; a start it finds needed is not made in that one
+    slot but queued as a normal key, so that many such starts run side by side."""
+    from diplo.controller.workqueue import ALL
+
+    engine = controller.ctx.runtime
+    controller.handle("web")
+    (cid,) = engine.containers
+    engine.stop(cid, 1)  # it stopped and no event said so: a resync finds it
+    engine.calls.clear()
+    controller.handle(ALL)
+    key = controller.queue.get(0)
+    assert key == "web" and controller.queue.in_background("web")
+    controller.handle(key)
+    assert [k for k, _ in engine.calls if k == "start"] == []  # not in the resync's slot
+    controller.queue.done(key)
+    key = controller.queue.get(0)
+    assert key == "web" and not controller.queue.in_background("web")
+    controller.handle(key)
+    controller.queue.done(key)
+    assert [k for k, _ in engine.calls if k == "start"] == ["start"]
+    assert controller.view.rows["web"].state == "running"

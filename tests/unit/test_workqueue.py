@@ -86,3 +86,52 @@ def test_a_delayed_retry_stays_in_the_normal_lane_and_urgency_is_not_sticky():
     q.add("a")
     clock.now = 1.0
     assert [q.get(0), q.get(0)] == ["a", "web"]
+
+
+def test_a_resyncs_keys_come_last_and_one_at_a_time():
+    q = WorkQueue(background_limit=1)
+    q.add("a", background=True)
+    q.add("b", background=True)
+    q.add("edit")
+    assert q.get(0) == "edit"  # a change to deploy comes before a resync's looks
+    assert q.get(0) == "a" and q.in_background("a")
+    assert q.get(0) is None  # "b" waits for the one background slot...
+    q.add("drift", urgent=True)
+    assert q.get(0) == "drift"  # ...which holds up no other worker
+    q.done("a")
+    assert not q.in_background("a")
+    assert q.get(0) == "b"
+
+
+def test_a_background_key_asked_for_again_moves_to_its_lane():
+    q = WorkQueue(background_limit=1)
+    for key in ("a", "b", "c"):
+        q.add(key, background=True)
+    q.add("c")  # an edit of c while the resync's look at it waits
+    q.add("b", urgent=True)  # drift of b
+    q.add("a", background=True)  # a second resync: nothing changes
+    assert [q.get(0), q.get(0), q.get(0)] == ["b", "c", "a"]
+    assert not q.in_background("b") and not q.in_background("c") and q.in_background("a")
+
+
+def test_a_retry_of_a_key_a_resync_queued_is_not_held_back():
+    clock = Clock()
+    q = WorkQueue(clock, background_limit=1)
+    q.add("busy", background=True)
+    assert q.get(0) == "busy"  # the background slot is taken
+    q.add("web", background=True)
+    q.add_after("web", 5.0)
+    assert q.get(0) is None
+    clock.now = 5.0
+    assert q.get(0) == "web" and not q.in_background("web")
+
+
+def test_work_a_background_key_finds_comes_back_in_the_normal_lane():
+    q = WorkQueue(background_limit=1)
+    q.add("a", background=True)
+    q.add("b", background=True)
+    assert q.get(0) == "a"
+    q.add("a")  # it has work to do: again, as a normal key, when this look is done
+    q.done("a")
+    assert q.get(0) == "a" and not q.in_background("a")  # ahead of b, not in b's slot
+    assert q.get(0) == "b"
