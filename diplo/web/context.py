@@ -55,7 +55,8 @@ class Dashboard:
         for name in self.templates.list_templates(filter_func=lambda n: n.endswith(".html")):
             self.templates.get_template(name)
         self._listing: tuple[bytes, dict[str, Any]] | None = None
-        self._rows: tuple[bytes, frozenset[str], Markup] | None = None
+        # first rows shown (None: all) -> (listing, apps deploying, their rows rendered)
+        self._rows: dict[int | None, tuple[bytes, frozenset[str], Markup]] = {}
 
     def who(self, conn: HTTPConnection) -> Session | None:
         """The request's session; the anonymous viewer when reads are open; else None."""
@@ -97,16 +98,16 @@ class Dashboard:
             cached = self._listing = (raw, json.loads(raw))
         return cached[1]
 
-    def rows(self) -> Markup:
-        """The overview's table rows, rendered once per change of the listing or of the
-        apps being deployed: the bulk of the overview at 100 apps."""
+    def rows(self, first: int | None = None) -> Markup:
+        """The overview's table rows (the `first` ones only, when given), rendered once per
+        change of the listing or of the apps being deployed: the bulk of the overview."""
         raw = self.controller.view.listing()
         busy = frozenset(self.controller.queue.processing)
-        cached = self._rows
+        cached = self._rows.get(first)
         if cached is None or cached[0] is not raw or cached[1] != busy:
             apps = [{**row, "reconciling": row["app"] in busy} for row in self.listing()["apps"]]
-            html = Markup(self.templates.get_template("rows.html").render(apps=apps))
-            cached = self._rows = (raw, busy, html)
+            html = Markup(self.templates.get_template("rows.html").render(apps=apps[:first]))
+            cached = self._rows[first] = (raw, busy, html)
         return cached[2]
 
 

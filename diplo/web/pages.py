@@ -28,6 +28,12 @@ SPARK_STEP = 30  # s per sparkline point
 RANGES = ("15m", "1h", "6h", "24h", "7d")  # what an app page's charts offer
 HISTORY = 30  # deployments an app page lists
 PROBES = 20
+# Rows the overview's HTML holds (a screen and more); the rest come in one request right
+# after the first paint. At 100 apps the whole table was 80 kB of HTML that the browser
+# parsed and laid out before it painted anything: 484 ms to the first paint, against the
+# issue's 300 ms.
+FIRST_ROWS = 15
+FILTERS = ("q", "project", "health")  # the overview's filters, as query parameters
 
 
 def add_pages(api: FastAPI, dash: Dashboard) -> None:
@@ -52,12 +58,16 @@ def add_pages(api: FastAPI, dash: Dashboard) -> None:
     def overview(request: Request, session: Session = reader) -> HTMLResponse:
         data = dash.listing()
         projects = sorted({r["project"] for r in data["apps"] if r.get("project")})
+        # a filtered view is rendered whole: its matches may be anywhere in the table
+        filtered = any(request.query_params.get(k) for k in FILTERS)
+        first = None if filtered or len(data["apps"]) <= FIRST_ROWS else FIRST_ROWS
         return dash.page(
             request,
             "overview.html",
             session,
             listing=data,
-            rows=dash.rows(),
+            rows=dash.rows(first),
+            more=0 if first is None else len(data["apps"]) - first,
             projects=projects,
             host=host(),
             alerts=dash.firing(),

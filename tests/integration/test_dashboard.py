@@ -424,3 +424,43 @@ def test_logs_stream_and_can_be_searched_and_paused(
     finally:
         stop(srv)
     assert "Traceback" not in srv.output, srv.output
+
+
+def test_the_overview_sends_a_screen_of_rows_first_and_the_rest_after_it_is_shown(
+    sandbox: Sandbox, chromium: Browser, contexts: list[BrowserContext]
+):
+    """Issue 13's first render: the page's HTML holds the first screen of rows; the others
+    arrive right after the first paint, and the count, filters and live rows then cover
+    every app."""
+    from diplo.web.pages import FIRST_ROWS
+
+    names = [sandbox.name(f"a{i:02d}") for i in range(FIRST_ROWS + 2)]
+    sleeper = {"image": "busybox:latest", "command": ["sleep", "3600"], "init": True,
+               "health": {"start_period": "0s"}}  # fmt: skip
+    sandbox.manifest({n: sleeper for n in names})
+    srv = Server(sandbox).start()
+    try:
+        wait_for(
+            lambda: all((srv.app(a) or {}).get("health") == "healthy" for a in names),
+            120,
+            "every app to be healthy",
+        )
+        with urllib.request.urlopen(srv.url + "/", timeout=5) as resp:
+            html = resp.read().decode()
+        assert html.count('<tr id="row-') == FIRST_ROWS and 'data-more="2"' in html
+        with urllib.request.urlopen(srv.url + f"/?q={names[-1]}", timeout=5) as resp:
+            assert resp.read().decode().count('<tr id="row-') == len(names)  # filtered: whole
+
+        page = new_page(chromium, contexts)
+        page.goto(srv.url + "/")
+        page.wait_for_selector("#live[data-state=live]")
+        page.wait_for_function(f"document.querySelectorAll('#app-rows tr').length === {len(names)}")
+        assert page.locator("#shown-count").inner_text() == str(len(names))
+        assert page.locator("#app-rows").get_attribute("aria-busy") is None
+        page.fill("#f-name", names[-1])  # one past the first screen
+        assert page.locator(f"#row-{names[-1]}").is_visible()
+        assert page.locator(f"#row-{names[0]}").is_hidden()
+        assert page.locator("#shown-count").inner_text() == f"1 of {len(names)}"
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        stop(srv)

@@ -12,15 +12,13 @@
   document.addEventListener("htmx:configRequest", (e) => {
     if (csrf) e.detail.headers["X-CSRF-Token"] = csrf;
   });
-  document.addEventListener("DOMContentLoaded", () => {
-    if (window.htmx) {
-      htmx.config.responseHandling = [
-        { code: "204", swap: false },
-        { code: "[23]..", swap: true },
-        { code: "[45]..", swap: true, error: true },
-      ];
-    }
-  });
+  function configureHtmx() {
+    htmx.config.responseHandling = [
+      { code: "204", swap: false },
+      { code: "[23]..", swap: true },
+      { code: "[45]..", swap: true, error: true },
+    ];
+  }
   document.addEventListener("htmx:beforeSwap", (e) => {
     if (e.detail.xhr.status === 401 && e.detail.xhr.getResponseHeader("HX-Redirect")) {
       e.detail.shouldSwap = false;
@@ -78,7 +76,8 @@
       if (ok) shown += 1;
     }
     const count = document.getElementById("shown-count");
-    if (count) count.textContent = shown === rowsBody.rows.length ? `${shown}` : `${shown} of ${rowsBody.rows.length}`;
+    // while the rows past the first screen are on their way, the count the server wrote stays
+    if (count && !rowsBody.dataset.more) count.textContent = shown === rowsBody.rows.length ? `${shown}` : `${shown} of ${rowsBody.rows.length}`;
   }
   if (rowsBody) {
     for (const el of Object.values(filters)) el.addEventListener("input", applyFilters);
@@ -108,6 +107,8 @@
     const res = await get("/ui/rows");
     if (!res.ok || !rowsBody) return;
     rowsBody.innerHTML = await res.text();
+    delete rowsBody.dataset.more;
+    rowsBody.removeAttribute("aria-busy");
     rowsBody.querySelectorAll("[data-spark]").forEach(drawSpark);
     applyFilters();
   }
@@ -301,5 +302,18 @@
       backoff = Math.min(backoff * 2, 5000);
     };
   }
-  window.addEventListener("DOMContentLoaded", () => { connect(); loadSparks(true); loadCharts(true); });
+  // What showing the page does not need waits until it is shown (a frame, then a task):
+  // htmx (52 kB to compile in a fresh tab), the live socket once htmx is there (so that
+  // "live" means the page can act), the sparklines, and the rows past the first screen.
+  const afterFirstPaint = (fn) => requestAnimationFrame(() => setTimeout(fn, 0));
+  window.addEventListener("DOMContentLoaded", () => afterFirstPaint(() => {
+    const lib = document.createElement("script");
+    lib.src = "/ui/static/vendor/htmx.min.js";
+    lib.onload = () => { configureHtmx(); connect(); };
+    lib.onerror = () => connect();
+    document.head.append(lib);
+    if (rowsBody && rowsBody.dataset.more) refreshRows();
+    loadSparks(true);
+    loadCharts(true);
+  }));
 })();
