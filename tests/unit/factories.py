@@ -17,6 +17,16 @@ from diplo.model import (
 IMAGE_ID = "sha256:" + "a" * 64
 
 
+class Clock:
+    """A clock the test moves: it says `now`, monotonic or wall time alike."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def app(name: str, project: str = "shop", **kw: Any) -> DesiredApp:
     kw.setdefault("image", "busybox:latest")
     kw.setdefault("health", HealthSpec(start_period=0))  # healthy once running

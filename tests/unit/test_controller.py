@@ -16,22 +16,12 @@ from diplo.ops.context import Context
 from diplo.ops.status import AppView
 from diplo.runtime.memory import MemoryRuntime
 
-from .factories import IMAGE_ID
-
-
-class Clock:
-    """The controller's monotonic clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .factories import IMAGE_ID, Clock
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1000.0)
 
 
 @pytest.fixture

@@ -20,17 +20,9 @@ from diplo.ops.context import Context
 from diplo.ops.listing import SharedListing
 from diplo.runtime.memory import MemoryRuntime
 
-from .factories import IMAGE_ID
+from .factories import IMAGE_ID, Clock
 
 APPS = ["a", "b", "c", "d", "e"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -171,7 +163,7 @@ def listed(ctx_engine: MemoryRuntime, **kw: object) -> SharedListing:
 
 def test_the_listing_is_taken_again_once_too_old():
     engine = MemoryRuntime()
-    clock = Clock()
+    clock = Clock(1000.0)
     shared = listed(engine, max_age=10.0, clock=clock)
     shared.observe(frozenset({"a"}))
     shared.observe(frozenset({"a"}))

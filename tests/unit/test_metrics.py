@@ -16,19 +16,12 @@ from diplo.metrics.prom import OwnMetrics
 from diplo.metricstore import HostPoint, MetricStore, Point, Retention
 from diplo.runtime.sampling import EngineStats, engine_stats
 
+from .factories import Clock
 from .kerneltree import FakeEngine, Tree, running
 
 CID = "a" * 64
 OTHER = "b" * 64
 MiB = 1024 * 1024
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -96,7 +89,7 @@ def test_docker_stats_answers_are_read_for_both_cgroup_versions():
 
 def collector(tmp_path: Path, engine: FakeEngine, store: MetricStore | None = None, **kw):
     mono = Clock(100.0)
-    wall = Clock()
+    wall = Clock(1_700_000_000.0)
     c = Collector(engine, store, interval=10, root=tmp_path, clock=wall, mono=mono, **kw)
     return c, mono, wall
 

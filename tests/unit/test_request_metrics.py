@@ -31,6 +31,8 @@ from diplo.proxy.manager import Proxy
 from diplo.runtime.memory import MemoryRuntime
 from diplo.serve import request_stats
 
+from .factories import Clock
+
 
 def entry(host: str, status: int = 200, ms: float = 10.0, logger: str = "http.log.access") -> str:
     """An access line as Caddy 2.6 writes it through Diplo's filter encoder."""
@@ -219,20 +221,12 @@ def test_percentiles_are_nearest_rank():
 # --- the windows ---------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 ROUTES = {"web": ("shop", ["web.example.com"]), "api": ("shop", ["api.example.com"])}
 
 
 def test_each_window_gives_rate_percentiles_and_error_ratio_per_app(log_path: Path):
     log_path.write_text(entry("web.example.com") + "\n")  # before serve: not counted
-    clock = Clock()
+    clock = Clock(100.0)
     stats = AccessLog(log_path, lambda: ROUTES, mono=clock)
     stats.refresh()
     assert stats.of("web") is None  # made and refreshed at one instant: no window yet
@@ -272,7 +266,7 @@ def test_each_window_gives_rate_percentiles_and_error_ratio_per_app(log_path: Pa
 
 def test_an_app_whose_route_went_has_no_window_and_no_totals(log_path: Path):
     routes = dict(ROUTES)
-    clock = Clock()
+    clock = Clock(100.0)
     stats = AccessLog(log_path, lambda: routes, mono=clock)
     stats.refresh()
     append(log_path, entry("api.example.com"))
@@ -287,7 +281,7 @@ def test_an_app_whose_route_went_has_no_window_and_no_totals(log_path: Path):
 
 def test_a_garbled_log_costs_its_lines_and_nothing_else(log_path: Path):
     log_path.write_text("")
-    clock = Clock()
+    clock = Clock(100.0)
     stats = AccessLog(log_path, lambda: ROUTES, mono=clock)
     stats.refresh()
     append(log_path, "\x00\x01garbage", entry("web.example.com", 500, 8.0), "{}")

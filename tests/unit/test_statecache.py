@@ -7,16 +7,10 @@ from __future__ import annotations
 from diplo.model import ContainerState
 from diplo.runtime.statecache import TOUCHED_KEPT, StateCache
 
+from .factories import Clock
+
 UP = ContainerState("running", 0, "", started_at=100.0, ip="10.0.0.2")
 LISTED = "running"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def kept(cache: StateCache, cid: str = "c1", listed: str = LISTED) -> ContainerState | None:

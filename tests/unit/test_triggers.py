@@ -25,6 +25,8 @@ from diplo.ops.context import Context
 from diplo.runtime.base import StopCheck
 from diplo.runtime.memory import MemoryRuntime
 
+from .factories import Clock
+
 
 @pytest.fixture(autouse=True)
 def logs() -> Iterator[list[dict[str, Any]]]:
@@ -55,14 +57,6 @@ class RecordingQueue(WorkQueue):
     def wait_for(self, key: str, timeout: float = 3.0) -> bool:
         with self._added:
             return self._added.wait_for(lambda: key in self.added, timeout)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class EventfulEngine(MemoryRuntime):
@@ -176,7 +170,7 @@ def make_rig(tmp_path: Path, no_leaked_threads: None) -> Iterator[Callable[..., 
 
 
 def test_a_burst_of_file_changes_is_one_reload(make_rig: Callable[..., Rig]):
-    clock = FakeClock()
+    clock = Clock(100.0)
     rig = make_rig(clock=clock)
     rig.run(rig.triggers.debounce_loop)
     for _ in range(5):  # an editor's atomic save, a checkout: within the window
@@ -194,7 +188,7 @@ def test_a_burst_of_file_changes_is_one_reload(make_rig: Callable[..., Rig]):
 
 
 def test_a_later_save_pushes_the_reload_back(make_rig: Callable[..., Rig]):
-    clock = FakeClock()
+    clock = Clock(100.0)
     rig = make_rig(clock=clock)
     rig.run(rig.triggers.debounce_loop)
     rig.triggers.file_changed()  # due at 100.1

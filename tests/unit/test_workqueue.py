@@ -6,13 +6,7 @@ import threading
 
 from diplo.controller.workqueue import WorkQueue
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from .factories import Clock
 
 
 def test_a_key_queued_many_times_is_handed_out_once():
