@@ -52,14 +52,14 @@ class WorkQueue:
         if key in self._dirty:
             if background:
                 return  # queued already, in this lane or a faster one
-            lane = self._lane(key)
-            if key in self._background_keys:
-                self._background_keys.discard(key)  # asked for by more than a resync
+            was = self._lane(key)
+            self._background_keys.discard(key)  # asked for by more than a resync
             if urgent:
                 self._urgent_keys.add(key)
-            if key in lane and lane is not self._lane(key):  # move it ahead
-                lane.remove(key)
-                self._lane(key).append(key)
+            now = self._lane(key)
+            if now is not was and key in was:  # waiting in a slower lane: move it ahead
+                was.remove(key)
+                now.append(key)
                 self._cond.notify()
             return
         self._dirty.add(key)

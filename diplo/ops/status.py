@@ -286,17 +286,15 @@ def _fill_health(
             row.restarts = state.restart_count
             row.exit_code = state.exit_code if state.status != "running" else None
 
+    began, step = time.monotonic(), pace / len(rows) if pace > 0 and rows else 0.0
     with ThreadPoolExecutor(max_workers=8) as pool:
-        if pace <= 0 or len(rows) < 2:
-            list(pool.map(one, rows))
-        else:
-            began, step = time.monotonic(), pace / len(rows)
-            done = []
-            for i, row in enumerate(rows):
+        started = []
+        for i, row in enumerate(rows):
+            if step:
                 time.sleep(max(0.0, began + i * step - time.monotonic()))
-                done.append(pool.submit(one, row))
-            for future in done:
-                future.result()
+            started.append(pool.submit(one, row))
+        for future in started:
+            future.result()
     if recorded:
         ctx.ledger.record_probes(recorded)
 

@@ -412,11 +412,12 @@ class DockerRuntime:
 
     @mapped("inspecting a container")
     def state(self, container_id: str, listed: str | None = None) -> ContainerState:
+        mark = None
         if listed is not None:
             kept = self._states.get(container_id, listed)
             if kept is not None:
                 return kept
-        mark = self._states.mark()
+            mark = self._states.mark()
         info = self.api.inspect_container(container_id)
         st = info.get("State") or {}
         networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
