@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvicorn
 import yaml
 from fastapi.testclient import TestClient
@@ -120,6 +121,20 @@ def build_world(
     for name in APPS:
         controller.handle(name)
     return world
+
+
+def home_world(
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    access: Access | None = None,
+    engine: MemoryRuntime | None = None,
+) -> Iterator[World]:
+    """A world whose DIPLO_HOME is `root / "home"`, closed afterwards: a fixture's body
+    (`yield from home_world(...)`)."""
+    monkeypatch.setenv("DIPLO_HOME", str(root / "home"))
+    world = build_world(root, access, engine)
+    yield world
+    world.ledger.close()
 
 
 WEB_ID = "c" * 64

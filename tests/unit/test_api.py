@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from diplo import __version__
 from diplo.model import redact
 
-from .apiworld import ACCESS, AUTH, SECRET, TOKEN, World, app_specs, build_world
+from .apiworld import ACCESS, AUTH, SECRET, TOKEN, World, app_specs, home_world
 
 PROBLEM = "application/problem+json"
 APP_READS = ("", "/health", "/deployments", "/logs", "/metrics")  # GET /apps/{app}<suffix>
@@ -31,10 +31,7 @@ ACTIONS = ("sync", "restart", "cancel")  # POST /apps/{app}/<action>
 def world(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[World]:
-    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
-    w = build_world(tmp_path, ACCESS[request.param]())
-    yield w
-    w.ledger.close()
+    yield from home_world(tmp_path, monkeypatch, ACCESS[request.param]())
 
 
 @pytest.fixture

@@ -11,15 +11,12 @@ from fastapi.testclient import TestClient
 
 from diplo.api.app import create_app
 
-from .apiworld import AUTH, HOOK_TOKEN, VIEWER, World, build_world, tokens
+from .apiworld import AUTH, HOOK_TOKEN, VIEWER, World, home_world, tokens
 
 
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
-    w = build_world(tmp_path, tokens())
-    yield w
-    w.ledger.close()
+    yield from home_world(tmp_path, monkeypatch, tokens())
 
 
 def test_a_viewer_sees_what_fires_what_fired_and_each_channel(world: World):

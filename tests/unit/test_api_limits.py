@@ -39,7 +39,7 @@ from .apiworld import (
     FollowingRuntime,
     World,
     app_specs,
-    build_world,
+    home_world,
     serving,
     tokens,
 )
@@ -49,11 +49,8 @@ HOOK_SECRET = "hook-secret-for-the-api-tests"
 
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
     engine = FollowingRuntime(images={"busybox:latest": IMAGE_ID})
-    w = build_world(tmp_path, tokens(), engine)
-    yield w
-    w.ledger.close()
+    yield from home_world(tmp_path, monkeypatch, tokens(), engine)
 
 
 def open_stream(base: str, path: str, source: str, headers: dict[str, str]) -> Any:

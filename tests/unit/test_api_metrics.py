@@ -13,15 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from diplo.api.app import asgi_app
 
-from .apiworld import VIEWER, World, build_world, tokens
+from .apiworld import VIEWER, World, home_world, tokens
 
 
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    monkeypatch.setenv("DIPLO_HOME", str(tmp_path / "home"))
-    w = build_world(tmp_path, tokens())
-    yield w
-    w.ledger.close()
+    yield from home_world(tmp_path, monkeypatch, tokens())
 
 
 @pytest.fixture
