@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,28 +30,11 @@ from typing import Any
 
 import docker
 import yaml
+from common import free_port, tear_down, wait
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("DIPLO_CHROMIUM", "/usr/bin/chromium")
 TARGET_MS = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"timed out after {timeout}s waiting for {what}")
 
 
 def timed_get(url: str) -> tuple[float, int]:
@@ -187,7 +168,7 @@ def main() -> None:
                 rows = json.loads(resp.read())["apps"]
             return len(rows) == args.apps and all(r["state"] == "running" for r in rows)
 
-        wait(all_up, 600, f"{args.apps} apps to run")
+        wait(all_up, 600, f"{args.apps} apps to run", every=0.2)
         time.sleep(12)  # a few metrics cycles, so that the sparklines have data
         server = {}
         for path in ("/", "/ui/rows", "/ui/sparks"):
@@ -196,16 +177,7 @@ def main() -> None:
         browser = browser_loads(url + "/", args.repeat)
         static = floor(url, args.repeat)
     finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(15)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-        for c in api.containers(all=True, filters={"label": f"diplo.project={project}"}):
-            api.remove_container(c["Id"], force=True)
-        for n in api.networks(filters={"label": f"diplo.project={project}"}):
-            api.remove_network(n["Id"])
-        shutil.rmtree(work, ignore_errors=True)
+        tear_down(serve, api, f"diplo.project={project}", project, work)
 
     result = {
         "apps": args.apps,

@@ -32,15 +32,10 @@ from typing import Any
 
 import docker
 import yaml
+from common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DIPLO = [sys.executable, "-m", "diplo.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Bench:

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -41,32 +40,15 @@ from typing import Any
 
 import docker
 import yaml
+from common import free_port, tear_down, wait
 
 ROOT = Path(__file__).resolve().parents[1]
 HTTPD = ["httpd", "-f", "-p", "8080", "-h", "/tmp"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.loads(resp.read())
-
-
-def wait(check: Any, timeout: float, what: str, every: float = 0.02) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            if check():
-                return time.monotonic() - start
-        except Exception:
-            pass
-        time.sleep(every)
-    raise SystemExit(f"timed out after {timeout}s waiting for {what}")
 
 
 def manifest(path: Path, project: str, n: int, changed: dict[str, str] | None = None) -> list[str]:
@@ -452,16 +434,7 @@ def main() -> None:
         )
         print(json.dumps(results["targets"]))
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        for c in api.containers(all=True, filters={"label": "diplo-bench=1"}):
-            api.remove_container(c["Id"], force=True)
-        for n in api.networks(filters={"label": f"diplo.project={project}"}):
-            api.remove_network(n["Id"])
-        shutil.rmtree(work, ignore_errors=True)
+        tear_down(server, api, "diplo-bench=1", project, work)
         (out / f"serve-{args.apps}.json").write_text(json.dumps(results, indent=2))
 
 
