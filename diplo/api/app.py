@@ -47,6 +47,7 @@ from diplo.controller.controller import Controller
 from diplo.errors import DiploError
 from diplo.ops import lifecycle, status
 from diplo.ops import proxy as routed
+from diplo.ops.context import Context
 
 if TYPE_CHECKING:
     from diplo.alerts.service import AlertService
@@ -101,6 +102,28 @@ class Accepted(BaseModel):
 
 def client_of(request: Request) -> str:
     return request.client.host if request.client else "?"
+
+
+async def log_stream(
+    ctx: Context,
+    app: str,
+    *,
+    follow: bool,
+    tail: int,
+    release: Callable[[], None],
+    threads: anyio.CapacityLimiter | None,
+) -> SlotText:
+    """`app`'s output as a streamed answer that gives its slot back (`release`) when it
+    ends; opened in a worker thread (the engine answers slowly at times). The slot is given
+    back at once when it cannot be opened (DiploError: no container, the engine)."""
+    try:
+        stream = await anyio.to_thread.run_sync(
+            lambda: lifecycle.logs(ctx, app, follow=follow, tail=tail)
+        )
+    except BaseException:
+        release()
+        raise
+    return SlotText(relay(stream, threads), release)
 
 
 def asgi_app(
@@ -248,16 +271,12 @@ def create_app(
         view(app)
         release = follows.take(client_of(request)) if follow else (lambda: None)
         try:
-            stream = await anyio.to_thread.run_sync(
-                lambda: lifecycle.logs(controller.ctx, app, follow=follow, tail=tail)
-            )
+            return await log_stream(
+                controller.ctx, app, follow=follow, tail=tail, release=release,
+                threads=follow_threads if follow else None,
+            )  # fmt: skip
         except DiploError as exc:
-            release()
             raise Problem(404, "no logs", exc.message) from exc
-        except BaseException:
-            release()
-            raise
-        return SlotText(relay(stream, follow_threads if follow else None), release)
 
     @api.get(
         "/events",

@@ -7,16 +7,14 @@ import time
 from typing import Annotated, Any
 
 import anyio
-import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from diplo.api.app import SlotText, client_of
-from diplo.api.limits import relay
+from diplo.api.app import client_of, log_stream
 from diplo.api.params import AppName
 from diplo.api.problems import Problem
 from diplo.errors import DiploError
-from diplo.ops import deployments, lifecycle, status
+from diplo.ops import deployments, status
 from diplo.ops import proxy as routed
 from diplo.ops.metrics import series_answer
 from diplo.units import parse_duration
@@ -222,16 +220,11 @@ def add_pages(api: FastAPI, dash: Dashboard) -> None:
         except Problem as exc:
             return Response(exc.detail, status_code=429, headers=exc.headers)
         try:
-            stream = await anyio.to_thread.run_sync(
-                lambda: lifecycle.logs(ctx, app, follow=True, tail=tail)
+            answer = await log_stream(
+                ctx, app, follow=True, tail=tail, release=release, threads=follow_threads
             )
         except DiploError as exc:
-            release()
             return Response(exc.message, status_code=404)
-        except BaseException:
-            release()
-            raise
-        answer = SlotText(relay(stream, follow_threads), release)
         answer.headers["Cache-Control"] = "no-store"
         answer.headers["X-Accel-Buffering"] = "no"  # a proxy in front must not hold lines back
         return answer
