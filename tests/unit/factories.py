@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from diplo.manifest.hashing import with_spec_hash
+from diplo.metrics.collector import ContainerSample
 from diplo.model import (
     DesiredApp,
     DesiredState,
@@ -15,6 +17,7 @@ from diplo.model import (
 )
 
 IMAGE_ID = "sha256:" + "a" * 64
+MiB = 1 << 20
 
 
 class Clock:
@@ -58,3 +61,27 @@ def running(
 
 def port(container: int, host: int | None = None, ip: str = "") -> PortSpec:
     return PortSpec(container_port=container, host_port=host, host_ip=ip)
+
+
+def container_sample(app: str = "web", replica: int = 1, **kw: Any) -> ContainerSample:
+    """One container's metrics sample: 10 MiB of a 100 MiB limit, 1 % CPU; `kw` changes
+    any field."""
+    base = ContainerSample(
+        id=f"{app}-{replica}",
+        app=app,
+        project="p",
+        replica=replica,
+        at=0.0,
+        source="cgroup-v2",
+        cpu_seconds=1.0,
+        rx_bytes=0,
+        tx_bytes=0,
+        blk_read_bytes=0,
+        blk_write_bytes=0,
+        memory_bytes=10 * MiB,
+        memory_limit_bytes=100 * MiB,
+        restarts=0,
+        cpus=None,
+        cpu_percent=1.0,
+    )
+    return replace(base, **kw)

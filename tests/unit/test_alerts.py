@@ -13,31 +13,10 @@ from diplo.alerts.rules import Evaluator
 from diplo.alerts.state import AlertBook, Reading
 from diplo.alertspec import AppAlerts, HostRules
 from diplo.ledger import Ledger
-from diplo.metrics.collector import ContainerSample, HostSample, RequestSample
+from diplo.metrics.collector import HostSample, RequestSample
 
-MiB = 1 << 20
-
-
-def sample(app: str = "web", replica: int = 1, **kw) -> ContainerSample:
-    base = ContainerSample(
-        id=f"{app}-{replica}",
-        app=app,
-        project="p",
-        replica=replica,
-        at=0.0,
-        source="cgroup-v2",
-        cpu_seconds=1.0,
-        rx_bytes=0,
-        tx_bytes=0,
-        blk_read_bytes=0,
-        blk_write_bytes=0,
-        memory_bytes=10 * MiB,
-        memory_limit_bytes=100 * MiB,
-        restarts=0,
-        cpus=None,
-        cpu_percent=1.0,
-    )
-    return replace(base, **kw)
+from .factories import MiB
+from .factories import container_sample as sample
 
 
 def host(**kw) -> HostSample:

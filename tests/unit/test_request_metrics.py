@@ -31,7 +31,7 @@ from diplo.proxy.manager import Proxy
 from diplo.runtime.memory import MemoryRuntime
 from diplo.serve import request_stats
 
-from .factories import Clock
+from .factories import Clock, container_sample
 
 
 def entry(host: str, status: int = 200, ms: float = 10.0, logger: str = "http.log.access") -> str:
@@ -295,25 +295,10 @@ def test_a_garbled_log_costs_its_lines_and_nothing_else(log_path: Path):
 
 
 def sample(replica: int, requests: RequestSample | None, at: float = 1000.0) -> ContainerSample:
-    return ContainerSample(
-        id=f"c{replica}",
-        app="web",
-        project="shop",
-        replica=replica,
-        at=at,
-        source="cgroup-v2",
-        cpu_seconds=1.0,
-        rx_bytes=0,
-        tx_bytes=0,
-        blk_read_bytes=0,
-        blk_write_bytes=0,
-        memory_bytes=1 << 20,
-        memory_limit_bytes=None,
-        restarts=0,
-        cpus=None,
-        cpu_percent=5.0,
-        requests=requests,
-    )
+    return container_sample(
+        "web", replica, id=f"c{replica}", project="shop", at=at, memory_bytes=1 << 20,
+        memory_limit_bytes=None, cpu_percent=5.0, requests=requests,
+    )  # fmt: skip
 
 
 def test_an_apps_request_figures_are_not_multiplied_by_its_replicas(tmp_path: Path):
