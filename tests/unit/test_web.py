@@ -70,17 +70,27 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
-def sign_in(client: TestClient, token: str) -> str:
-    """Sign in through the form; the CSRF token of the page it lands on."""
+def login_csrf(client: TestClient) -> str:
+    """The CSRF token of the sign-in form."""
     form = client.get("/ui/login")
     assert form.status_code == 200
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert csrf
-    done = client.post(
+    return csrf.group(1)
+
+
+def log_in(client: TestClient, token: str, then: str) -> Any:
+    """The sign-in form sent with `token`, to go to `then` after; its answer."""
+    return client.post(
         "/ui/login",
-        data={"csrf": csrf.group(1), "token": token, "next": "/ui/apps/web"},
+        data={"csrf": login_csrf(client), "token": token, "next": then},
         follow_redirects=False,
     )
+
+
+def sign_in(client: TestClient, token: str) -> str:
+    """Sign in through the form; the CSRF token of the page it lands on."""
+    done = log_in(client, token, "/ui/apps/web")
     assert done.status_code == 303 and done.headers["location"] == "/ui/apps/web"
     return csrf_of(client.get("/ui/apps/web").text)
 
@@ -126,10 +136,8 @@ def test_signing_in_sets_a_strict_httponly_cookie(tokens: World):
 
 def test_a_wrong_token_or_a_forged_form_signs_nobody_in(tokens: World):
     client = browser(tokens)
-    form = client.get("/ui/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf
-    wrong = client.post("/ui/login", data={"csrf": csrf.group(1), "token": "not-a-token"})
+    csrf = login_csrf(client)
+    wrong = client.post("/ui/login", data={"csrf": csrf, "token": "not-a-token"})
     assert wrong.status_code == 401 and "not one of this server" in wrong.text
     forged = client.post("/ui/login", data={"csrf": "x" * 32, "token": TOKEN})
     assert forged.status_code == 403
@@ -138,7 +146,7 @@ def test_a_wrong_token_or_a_forged_form_signs_nobody_in(tokens: World):
     elsewhere.get("/ui/login")
     away = elsewhere.post(
         "/ui/login",
-        data={"csrf": csrf.group(1), "token": TOKEN},
+        data={"csrf": csrf, "token": TOKEN},
         headers={"origin": "http://evil.example"},
     )
     assert away.status_code == 403 and COOKIE not in elsewhere.cookies
@@ -146,14 +154,7 @@ def test_a_wrong_token_or_a_forged_form_signs_nobody_in(tokens: World):
 
 def test_a_sign_in_goes_back_only_to_a_path_of_this_server(tokens: World):
     client = browser(tokens)
-    form = client.get("/ui/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf
-    done = client.post(
-        "/ui/login",
-        data={"csrf": csrf.group(1), "token": TOKEN, "next": "//evil.example/x"},
-        follow_redirects=False,
-    )
+    done = log_in(client, TOKEN, "//evil.example/x")
     assert done.headers["location"] == "/"
 
 
