@@ -10,6 +10,7 @@ import json
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 LABEL_PROJECT = "diplo.project"
@@ -398,7 +399,16 @@ class Observed:
     foreign_names: frozenset[str] = frozenset()  # container names Diplo does not own
 
     def of_app(self, app: str) -> tuple[ObservedContainer, ...]:
-        return tuple(c for c in self.containers if c.app == app)
+        return self._by_app.get(app, ())
+
+    @cached_property
+    def _by_app(self) -> dict[str, tuple[ObservedContainer, ...]]:
+        # A plan or a resync asks this of every app: one pass, not one per app (500 apps
+        # made a resync's looks quadratic).
+        by: dict[str, list[ObservedContainer]] = {}
+        for c in self.containers:
+            by.setdefault(c.app, []).append(c)
+        return {app: tuple(cs) for app, cs in by.items()}
 
 
 # --- what the ledger remembers -----------------------------------------------------------

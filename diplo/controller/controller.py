@@ -23,6 +23,7 @@ import structlog
 
 from diplo.controller.bus import Bus, BusReporter
 from diplo.controller.healing import Healer
+from diplo.controller.memo import NothingToDo, fingerprint
 from diplo.controller.sources import FolderSource, GitSource, Source
 from diplo.controller.state import DesiredStore
 from diplo.controller.triggers import Triggers
@@ -76,6 +77,7 @@ class Controller:
         self.health_every = health_every
         self.queue = WorkQueue(clock)
         self.listing = SharedListing(ctx)  # the engine as the reconciles share it
+        self.quiet = NothingToDo()  # what a resync's look may skip (controller/memo.py)
         self.bus = Bus()
         self.state = DesiredStore(self.sources, ctx, self.bus, self._sync_changed)
         self.view = View(ctx, self.bus, self.state, self.sources)
@@ -227,8 +229,25 @@ class Controller:
                 # a resync's look comes after everything else, a worker at a time; an
                 # app whose desired state changed is a deploy to make now
                 self.queue.add(name, background=key == ALL and name not in changed)
+        elif self.queue.in_background(key) and self._unchanged(key):
+            self.meter.resync_skips.inc()
+            self._settle(key, Result())
         else:
             self._settle(key, self.reconcile(key))
+
+    def _unchanged(self, app: str) -> bool:
+        """Whether a resync's look at `app` would find what its last full look found:
+        nothing to do (see controller/memo.py)."""
+        spec = self.state.desired.app(app)
+        if spec is None or app not in self.quiet:
+            return False
+        observed = self.listing.peek(app)
+        if observed is None:
+            return False
+        record = self.ctx.ledger.snapshot().apps.get(app)
+        return self.quiet.still(app, fingerprint(spec, observed, record)) and self._as_shown(
+            app, observed
+        )
 
     def reload(self) -> set[str]:
         """Load the sources; returns the apps whose desired state changed."""
@@ -261,11 +280,24 @@ class Controller:
                 )
             except DiploError as exc:
                 self.listing.invalidate()  # it may be what failed: the retry lists anew
+                self.quiet.remember(app, None)
                 return Result(exc.message, retry=exc.retryable, retry_after=exc.retry_after)
+            self._remember(app, report)
             result = self._outcome(app, report, bound, time.monotonic() - began, deployed)
         if report.result is not None or not self._as_shown(app, report.prepared.observed):
             self.view.refresh([app])
         return result
+
+    def _remember(self, app: str, report: ApplyReport) -> None:
+        """A full look that found nothing to do is what later looks compare with."""
+        app_plan = report.plan.app(app)
+        spec = report.prepared.desired.app(app)
+        quiet = report.result is None and app_plan is not None and not app_plan.actions
+        seen = None
+        if quiet and spec is not None:
+            record = report.prepared.snapshot.apps.get(app)
+            seen = fingerprint(spec, report.prepared.observed, record)
+        self.quiet.remember(app, seen)
 
     def _as_shown(self, app: str, observed: Observed) -> bool:
         """Whether the app's containers (listed after its lock) are those the view shows, in

@@ -51,6 +51,11 @@ class OwnMetrics:
         self.health_restarts = Counter(
             "diplo_health_restarts", "Restarts of apps that turned unhealthy.", registry=r
         )
+        self.resync_skips = Counter(
+            "diplo_resync_skips",
+            "Resync looks that found an app as its last full look had, and so skipped it.",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "diplo_workqueue_depth", "Apps waiting in the controller's work queue.", registry=r
         )

@@ -75,6 +75,19 @@ class SharedListing:
             self._marks.clear()
         return self._base
 
+    def peek(self, app: str) -> Observed | None:
+        """The listing as it stands, without the lock of `app` and without listing its
+        containers again; None when an event or a change of ours marked `app` since it
+        was taken. Fit only to find that nothing changed (see controller/memo.py): any
+        change after it raises an event of its own, which reconciles the app."""
+        with self._cond:
+            while self._fresh() is None and self._listing:
+                self._cond.wait()
+            base = self._fresh()
+            if base is not None:
+                return None if app in self._marks else base
+        return self.observe(frozenset())  # lists it whole, for the looks that follow
+
     def observe(self, apps: frozenset[str]) -> Observed:
         """What the engine holds, with `apps`' containers as they are now. Call it with
         those apps' locks held."""

@@ -109,6 +109,10 @@ class DockerRuntime:
             self.api = docker.APIClient(version="auto", timeout=timeout, **self._kwargs)
         except docker.errors.DockerException as exc:
             raise EngineUnavailable(str(exc)) from exc
+        if self.api.base_url.startswith("http+docker://"):
+            # A unix socket: no proxy applies, and requests would read the environment's
+            # proxy settings again on every call (a tenth of a resync's time, profiled).
+            self.api.trust_env = False
 
     # --- observation ---------------------------------------------------------------------
 

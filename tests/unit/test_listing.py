@@ -69,6 +69,84 @@ def test_a_resync_lists_the_engine_once_for_all_its_reconciles(controller: Contr
     assert sorted(a for apps in engine.listings if apps for a in apps) == APPS[1:]
 
 
+def resync(controller: Controller) -> list[frozenset[str] | None]:
+    """A resync, worked to its end; the engine listings it took."""
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    engine.listings.clear()
+    controller.queue.add(ALL)
+    handled = drain(controller)  # an app with work to do is handed to the normal lane
+    assert handled[0] == ALL and sorted(set(handled[1:])) == APPS
+    return list(engine.listings)
+
+
+def skips(controller: Controller) -> float:
+    return controller.meter.resync_skips._value.get()
+
+
+def test_a_resync_that_finds_nothing_changed_lists_no_app_again(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    resync(controller)  # the first looks are full: each finds nothing to do
+    engine.calls.clear()
+    before = skips(controller)
+    assert resync(controller) == [None]  # one whole listing, and no app's own
+    assert skips(controller) - before == len(APPS)
+    assert engine.calls == []
+
+
+def test_a_resync_still_heals_what_no_event_reported(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    resync(controller)
+    (gone,) = [c.id for c in engine.containers.values() if c.spec.labels["diplo.app"] == "c"]
+    engine.remove(gone)  # and the event stream said nothing
+    engine.calls.clear()
+    resync(controller)
+    assert [k for k, _ in engine.calls if k in ("create", "start")] == ["create", "start"]
+    assert controller.view.rows["c"].state == "running"
+
+
+def test_a_resync_looks_in_full_at_an_app_an_event_marked(controller: Controller):
+    resync(controller)
+    controller.triggers.on_event("d")  # e.g. `diplo apply` of another process touched d
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    controller.listing.observe(frozenset())  # the resync's listing, taken before the event
+    controller.triggers.on_event("d")
+    engine.listings.clear()
+    for app in ("d", "e"):
+        controller.queue.add(app, background=True)
+    before = skips(controller)
+    drain(controller)
+    assert engine.listings == [frozenset({"d"})]  # d looked at in full, e skipped
+    assert skips(controller) - before == 1
+
+
+def test_a_resync_looks_in_full_when_the_image_tag_moved(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    resync(controller)
+    engine.images["busybox:latest"] = "sha256:" + "9" * 64  # pulled by hand: no event
+    before = skips(controller)
+    listings = resync(controller)
+    assert sorted(a for apps in listings if apps for a in apps) == APPS  # each one planned
+    assert skips(controller) == before
+
+
+def test_a_resync_looks_in_full_when_the_ledger_record_changed(controller: Controller):
+    resync(controller)
+    ledger = controller.ctx.ledger
+    record = ledger.snapshot().apps["b"]
+    # another process recorded a spec for b without touching its container
+    ledger.record_applied("b", "shop", record.spec_hash, {**record.spec, "domains": []}, None)
+    before = skips(controller)
+    listings = resync(controller)
+    assert frozenset({"b"}) in listings
+    assert skips(controller) - before == len(APPS) - 1
+    assert ledger.snapshot().apps["b"].spec == record.spec  # the source's spec again
+
+
 def test_a_reconcile_that_finds_other_containers_than_shown_refreshes_the_view(
     controller: Controller,
 ):
