@@ -38,7 +38,8 @@ def tear_down(
     serve: subprocess.Popen[Any], api: docker.APIClient, label: str, project: str, work: Path
 ) -> None:
     """Stop `serve` (SIGTERM, then SIGKILL after 15 s), remove the containers labelled
-    `label` and the project's networks, and the run's folder."""
+    `label`, the project's networks and the image tags its deploys kept for rollbacks,
+    and the run's folder."""
     serve.send_signal(signal.SIGTERM)
     try:
         serve.wait(15)
@@ -48,4 +49,7 @@ def tear_down(
         api.remove_container(c["Id"], force=True)
     for n in api.networks(filters={"label": f"diplo.project={project}"}):
         api.remove_network(n["Id"])
+    for image in api.images(filters={"reference": f"diplo-kept/{project}-*"}):
+        for tag in image.get("RepoTags") or []:
+            api.remove_image(tag)
     shutil.rmtree(work, ignore_errors=True)

@@ -18,17 +18,17 @@ record rewritten) differs in the fingerprint. When in doubt, the full look runs.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from diplo.model import AppRecord, DesiredApp, Observed, ObservedContainer
+from diplo.planner import normalize_image
 
 
 @dataclass(frozen=True)
 class Fingerprint:
     spec: DesiredApp
     containers: tuple[tuple[object, ...], ...]
-    images: Mapping[str, str]
+    image: str | None  # the ID the engine gives the app's image now
     record: AppRecord | None
 
 
@@ -39,7 +39,11 @@ def _container(c: ObservedContainer) -> tuple[object, ...]:
 
 def fingerprint(spec: DesiredApp, observed: Observed, record: AppRecord | None) -> Fingerprint:
     containers = tuple(_container(c) for c in observed.of_app(spec.name))
-    return Fingerprint(spec, containers, observed.images, record)
+    # The app's image only: a host keeps hundreds of tags (five per app for rollbacks),
+    # and comparing them all cost more than the look it saves.
+    ref = normalize_image(spec.image)
+    image = observed.images.get(ref) or (ref if ref in observed.images.values() else None)
+    return Fingerprint(spec, containers, image, record)
 
 
 class NothingToDo:

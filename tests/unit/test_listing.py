@@ -134,6 +134,16 @@ def test_a_resync_looks_in_full_when_the_image_tag_moved(controller: Controller)
     assert skips(controller) == before
 
 
+def test_another_image_tagged_on_the_host_changes_no_look(controller: Controller):
+    engine = controller.ctx.runtime
+    assert isinstance(engine, MemoryRuntime)
+    resync(controller)
+    engine.images["diplo-kept/a:d9"] = "sha256:" + "8" * 64  # a deploy's kept tag, say
+    before = skips(controller)
+    assert resync(controller) == [None]
+    assert skips(controller) - before == len(APPS)
+
+
 def test_a_resync_looks_in_full_when_the_ledger_record_changed(controller: Controller):
     resync(controller)
     ledger = controller.ctx.ledger
