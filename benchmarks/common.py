@@ -35,11 +35,17 @@ def wait(check: Any, timeout: float, what: str, every: float = 0.02) -> float:
 
 
 def tear_down(
-    serve: subprocess.Popen[Any], api: docker.APIClient, label: str, project: str, work: Path
+    serve: subprocess.Popen[Any],
+    api: docker.APIClient,
+    label: str,
+    project: str,
+    work: Path,
+    apps: str = "",
 ) -> None:
     """Stop `serve` (SIGTERM, then SIGKILL after 15 s), remove the containers labelled
-    `label`, the project's networks and the image tags its deploys kept for rollbacks,
-    and the run's folder."""
+    `label`, the project's networks, the image tags its deploys kept for rollbacks (of
+    the apps the glob `apps` names, by default those named after the project) and the
+    run's folder."""
     serve.send_signal(signal.SIGTERM)
     try:
         serve.wait(15)
@@ -49,7 +55,7 @@ def tear_down(
         api.remove_container(c["Id"], force=True)
     for n in api.networks(filters={"label": f"diplo.project={project}"}):
         api.remove_network(n["Id"])
-    for image in api.images(filters={"reference": f"diplo-kept/{project}-*"}):
+    for image in api.images(filters={"reference": f"diplo-kept/{apps or project + '-*'}"}):
         for tag in image.get("RepoTags") or []:
             api.remove_image(tag)
     shutil.rmtree(work, ignore_errors=True)
