@@ -195,9 +195,10 @@ class Ledger:
         self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, snapshot: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction. Every sqlite3 error comes out as a LedgerError that
-        names its cause (a failed BEGIN has nothing to roll back)."""
+        names its cause (a failed BEGIN has nothing to roll back). `snapshot=False`: it
+        writes nothing `snapshot` reads (probes, events), which then stays as it is."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -208,7 +209,8 @@ class Ledger:
                 ) from exc
             try:
                 yield self._db
-                self._writes += 1  # before COMMIT: a failed one may have written too
+                if snapshot:  # before COMMIT: a failed one may have written too
+                    self._writes += 1
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 with suppress(sqlite3.Error):  # the cause below matters, not this
@@ -592,7 +594,7 @@ class Ledger:
         """Probes, in one transaction (a health tick's, for every app at once); each app
         keeps its newest PROBES_KEPT."""
         at = now()
-        with self._tx() as db:
+        with self._tx(snapshot=False) as db:  # a health tick's: the apps' records stay read
             for n in notes:
                 db.execute(
                     "INSERT INTO probes (app, at, ok, health, detail, latency_ms, deployment_id) "
@@ -612,7 +614,7 @@ class Ledger:
         return [ProbeRecord(**dict(r)) for r in rows]
 
     def event(self, kind: str, message: str, app: str | None = None) -> None:
-        with self._tx() as db:
+        with self._tx(snapshot=False) as db:
             db.execute(
                 "INSERT INTO events (at, app, kind, message) VALUES (?, ?, ?, ?)",
                 (now(), app, kind, message),

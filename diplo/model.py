@@ -444,6 +444,16 @@ class LedgerSnapshot:
     ports: tuple[PortAllocation, ...] = ()
     builds: Mapping[str, BuildRecord] = field(default_factory=dict)  # by tag
 
+    def ports_of(self, app: str) -> tuple[PortAllocation, ...]:
+        return self._ports_by_app.get(app, ())
+
+    @cached_property
+    def _ports_by_app(self) -> dict[str, tuple[PortAllocation, ...]]:
+        by: dict[str, list[PortAllocation]] = {}
+        for p in self.ports:
+            by.setdefault(p.app, []).append(p)
+        return {app: tuple(ps) for app, ps in by.items()}
+
 
 # --- plans -------------------------------------------------------------------------------
 
@@ -674,7 +684,12 @@ class DesiredState:
     allow_empty: bool = False  # no apps is meant: the source's apps may all be pruned
 
     def app(self, name: str) -> DesiredApp | None:
-        return next((a for a in self.apps if a.name == name), None)
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, DesiredApp]:
+        # asked of every app by a health tick and a resync: one pass, not one per app
+        return {a.name: a for a in reversed(self.apps)}  # the first of a name, as before
 
 
 @dataclass(frozen=True)

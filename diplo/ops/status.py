@@ -255,7 +255,7 @@ def _fill_health(
         live = [c for c in containers if c.state in RUNNING] or list(containers)
         current = max(live, key=lambda c: c.created) if live else None
         ports = tuple(
-            ResolvedPort(a.key, a.host_ip, a.host_port) for a in snapshot.ports if a.app == row.app
+            ResolvedPort(a.key, a.host_ip, a.host_port) for a in snapshot.ports_of(row.app)
         )
         health = health_spec_of(snapshot.apps.get(row.app))
         # With replicas, each is looked at (the newest container of each number) and the

@@ -168,5 +168,18 @@ def test_the_snapshot_is_read_again_after_a_write_of_this_process_or_another(tmp
     assert [p.host_port for p in mine.ports] == [8080]
     theirs.set_ports("api", [PortAllocation("api", "80/tcp", "", 8081)])
     assert [p.host_port for p in ours.snapshot().ports] == [8081, 8080]
+    assert [p.host_port for p in ours.snapshot().ports_of("api")] == [8081]
     ours.close()
     theirs.close()
+
+
+def test_probes_and_events_leave_the_snapshot_as_it_was(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.set_ports("web", [PortAllocation("web", "80/tcp", "", 8080)])
+    first = ledger.snapshot()
+    ledger.record_probe("web", True, "healthy", "HTTP 200", 1.0)  # a health tick's write
+    ledger.event("app.ok", "fine", "web")
+    assert ledger.snapshot() is first  # 500 apps' specs are not parsed again every tick
+    ledger.set_ports("web", [PortAllocation("web", "80/tcp", "", 8081)])
+    assert ledger.snapshot().ports_of("web")[0].host_port == 8081
+    ledger.close()
