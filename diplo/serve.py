@@ -41,6 +41,7 @@ from diplo.webhooks import secrets_from_env
 
 log = structlog.get_logger("diplo.serve")
 
+GC_SLOW = 0.1  # s: a garbage collection this long is logged (it stalls the API meanwhile)
 SWITCH_INTERVAL = 0.0005  # s: how long another thread may hold the GIL the API waits for
 
 
@@ -327,4 +328,25 @@ def _tidy_heap(every: float = 60.0, whole_every: float = 15 * 60.0) -> threading
 
     stop = threading.Event()
     threading.Thread(target=tidy, name="diplo-gc", daemon=True).start()
+    gc.callbacks.append(_slow_collections())
     return stop
+
+
+def _slow_collections(threshold: float = GC_SLOW) -> Callable[[str, dict[str, int]], None]:
+    """A collection holds the GIL from start to end: every request in flight waits. One
+    longer than `threshold` is logged, with what it found (a tail of `GET /apps` that the
+    controller's own work does not explain shows up here)."""
+    began = [0.0]
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+            return
+        took = time.perf_counter() - began[0]
+        if took >= threshold:
+            log.warning(
+                "gc.slow", generation=info.get("generation"), ms=round(took * 1000),
+                collected=info.get("collected"), frozen=gc.get_freeze_count(),
+            )  # fmt: skip
+
+    return watch

@@ -43,6 +43,7 @@ log = structlog.get_logger("diplo.controller")
 
 RECONCILE_LOCK_WAIT = 3600.0  # a reconcile waits this long for a `diplo apply` of its app
 COMMAND_LOCK_WAIT = 2.0  # an API command waits this long for a deploy in flight (then 409)
+HEALTH_PACE = 0.6  # the share of the health period that a tick's probes are spread over
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,13 @@ class Controller:
 
     def _health_loop(self) -> None:
         self.view.refresh()
-        # A tick's probes are spread over a fifth of the period (1 s by default): they
-        # then never all want the GIL at once, which the API's event loop felt.
-        pace = min(1.0, self.health_every / 5)
-        while not self._stop.wait(self.health_every):
+        # A tick's probes are spread over most of the period (3 s of 5 by default): they
+        # then never want the GIL together, which the API's event loop felt as a tail.
+        # Each app is still probed once a period; ticks start a period apart.
+        pace = self.health_every * HEALTH_PACE
+        due = time.monotonic() + self.health_every
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            due = max(due + self.health_every, time.monotonic())  # an overrun: no catching up
             try:
                 self.view.refresh(pace=pace)
                 self.heal()

@@ -390,6 +390,37 @@ def test_the_health_loop_survives_an_unexpected_error(controller: Controller, mo
     assert len(calls) >= 4 and not loop.is_alive()
 
 
+def test_health_ticks_start_a_period_apart_with_their_probes_spread(
+    controller: Controller, monkeypatch
+):
+    import itertools
+    import statistics
+    import threading
+
+    starts: list[float] = []
+    paces: list[float] = []
+
+    def refresh(apps: list[str] | None = None, pace: float = 0.0) -> None:
+        if apps is None and pace:
+            starts.append(time.monotonic())
+            paces.append(pace)
+            time.sleep(0.15)  # the probes of a tick take most of the period
+
+    monkeypatch.setattr(controller.view, "refresh", refresh)
+    controller.health_every = 0.2
+    loop = threading.Thread(target=controller._health_loop, daemon=True)
+    loop.start()
+    deadline = time.monotonic() + 10
+    while len(starts) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    controller._stop.set()
+    loop.join(2)
+    assert set(paces) == {0.2 * 0.6}
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # each app is probed once a period, not once per period plus a tick's length (0.35 s)
+    assert statistics.median(gaps) < 0.3
+
+
 def test_a_resync_that_finds_work_hands_it_to_the_normal_lane(controller: Controller):
     """A resync's looks run one at a time; a start it finds needed is not made in that one
     slot but queued as a normal key, so that many such starts run side by side."""

@@ -354,3 +354,19 @@ def test_the_alert_rules_see_the_controllers_apps_once_it_has_looked(ctx: Contex
     assert serve.alert_service(AlertsConfig(enabled=False), ctx, controller, 60) is None
     service = serve.alert_service(AlertsConfig(), ctx, controller, 60)
     assert service is not None and service.snapshot()["channels"] == []
+
+
+def test_a_slow_garbage_collection_is_logged(monkeypatch: pytest.MonkeyPatch):
+    now = [100.0]
+    monkeypatch.setattr(serve.time, "perf_counter", lambda: now[0])
+    watch = serve._slow_collections(threshold=0.1)
+    with structlog.testing.capture_logs() as logs:
+        watch("start", {"generation": 0})
+        now[0] += 0.002  # a young collection: nothing to say
+        watch("stop", {"generation": 0, "collected": 5})
+        watch("start", {"generation": 2})
+        now[0] += 0.9  # every request in flight waited this long
+        watch("stop", {"generation": 2, "collected": 12000})
+    (slow,) = logs
+    assert slow["event"] == "gc.slow" and slow["log_level"] == "warning"
+    assert (slow["generation"], slow["ms"], slow["collected"]) == (2, 900, 12000)
