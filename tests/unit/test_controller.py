@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -368,9 +369,21 @@ def test_a_slow_older_reload_never_wins_over_a_newer_one(tmp_path: Path, monkeyp
     ledger.close()
 
 
-def test_the_health_loop_survives_an_unexpected_error(controller: Controller, monkeypatch):
-    import threading
+def run_health_loop(controller: Controller, every: float, until: Callable[[], bool]) -> bool:
+    """The health loop in a thread, ticking every `every` s, until `until()` (10 s at the
+    most); whether it stopped when asked."""
+    controller.health_every = every
+    loop = threading.Thread(target=controller._health_loop, daemon=True)
+    loop.start()
+    deadline = time.monotonic() + 10
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    controller._stop.set()
+    loop.join(2)
+    return not loop.is_alive()
 
+
+def test_the_health_loop_survives_an_unexpected_error(controller: Controller, monkeypatch):
     calls: list[int] = []
 
     def refresh(apps: list[str] | None = None, pace: float = 0.0) -> None:
@@ -379,15 +392,8 @@ def test_the_health_loop_survives_an_unexpected_error(controller: Controller, mo
             raise RuntimeError("a bug")
 
     monkeypatch.setattr(controller.view, "refresh", refresh)
-    controller.health_every = 0.01
-    loop = threading.Thread(target=controller._health_loop, daemon=True)
-    loop.start()
-    deadline = time.monotonic() + 5
-    while len(calls) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    controller._stop.set()
-    loop.join(2)
-    assert len(calls) >= 4 and not loop.is_alive()
+    assert run_health_loop(controller, 0.01, lambda: len(calls) >= 4)
+    assert len(calls) >= 4
 
 
 def test_health_ticks_start_a_period_apart_with_their_probes_spread(
@@ -395,7 +401,6 @@ def test_health_ticks_start_a_period_apart_with_their_probes_spread(
 ):
     import itertools
     import statistics
-    import threading
 
     starts: list[float] = []
     paces: list[float] = []
@@ -407,14 +412,7 @@ def test_health_ticks_start_a_period_apart_with_their_probes_spread(
             time.sleep(0.15)  # the probes of a tick take most of the period
 
     monkeypatch.setattr(controller.view, "refresh", refresh)
-    controller.health_every = 0.2
-    loop = threading.Thread(target=controller._health_loop, daemon=True)
-    loop.start()
-    deadline = time.monotonic() + 10
-    while len(starts) < 6 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    controller._stop.set()
-    loop.join(2)
+    assert run_health_loop(controller, 0.2, lambda: len(starts) >= 6)
     assert set(paces) == {0.2 * 0.6}
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     # each app is probed once a period, not once per period plus a tick's length (0.35 s)
