@@ -44,12 +44,18 @@ def _owned(api: docker.APIClient) -> tuple[set[str], set[str]]:
     return containers, volumes
 
 
+def _kept_tags(api: docker.APIClient) -> set[str]:
+    """The tags deploys keep for rollbacks (`diplo-kept/APP:dN`)."""
+    return {t for img in api.images(name="diplo-kept/*") for t in img.get("RepoTags") or []}
+
+
 @pytest.fixture
 def examples_env(
     tmp_path: Path, docker_api: docker.APIClient, proxy_image: None
 ) -> Iterator[dict[str, str]]:
     before_c, before_v = _owned(docker_api)
     before_n = _networks(docker_api)
+    before_t = _kept_tags(docker_api)
     env = {**os.environ, "DIPLO_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
     # The domains example's proxy: a name and ports of this test's own, so that a proxy
     # this host already runs (on 80/443) is left alone.
@@ -79,6 +85,9 @@ def examples_env(
         for name in _networks(docker_api) - before_n:  # the projects' networks it made
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 docker_api.remove_network(name)
+        for tag in _kept_tags(docker_api) - before_t:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                docker_api.remove_image(tag)
 
 
 def diplo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
