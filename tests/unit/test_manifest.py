@@ -1006,3 +1006,26 @@ def test_public_spec_shows_that_an_env_value_changed(shop):
     one = load_app(shop, "image: busybox\nenv: {TOKEN: s3cret-value}").public_spec()
     two = load_app(shop, "image: busybox\nenv: {TOKEN: other-value}").public_spec()
     assert one["env"]["TOKEN"] != two["env"]["TOKEN"]
+
+
+def test_a_load_leaves_no_garbage_that_only_the_cyclic_collector_frees(tmp_path: Path):
+    """`diplo serve` reloads every resync: garbage in reference cycles (the YAML loader's
+    own, a recursive closure's) made it run a full collection every few seconds at 500
+    apps, every API request waiting meanwhile."""
+    import gc
+
+    import yaml
+
+    apps = {
+        f"a{i}": {"image": "busybox", "depends_on": [f"a{i - 1}"] if i else []} for i in range(20)
+    }
+    (tmp_path / "diplo.yaml").write_text(yaml.safe_dump({"project": "p", "apps": apps}))
+    gc.collect()
+    gc.disable()
+    try:
+        desired = load_manifests([str(tmp_path)])
+        assert len(desired.apps) == 20
+        del desired
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
