@@ -310,25 +310,29 @@ def _tidy_heap(every: float = 60.0, whole_every: float = 15 * 60.0) -> threading
     nearly all of them, never do."""
 
     def tidy() -> None:
-        gc.collect()
-        gc.freeze()
-        whole_at = time.monotonic() + whole_every
-        while not stop.wait(every):
-            whole = time.monotonic() >= whole_at
-            began = time.perf_counter()
-            if whole:
-                gc.unfreeze()
-                whole_at = time.monotonic() + whole_every
-            freed = gc.collect()
+        slow = _slow_collections()
+        gc.callbacks.append(slow)
+        try:
+            gc.collect()
             gc.freeze()
-            log.debug(
-                "gc.pass", whole=whole, freed=freed, frozen=gc.get_freeze_count(),
-                ms=round((time.perf_counter() - began) * 1000, 1),
-            )  # fmt: skip
+            whole_at = time.monotonic() + whole_every
+            while not stop.wait(every):
+                whole = time.monotonic() >= whole_at
+                began = time.perf_counter()
+                if whole:
+                    gc.unfreeze()
+                    whole_at = time.monotonic() + whole_every
+                freed = gc.collect()
+                gc.freeze()
+                log.debug(
+                    "gc.pass", whole=whole, freed=freed, frozen=gc.get_freeze_count(),
+                    ms=round((time.perf_counter() - began) * 1000, 1),
+                )  # fmt: skip
+        finally:  # serve stopped: its watch goes with it (a process may run serve again)
+            gc.callbacks.remove(slow)
 
     stop = threading.Event()
     threading.Thread(target=tidy, name="diplo-gc", daemon=True).start()
-    gc.callbacks.append(_slow_collections())
     return stop
 
 
