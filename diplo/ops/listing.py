@@ -75,15 +75,19 @@ class SharedListing:
             self._marks.clear()
         return self._base
 
+    def _settled(self) -> Observed | None:
+        """The listing once no thread is taking it (with `_cond` held); None: none now."""
+        while self._fresh() is None and self._listing:
+            self._cond.wait()
+        return self._fresh()
+
     def peek(self, app: str) -> Observed | None:
         """The listing as it stands, without the lock of `app` and without listing its
         containers again; None when an event or a change of ours marked `app` since it
         was taken. Fit only to find that nothing changed (see controller/memo.py): any
         change after it raises an event of its own, which reconciles the app."""
         with self._cond:
-            while self._fresh() is None and self._listing:
-                self._cond.wait()
-            base = self._fresh()
+            base = self._settled()
             if base is not None:
                 return None if app in self._marks else base
         return self.observe(frozenset())  # lists it whole, for the looks that follow
@@ -92,9 +96,7 @@ class SharedListing:
         """What the engine holds, with `apps`' containers as they are now. Call it with
         those apps' locks held."""
         with self._cond:
-            while self._fresh() is None and self._listing:
-                self._cond.wait()
-            base = self._fresh()
+            base = self._settled()
             if base is None:
                 self._listing = True
                 generation = self._generation
