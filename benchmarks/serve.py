@@ -187,21 +187,41 @@ def spread(values: list[float]) -> str:
     )
 
 
+def family(pid: int) -> list[int]:
+    """serve and its child processes (its front)."""
+    kids = {
+        int(k)
+        for t in Path(f"/proc/{pid}/task").iterdir()
+        for k in (t / "children").read_text().split()
+    }
+    return [pid, *sorted(kids)]
+
+
 def idle_cost(pid: int, seconds: float) -> dict[str, float]:
     """serve's resident memory, and its CPU (all threads) as % of one core over `seconds`
-    in which nobody asks it anything."""
+    in which nobody asks it anything: its front process's included."""
     tick = os.sysconf("SC_CLK_TCK")
+    pids = family(pid)
 
     def cpu() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        used = 0
+        for one in pids:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            used += int(fields[11]) + int(fields[12])  # utime + stime
+        return used / tick
 
     start, began = cpu(), time.monotonic()
     time.sleep(seconds)
     used, took = cpu() - start, time.monotonic() - began
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss_kb = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
-    return {"rss_mb": round(rss_kb / 1024, 1), "cpu_pct": round(100 * used / took, 2)}
+    rss_kb = 0
+    for one in pids:
+        status = Path(f"/proc/{one}/status").read_text()
+        rss_kb += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    return {
+        "rss_mb": round(rss_kb / 1024, 1),
+        "cpu_pct": round(100 * used / took, 2),
+        "processes": len(pids),
+    }
 
 
 class EngineEvents:
@@ -357,7 +377,8 @@ def main() -> None:
         results["idle"] = idle
         print(
             f"idle, {args.idle}s (health ticks, resyncs every {args.resync}s, metrics): "
-            f"RSS {idle['rss_mb']:.1f} MB, CPU {idle['cpu_pct']:.2f} % of one core"
+            f"RSS {idle['rss_mb']:.1f} MB, CPU {idle['cpu_pct']:.2f} % of one core "
+            f"({idle['processes']} processes: serve and its front)"
         )
 
         rounds = []

@@ -1,7 +1,9 @@
-"""The composition root of `diplo serve`: the tokens, the controller and the API server."""
+"""The composition root of `diplo serve`: the tokens, the controller, the API server on a
+private socket and the front process that owns the port (diplo.front says why two)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import ipaddress
@@ -11,8 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ from diplo.api.app import asgi_app
 from diplo.controller.controller import Controller
 from diplo.controller.sources import Source
 from diplo.errors import DiploError, InputError
+from diplo.front.config import Exposure, server_config
+from diplo.front.listing import publisher
+from diplo.front.process import Folder, listen, start_front
+from diplo.front.relay import FromFront
 from diplo.hostconfig import AlertsConfig, MetricsConfig, load_config
 from diplo.metrics.collector import Collector
 from diplo.metrics.requests import AccessLog
@@ -54,21 +59,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class Exposure:
-    """How the API is reached: extra Host names it answers to, the reverse proxies whose
-    X-Forwarded-For it believes, and its TLS certificate and key."""
-
-    allowed_hosts: Sequence[str] = ()
-    trusted_proxies: Sequence[str] = ()
-    tls: tuple[Path, Path] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # more uvicorn.Config options
-
-    @property
-    def scheme(self) -> str:
-        return "https" if self.tls else "http"
-
-
 def url(scheme: str, host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"{scheme}://{shown}:{port}"
@@ -89,26 +79,6 @@ def access_of(home: Path, host: str) -> Access:
     return Access(token, viewer, open_reads=not chosen and viewer is None)
 
 
-def server_config(app: Any, host: str, port: int, exposure: Exposure) -> uvicorn.Config:
-    tls: dict[str, Any] = {}
-    if exposure.tls:
-        tls = {"ssl_certfile": str(exposure.tls[0]), "ssl_keyfile": str(exposure.tls[1])}
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-        access_log=False,
-        # X-Forwarded-For decides the client address of the rate limits and stream caps:
-        # believed only from proxies the operator named.
-        proxy_headers=bool(exposure.trusted_proxies),
-        forwarded_allow_ips=list(exposure.trusted_proxies) or None,
-        **tls,
-        **exposure.extra,
-    )
-
-
 def run_server(
     ctx: Context,
     sources: list[Source],
@@ -119,6 +89,7 @@ def run_server(
     workers: int,
     poll_every: float = 60.0,
     exposure: Exposure | None = None,
+    log_format: str = "text",
 ) -> None:
     exposure = exposure or Exposure()
     home = default_home()
@@ -127,59 +98,77 @@ def run_server(
     if unsafe := hooks.gitlab_exposes():
         log.warning("serve.webhook_secret_shared", detail=unsafe[0], hint=unsafe[1])
     config = load_config(home)
-    sole = _sole_server(home)
-    controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
-    collector = metrics_collector(
-        home, ctx, config.metrics, owned=lambda: list(controller.view.rows)
-    )
-    alerts = alert_service(config.alerts, ctx, controller, poll_every)
-    if alerts is not None and collector is not None:
-        collector.listeners.append(alerts.on_samples)
-    app = asgi_app(
-        controller,
-        access,
-        webhook_secrets=hooks,
-        listen_host=host,
-        allowed_hosts=exposure.allowed_hosts,
-        metrics=collector,
-        alerts=alerts,
-        extend=lambda api: add_dashboard(api, controller, access, collector, firing_of(alerts)),
-    )
-    server = uvicorn.Server(server_config(app, host, port, exposure))
-    info = home / "serve.json"
-    address = url(exposure.scheme, host, port)
-    controller.start()
-    if alerts is not None:
-        alerts.start(controller.bus.subscribe())
-    if collector is not None:
-        collector.start()
-    stop_gc = _tidy_heap()
-    # The API's event loop gives the GIL up at every socket write; a controller thread
-    # that takes it then (a health tick, a resync) keeps it for the switch interval before
-    # the loop gets it back: 5 ms by default, a whole p99 at 50 clients.
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    try:
+    with contextlib.ExitStack() as undo:  # what was started, stopped in reverse order
+        sole = _sole_server(home)
+        undo.callback(os.close, sole)  # the lock goes with it
+        listener = undo.enter_context(listen(host, port))
+        folder = Folder()
+        undo.callback(folder.remove)
+        backend = undo.enter_context(folder.bind())
+        controller = Controller(sources, ctx, resync=resync, workers=workers, poll_every=poll_every)
+        collector = metrics_collector(
+            home, ctx, config.metrics, owned=lambda: list(controller.view.rows)
+        )
+        alerts = alert_service(config.alerts, ctx, controller, poll_every)
+        if alerts is not None and collector is not None:
+            collector.listeners.append(alerts.on_samples)
+        app = asgi_app(
+            controller,
+            access,
+            webhook_secrets=hooks,
+            listen_host=host,
+            allowed_hosts=exposure.allowed_hosts,
+            metrics=collector,
+            alerts=alerts,
+            extend=lambda api: add_dashboard(api, controller, access, collector, firing_of(alerts)),
+        )
+        # The API itself serves the front only, on the private socket: TLS and believed
+        # X-Forwarded-For are the front's, and FromFront takes the client it saw.
+        backend_config = server_config(FromFront(app), host, port, Exposure())
+        backend_config.server_header = backend_config.date_header = False  # the front's go out
+        server = uvicorn.Server(backend_config)
+        publish = publisher(folder.listing)
+        publish(controller.view.listing())  # before the front's first request
+        controller.view.publish = publish
+        if alerts is not None:
+            undo.callback(alerts.stop)  # last: it waits for what `halt` told to end
+        controller.start()
+        undo.callback(controller.stop)
+        if alerts is not None:
+            alerts.start(controller.bus.subscribe())
+        if collector is not None:
+            collector.start()
+            undo.callback(collector.stop)
+        if alerts is not None:
+            undo.callback(alerts.halt)  # told first: its threads end while the others stop
+        undo.callback(_tidy_heap().set)
+        # The API's event loop gives the GIL up at every socket write; a controller thread
+        # that takes it then (a health tick, a resync) keeps it for the switch interval before
+        # the loop gets it back: 5 ms by default.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        front = start_front(
+            listener, folder, host, exposure, access, log_format,
+            exited=lambda _: setattr(server, "should_exit", True),
+        )  # fmt: skip
+        undo.callback(front.stop)  # first: no new request reaches what stops after it
+        info = home / "serve.json"
+        address = url(exposure.scheme, host, port)
         record: dict[str, Any] = {"pid": os.getpid(), "url": address}
         if exposure.tls:
             record["tls_cert"] = str(exposure.tls[0])  # what the CLI trusts for this URL
         info.write_text(json.dumps(record))
+        undo.callback(info.unlink, missing_ok=True)  # no client is sent here any more
         log.info("serve.listening", url=address)
         # uvicorn handles SIGTERM/SIGINT itself, then re-raises the signal to the handler it
         # found: make that a no-op so that a requested stop exits 0, after cleanup.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: None)
-        server.run()  # returns on SIGTERM / SIGINT
-    finally:
-        stop_gc.set()
-        if alerts is not None:
-            alerts.halt()  # told first: its threads end while the others are stopped
-        if collector is not None:
-            collector.stop()
-        controller.stop()
-        if alerts is not None:
-            alerts.stop()
-        info.unlink(missing_ok=True)
-        os.close(sole)  # the lock goes with it
+        server.run(sockets=[backend])  # returns on SIGTERM / SIGINT, or the front's end
+    if front.code is not None:
+        raise DiploError(
+            f"the API's front process ended on its own (exit code {front.code})",
+            hint="its error is above; start diplo serve again",
+        )
 
 
 def metrics_collector(

@@ -27,7 +27,24 @@ class Access:
         self._viewer = _digest(viewer) if viewer else None
         self.open_reads = open_reads
         # What signs the dashboard's session cookies: changing a token ends every session.
-        self.session_key = hashlib.sha256(
+        self.session_key = self._key()
+
+    def shared(self) -> dict[str, Any]:
+        """What another process needs to check the same tokens: their digests, not them."""
+        viewer = self._viewer.hex() if self._viewer else None
+        return {"admin": self._admin.hex(), "viewer": viewer, "open_reads": self.open_reads}
+
+    @classmethod
+    def from_shared(cls, shared: dict[str, Any]) -> Access:
+        out = cls.__new__(cls)
+        out._admin = bytes.fromhex(shared["admin"])
+        out._viewer = bytes.fromhex(shared["viewer"]) if shared["viewer"] else None
+        out.open_reads = bool(shared["open_reads"])
+        out.session_key = out._key()
+        return out
+
+    def _key(self) -> bytes:
+        return hashlib.sha256(
             b"diplo-dashboard-session\0" + self._admin + (self._viewer or b"")
         ).digest()
 
@@ -78,6 +95,16 @@ class HostCheck:
         self.app = app
         self.names = {host_name(n) for n in (*LOOPBACK_NAMES, listen_host, *allowed)}
         self.any_ip = listen_host in ("0.0.0.0", "::", "")
+        self._good: set[bytes] = set()  # Host headers found good: the next is a set lookup
+
+    def _allows_raw(self, scope: Any) -> bool:
+        raw = next((v for k, v in scope["headers"] if k == b"host"), b"")
+        if raw in self._good:
+            return True
+        good = self.allows(raw.decode("latin-1"))
+        if good and len(self._good) < 64:  # a client's made-up names cannot fill memory
+            self._good.add(raw)
+        return good
 
     def allows(self, host: str) -> bool:
         name = host_name(host)
@@ -92,11 +119,11 @@ class HostCheck:
         return True
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket" and not self.allows(header(scope, b"host")):
+        if scope["type"] == "websocket" and not self._allows_raw(scope):
             await receive()  # websocket.connect; a close before accepting answers 403
             await send({"type": "websocket.close", "code": 1008})
             return
-        if scope["type"] == "http" and not self.allows(header(scope, b"host")):
+        if scope["type"] == "http" and not self._allows_raw(scope):
             answer = problem_response(
                 421,
                 "unknown host",

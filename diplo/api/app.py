@@ -142,7 +142,9 @@ def asgi_app(
     api = create_app(controller, access, webhook_secrets, metrics, alerts)
     if extend is not None:
         extend(api)
-    return HostCheck(ListingFastPath(api, controller, access), listen_host, allowed_hosts)
+    return HostCheck(
+        ListingFastPath(api, controller.view.listing, access), listen_host, allowed_hosts
+    )
 
 
 def create_app(

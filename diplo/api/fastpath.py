@@ -1,7 +1,8 @@
 """GET /apps without the framework: the busiest read (dashboards and `diplo status` poll
 it) is answered straight from the controller's cached body, plain or gzipped, by a thin
-ASGI layer in front of FastAPI, after the same token check as every read (two digests
-compared). Everything else goes to FastAPI unchanged."""
+ASGI layer in front of FastAPI (or in `diplo serve`'s front process, from the body the
+controller publishes), after the same token check as every read (two digests compared).
+Everything else goes to the app behind unchanged."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 
 from diplo.api.access import Access, header
 from diplo.api.problems import Problem
-from diplo.controller.controller import Controller
 
 Scope = MutableMapping[str, Any]
 ASGI = Callable[
@@ -21,9 +21,9 @@ ASGI = Callable[
 
 
 class ListingFastPath:
-    def __init__(self, app: ASGI, controller: Controller, access: Access) -> None:
+    def __init__(self, app: ASGI, listing: Callable[[], bytes], access: Access) -> None:
         self.app = app
-        self.controller = controller
+        self.listing = listing  # the current body of GET /apps
         self.access = access
         self._gz: tuple[bytes, bytes] | None = None  # (plain body, its gzip)
         self._lock = threading.Lock()
@@ -43,7 +43,7 @@ class ListingFastPath:
         except Problem as problem:
             await problem.response()(scope, receive, send)
             return
-        body = self.controller.view.listing()
+        body = self.listing()
         headers = [(b"content-type", b"application/json"), (b"vary", b"Accept-Encoding")]
         accept = next((v for k, v in scope["headers"] if k == b"accept-encoding"), b"")
         if b"gzip" in accept and len(body) >= 512:

@@ -131,6 +131,7 @@ def serve(
         workers=workers,
         poll_every=periods["--interval"],
         exposure=exposure,
+        log_format=ctx.obj["log_format"],
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -38,6 +39,8 @@ class View:
         self._lines: dict[str, bytes] = {}  # app -> its line in GET /apps, serialised
         self._stale: set[str] | None = set()  # lines to serialise again (None: all)
         self._lock = threading.Lock()
+        # Given each new GET /apps body, in order (under the lock): serve's front reads it.
+        self.publish: Callable[[bytes], None] | None = None
 
     def refresh(self, apps: list[str] | None = None, pace: float = 0.0) -> None:
         """Look at `apps` (all when None) on the host again: containers, ledger, a probe
@@ -166,3 +169,5 @@ class View:
         }
         tail = json.dumps(rest).encode()[1:]  # its opening brace: after the apps'
         self._listing = b'{"apps": [' + b", ".join(lines[n] for n in names) + b"], " + tail
+        if self.publish is not None:
+            self.publish(self._listing)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
@@ -61,3 +61,40 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServedWo
         server.stop()
         server.world.ledger.close()
     assert not server.thread.is_alive()
+
+
+class FakeFront:
+    """What run_server's front would be, without a process: the calls, recorded."""
+
+    def __init__(self, calls: list[dict[str, Any]], **call: Any) -> None:
+        calls.append(call)
+        self.code: int | None = None
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+@pytest.fixture
+def front_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """run_server without its front process: the port is not bound (any free one is), and
+    each start of the front is recorded (host, exposure, access...)."""
+    import socket
+
+    import diplo.serve as serve_module
+
+    calls: list[dict[str, Any]] = []
+
+    def listen(host: str, port: int) -> socket.socket:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        return sock
+
+    def start_front(listener: socket.socket, folder: Any, host: str, exposure: Any,
+                    access: Any, log_format: str, exited: Any) -> FakeFront:  # fmt: skip
+        listener.close()
+        return FakeFront(calls, host=host, exposure=exposure, access=access, folder=folder)
+
+    monkeypatch.setattr(serve_module, "listen", listen)
+    monkeypatch.setattr(serve_module, "start_front", start_front)
+    return calls

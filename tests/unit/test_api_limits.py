@@ -406,7 +406,10 @@ def test_the_api_serves_tls_with_the_given_certificate(world: World, tmp_path: P
 
 
 def test_serve_json_records_an_https_url_with_tls(
-    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    front_calls: list[dict[str, Any]],
 ):
     import threading as threading_module
 
@@ -415,7 +418,7 @@ def test_serve_json_records_an_https_url_with_tls(
     recorded: list[dict[str, Any]] = []
     configs: list[Any] = []
 
-    def run(self: Any) -> None:  # instead of serving: what `diplo status` would find
+    def run(self: Any, sockets: Any = None) -> None:  # instead of serving: what the CLI finds
         configs.append(self.config)
         recorded.append(json.loads((tmp_path / "home" / "serve.json").read_text()))
 
@@ -434,6 +437,8 @@ def test_serve_json_records_an_https_url_with_tls(
     )
     (info,) = recorded
     assert info["url"] == "https://127.0.0.1:7700" and info["tls_cert"] == str(cert)
-    assert configs[0].ssl_certfile == str(cert) and configs[0].ssl_keyfile == str(key)
-    assert configs[0].proxy_headers is False
+    # TLS is the front's: the API behind it serves plain HTTP on its private socket.
+    (front,) = front_calls
+    assert front["exposure"].tls == (cert, key)
+    assert configs[0].ssl_certfile is None and configs[0].proxy_headers is False
     assert not (tmp_path / "home" / "serve.json").exists()  # removed on the way out

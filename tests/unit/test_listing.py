@@ -335,6 +335,8 @@ def from_scratch(controller: Controller) -> bytes:
 def test_the_apps_body_is_what_a_whole_serialisation_gives(controller: Controller, monkeypatch):
     view = controller.view
     assert view.listing() == from_scratch(controller)
+    published: list[bytes] = []  # what serve's front is handed: every body, in order
+    view.publish = published.append
     serialised: list[str] = []
     real = view.summary
     monkeypatch.setattr(view, "summary", lambda n: serialised.append(n) or real(n))
@@ -363,6 +365,7 @@ def test_the_apps_body_is_what_a_whole_serialisation_gives(controller: Controlle
     controller.reload()
     assert b'"ok": false' in view.listing()
     assert view.listing() == from_scratch(controller)
+    assert len(published) >= 4 and published[-1] is view.listing()
 
 
 def test_a_deploy_that_pulled_an_image_drops_the_whole_listing(controller: Controller):

@@ -160,6 +160,7 @@ def test_serve_runs_the_controller_around_the_server(
     monkeypatch: pytest.MonkeyPatch,
     signals: None,
     no_leaked_threads: None,
+    front_calls: list[dict[str, Any]],
 ):
     folder = tmp_path / "m"
     folder.mkdir()
@@ -167,9 +168,10 @@ def test_serve_runs_the_controller_around_the_server(
     monkeypatch.setenv("DIPLO_TOKEN", "t0ken-long-enough-for-the-check")
     seen: dict[str, Any] = {}
 
-    def run(server: uvicorn.Server) -> None:
+    def run(server: uvicorn.Server, sockets: Any = None) -> None:
         """Instead of serving: look at what a client would find while it serves."""
-        seen["config"] = (server.config.host, server.config.port)
+        seen["backend"] = [s.family.name for s in sockets]  # the private socket only
+        seen["listing"] = json.loads(front_calls[0]["folder"].listing.read_text())
         seen["info"] = json.loads((home / "serve.json").read_text())
         seen["threads"] = {t.name for t in threading.enumerate()}
         client = TestClient(server.config.app, base_url="http://127.0.0.1:18080")
@@ -182,7 +184,12 @@ def test_serve_runs_the_controller_around_the_server(
 
     monkeypatch.setattr(uvicorn.Server, "run", run)
     serve.run_server(ctx, [FolderSource(folder)], "0.0.0.0", 18080, resync=60, workers=2)
-    assert seen["config"] == ("0.0.0.0", 18080)
+    (front,) = front_calls
+    assert front["host"] == "0.0.0.0" and front["exposure"] == serve.Exposure()
+    assert front["access"].role_of("t0ken-long-enough-for-the-check") == "admin"
+    assert seen["backend"] == ["AF_UNIX"]
+    assert seen["listing"]["apps"][0]["app"] == "web"  # published for the front
+    assert not front["folder"].path.exists()  # the private folder goes with serve
     assert seen["info"] == {"pid": os.getpid(), "url": "http://0.0.0.0:18080"}
     assert {
         *("diplo-worker-0", "diplo-worker-1", "diplo-engine-events", "diplo-gc"),
@@ -226,13 +233,14 @@ def test_serve_warns_when_gitlab_s_token_is_an_hmac_key_too(
     logs: list[dict[str, Any]],
     env: dict[str, str],
     warned: bool,
+    front_calls: list[dict[str, Any]],
 ):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     repo = GitSource(f"file://{tmp_path}/no-repo", "main", "", home)  # for /hooks/git
     seen: dict[str, int] = {}
 
-    def run(server: uvicorn.Server) -> None:
+    def run(server: uvicorn.Server, sockets: Any = None) -> None:
         client = TestClient(server.config.app, base_url="http://127.0.0.1:18080")
         body = json.dumps({"ref": "refs/heads/main", "after": "a" * 40}).encode()
         for token in (SHARED_SECRET, GITLAB_TOKEN):
@@ -264,7 +272,7 @@ def test_serve_refuses_an_unreadable_webhook_secret_file(
     no_leaked_threads: None,
 ):
     monkeypatch.setenv("DIPLO_WEBHOOK_SECRET_GITLAB_FILE", str(tmp_path / "nowhere"))
-    monkeypatch.setattr(uvicorn.Server, "run", lambda server: pytest.fail("it served"))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, sockets=None: pytest.fail("served"))
     (tmp_path / "m").mkdir()
     with pytest.raises(InputError, match="cannot read DIPLO_WEBHOOK_SECRET_GITLAB_FILE"):
         serve.run_server(
@@ -300,10 +308,11 @@ def test_a_server_that_fails_still_stops_the_controller(
     monkeypatch: pytest.MonkeyPatch,
     signals: None,
     no_leaked_threads: None,
+    front_calls: list[dict[str, Any]],
 ):
     (tmp_path / "m").mkdir()
 
-    def run(server: uvicorn.Server) -> None:
+    def run(server: uvicorn.Server, sockets: Any = None) -> None:
         assert (home / "serve.json").exists()
         raise OSError(98, "Address already in use")
 
@@ -318,10 +327,14 @@ def test_a_server_that_fails_still_stops_the_controller(
 
 
 def test_a_second_serve_on_one_home_is_refused_before_it_starts(
-    ctx: Context, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ctx: Context,
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    front_calls: list[dict[str, Any]],
 ):
     """Two controllers on one DIPLO_HOME would fight over every app (security review L7)."""
-    monkeypatch.setattr(uvicorn.Server, "run", lambda server: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, sockets=None: None)
     first = serve._sole_server(home)  # a diplo serve that runs
     try:
         with pytest.raises(InputError, match="another diplo serve runs with this DIPLO_HOME"):
