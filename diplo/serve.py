@@ -47,6 +47,7 @@ from diplo.webhooks import secrets_from_env
 log = structlog.get_logger("diplo.serve")
 
 GC_SLOW = 0.1  # s: a garbage collection this long is logged (it stalls the API meanwhile)
+FULL_AFTER = 1000  # young collections before the collector may start a full one (10 by default)
 SWITCH_INTERVAL = 0.0005  # s: how long another thread may hold the GIL the API waits for
 
 
@@ -290,17 +291,21 @@ def _sole_server(home: Path) -> int:
 
 def _tidy_heap(every: float = 60.0, whole_every: float = 15 * 60.0) -> threading.Event:
     """Most of this process's heap lives as long as it does (the SDK, pydantic models,
-    FastAPI, the apps' state): frozen, the collector's frequent full passes skip it and
-    stop stalling the API for tens of ms. Every minute the young survivors are collected
-    and frozen too (a pass over the unfrozen part only: a few ms). The whole heap is
-    searched for cycles only every `whole_every`: that pass holds the GIL for ~0.1 s at
-    100 apps (a profile under `GET /apps` load showed it), a stall of every request in
-    flight. Cycles among frozen objects wait for it; objects freed by reference counting,
-    nearly all of them, never do."""
+    FastAPI, the apps' state): frozen, the collector's passes skip it and stop stalling
+    the API for tens of ms. Every minute the young survivors are collected and frozen too
+    (a pass over the two young generations: a few ms). The whole heap is searched for
+    cycles only every `whole_every`: that pass holds the GIL for ~0.1 s at 100 apps, a
+    stall of every request in flight, and the collector's own full passes are made rare
+    (FULL_AFTER): at 500 apps they started every few seconds, each 100-200 ms over the
+    specs of the last reloads, and found nothing (`gc.slow`: collected=0). Cycles wait
+    for the whole pass; objects freed by reference counting, nearly all of them, never
+    do."""
 
     def tidy() -> None:
         slow = _slow_collections()
         gc.callbacks.append(slow)
+        thresholds = gc.get_threshold()
+        gc.set_threshold(thresholds[0], thresholds[1], FULL_AFTER)
         try:
             gc.collect()
             gc.freeze()
@@ -311,14 +316,15 @@ def _tidy_heap(every: float = 60.0, whole_every: float = 15 * 60.0) -> threading
                 if whole:
                     gc.unfreeze()
                     whole_at = time.monotonic() + whole_every
-                freed = gc.collect()
+                freed = gc.collect(2 if whole else 1)
                 gc.freeze()
                 log.debug(
                     "gc.pass", whole=whole, freed=freed, frozen=gc.get_freeze_count(),
                     ms=round((time.perf_counter() - began) * 1000, 1),
                 )  # fmt: skip
-        finally:  # serve stopped: its watch goes with it (a process may run serve again)
+        finally:  # serve stopped: the process's collector as it was (it may run serve again)
             gc.callbacks.remove(slow)
+            gc.set_threshold(*thresholds)
 
     stop = threading.Event()
     threading.Thread(target=tidy, name="diplo-gc", daemon=True).start()

@@ -284,7 +284,7 @@ def test_serve_refuses_an_unreadable_webhook_secret_file(
 
 def test_tidy_heap_runs_until_its_event_is_set(no_leaked_threads: None):
     before = {t for t in threading.enumerate() if t.name == "diplo-gc"}
-    callbacks = list(gc.callbacks)
+    callbacks, thresholds = list(gc.callbacks), gc.get_threshold()
     stop = serve._tidy_heap(every=0.01)
     try:
         (thread,) = {t for t in threading.enumerate() if t.name == "diplo-gc"} - before
@@ -292,10 +292,12 @@ def test_tidy_heap_runs_until_its_event_is_set(no_leaked_threads: None):
         time.sleep(0.05)  # a few collections
         assert thread.is_alive()
         assert len(gc.callbacks) == len(callbacks) + 1  # the gc.slow watch
+        assert gc.get_threshold() == (*thresholds[:2], serve.FULL_AFTER)  # full passes rare
         stop.set()
         thread.join(2)
         assert not thread.is_alive()
         assert gc.callbacks == callbacks  # gone with it
+        assert gc.get_threshold() == thresholds
     finally:
         stop.set()
         gc.unfreeze()
