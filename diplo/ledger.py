@@ -165,6 +165,12 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _app_record(r: sqlite3.Row) -> AppRecord:
+    return AppRecord(
+        r["app"], r["project"], r["spec_hash"], json.loads(r["spec_json"]), r["applied_at"]
+    )
+
+
 class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -178,8 +184,12 @@ class Ledger:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._lock = threading.RLock()
-            self._writes = 0  # this connection's commits: what makes `snapshot` read again
-            self._snapshot: tuple[tuple[int, int], LedgerSnapshot] | None = None
+            # What this connection's commits changed of what `snapshot` reads: some apps'
+            # rows (apps, ports), the builds, or anything (`_stale`).
+            self._stale = False
+            self._dirty_apps: set[str] = set()
+            self._dirty_builds = False
+            self._snapshot: tuple[int, LedgerSnapshot] | None = None
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(
@@ -195,10 +205,14 @@ class Ledger:
         self._db.close()
 
     @contextmanager
-    def _tx(self, snapshot: bool = True) -> Iterator[sqlite3.Connection]:
+    def _tx(
+        self, snapshot: bool = True, *, apps: Iterable[str] = (), builds: bool = False
+    ) -> Iterator[sqlite3.Connection]:
         """One write transaction. Every sqlite3 error comes out as a LedgerError that
-        names its cause (a failed BEGIN has nothing to roll back). `snapshot=False`: it
-        writes nothing `snapshot` reads (probes, events), which then stays as it is."""
+        names its cause (a failed BEGIN has nothing to roll back). What it changes of
+        `snapshot`'s tables decides what the next snapshot reads again: `apps` (those
+        apps' rows of `apps` and `ports`) and `builds` when given, nothing when
+        `snapshot=False` (probes, events, deployments, pins), else everything."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -209,8 +223,15 @@ class Ledger:
                 ) from exc
             try:
                 yield self._db
-                if snapshot:  # before COMMIT: a failed one may have written too
-                    self._writes += 1
+                # before COMMIT: a failed one may have written too
+                named = False
+                for app in apps:
+                    self._dirty_apps.add(app)
+                    named = True
+                if builds:
+                    self._dirty_builds = named = True
+                if snapshot and not named:
+                    self._stale = True
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 with suppress(sqlite3.Error):  # the cause below matters, not this
@@ -249,36 +270,64 @@ class Ledger:
 
     def snapshot(self) -> LedgerSnapshot:
         """Apps, ports and builds as recorded. Read again only after a write: this
-        connection's own (counted), or another process's (SQLite's data_version), so a
-        resync of N apps does not parse every app's spec N times. Callers share it: it
-        is read-only (Mappings of frozen records)."""
+        connection's own (only the apps it wrote, at 500 apps a whole read is 25-100 ms of
+        JSON parsing, and a heal writes four times), or another process's (SQLite's
+        data_version: everything), so a resync of N apps does not parse every app's spec
+        N times. Callers share it: it is read-only (Mappings of frozen records)."""
         with self._lock:
             try:
-                version = (self._writes, self._db.execute("PRAGMA data_version").fetchone()[0])
+                version = self._db.execute("PRAGMA data_version").fetchone()[0]
             except sqlite3.Error as exc:
                 raise LedgerError(f"ledger read failed: {exc}") from exc
-            if self._snapshot is not None and self._snapshot[0] == version:
-                return self._snapshot[1]
-            snapshot = self._read_snapshot()
+            cached = self._snapshot
+            dirty, builds = self._dirty_apps, self._dirty_builds
+            if cached is not None and cached[0] == version and not self._stale:
+                if not dirty and not builds:
+                    return cached[1]
+                snapshot = self._patch(cached[1], dirty, builds)
+            else:
+                snapshot = self._read_snapshot()
+            self._stale, self._dirty_apps, self._dirty_builds = False, set(), False
             self._snapshot = (version, snapshot)
             return snapshot
 
     def _read_snapshot(self) -> LedgerSnapshot:
-        apps = {
-            r["app"]: AppRecord(
-                r["app"], r["project"], r["spec_hash"], json.loads(r["spec_json"]), r["applied_at"]
-            )
-            for r in self._query("SELECT * FROM apps")
-        }
+        apps = {r["app"]: _app_record(r) for r in self._query("SELECT * FROM apps")}
         ports = tuple(
             PortAllocation(r["app"], r["key"], r["host_ip"], r["host_port"])
             for r in self._query("SELECT * FROM ports ORDER BY app, key")
         )
-        builds = {
+        return LedgerSnapshot(apps=apps, ports=ports, builds=self._builds())
+
+    def _builds(self) -> dict[str, BuildRecord]:
+        return {
             r["tag"]: BuildRecord(r["tag"], r["build_hash"], r["image_id"])
             for r in self._query("SELECT * FROM builds")
         }
-        return LedgerSnapshot(apps=apps, ports=ports, builds=builds)
+
+    def _patch(self, old: LedgerSnapshot, dirty: set[str], builds: bool) -> LedgerSnapshot:
+        """`old` with the rows of the `dirty` apps (and the builds) read again: the same
+        snapshot a whole read gives, the other apps' records kept as they are."""
+        names = tuple(sorted(dirty))
+        marks = ", ".join("?" for _ in names)
+        fresh = {
+            r["app"]: _app_record(r)
+            for r in self._query(f"SELECT * FROM apps WHERE app IN ({marks})", names)
+        }
+        apps = {
+            name: fresh.get(name, rec)
+            for name, rec in old.apps.items()
+            if name not in dirty or name in fresh
+        }
+        apps.update(fresh)
+        ports = [p for p in old.ports if p.app not in dirty] + [
+            PortAllocation(r["app"], r["key"], r["host_ip"], r["host_port"])
+            for r in self._query(f"SELECT * FROM ports WHERE app IN ({marks})", names)
+        ]
+        ports.sort(key=lambda p: (p.app, p.key))  # as ORDER BY app, key (binary collation)
+        return LedgerSnapshot(
+            apps=apps, ports=tuple(ports), builds=self._builds() if builds else old.builds
+        )
 
     def deployments(self, app: str | None = None, limit: int = 20) -> list[Deployment]:
         if app is None:
@@ -325,7 +374,7 @@ class Ledger:
         rollback_of: int | None = None,
     ) -> int:
         rev = revision or Revision(source="")
-        with self._tx() as db:
+        with self._tx(snapshot=False) as db:  # deployments and events only
             number = db.execute(
                 "SELECT COALESCE(MAX(revision), 0) + 1 FROM deployments WHERE app = ?", (app,)
             ).fetchone()[0]
@@ -370,7 +419,7 @@ class Ledger:
     ) -> None:
         """Close a deployment. `applied` = (app, project, spec_hash, public spec) records the
         app's new applied spec in the same transaction, so the two never disagree."""
-        with self._tx() as db:
+        with self._tx(snapshot=applied is not None, apps=applied[:1] if applied else ()) as db:
             db.execute(
                 "UPDATE deployments SET finished_at = ?, result = ?, step = ?, error = ?, "
                 "image_id = COALESCE(?, image_id) WHERE id = ?",
@@ -391,7 +440,7 @@ class Ledger:
     def record_applied(
         self, app: str, project: str, spec_hash: str, spec: dict[str, Any], image_id: str | None
     ) -> None:
-        with self._tx() as db:
+        with self._tx(apps=(app,)) as db:
             self._upsert_app(db, app, project, spec_hash, spec, image_id)
 
     @staticmethod
@@ -414,7 +463,7 @@ class Ledger:
 
     def forget_app(self, app: str, *, keep_ports: bool = False) -> None:
         """The app was removed: drop its applied spec (and port allocations unless kept)."""
-        with self._tx() as db:
+        with self._tx(apps=(app,)) as db:
             db.execute("DELETE FROM apps WHERE app = ?", (app,))
             db.execute("DELETE FROM routes WHERE app = ?", (app,))
             db.execute("DELETE FROM probes WHERE app = ?", (app,))
@@ -428,7 +477,7 @@ class Ledger:
 
     def set_route(self, app: str, project: str, route: dict[str, Any] | None) -> None:
         """What the proxy serves for `app`; None: nothing (it has no domains)."""
-        with self._tx() as db:
+        with self._tx(snapshot=False) as db:  # routes: not in the snapshot
             if route is None:
                 db.execute("DELETE FROM routes WHERE app = ?", (app,))
             else:
@@ -446,7 +495,7 @@ class Ledger:
 
     def set_ports(self, app: str, allocations: list[PortAllocation]) -> None:
         """Replace the app's host-port allocations."""
-        with self._tx() as db:
+        with self._tx(apps={app, *(a.app for a in allocations)}) as db:
             db.execute("DELETE FROM ports WHERE app = ?", (app,))
             db.executemany(
                 "INSERT INTO ports (app, key, host_ip, host_port) VALUES (?, ?, ?, ?)",
@@ -454,7 +503,7 @@ class Ledger:
             )
 
     def record_build(self, tag: str, build_hash: str, image_id: str) -> None:
-        with self._tx() as db:
+        with self._tx(builds=True) as db:
             db.execute(
                 "INSERT INTO builds (tag, build_hash, image_id, built_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (tag) DO UPDATE SET build_hash = excluded.build_hash,"
@@ -463,7 +512,7 @@ class Ledger:
             )
 
     def keep_image(self, dep_id: int, tag: str) -> None:
-        with self._tx() as db:
+        with self._tx(snapshot=False) as db:
             db.execute("UPDATE deployments SET kept_image = ? WHERE id = ?", (tag, dep_id))
 
     def kept_images(self, app: str) -> list[tuple[int, str]]:
@@ -476,13 +525,13 @@ class Ledger:
         return [(int(r["id"]), str(r["kept_image"])) for r in rows]
 
     def drop_kept_image(self, dep_id: int) -> None:
-        with self._tx() as db:
+        with self._tx(snapshot=False) as db:
             db.execute("UPDATE deployments SET kept_image = NULL WHERE id = ?", (dep_id,))
 
     def seal_env(self, dep_id: int, app: str, blob: bytes) -> None:
         """Keep deployment `dep_id`'s sealed env values; those of `app`'s deployments that
         keep no image any more (no rollback can restore them) go."""
-        with self._tx() as db:
+        with self._tx(snapshot=False) as db:
             db.execute(
                 "INSERT OR REPLACE INTO sealed_env (deployment_id, blob) VALUES (?, ?)",
                 (dep_id, blob),
@@ -500,7 +549,7 @@ class Ledger:
     # --- rollback pins -------------------------------------------------------------------
 
     def pin(self, app: str, deployment_id: int, reason: str) -> None:
-        with self._tx() as db:
+        with self._tx(snapshot=False) as db:
             db.execute(
                 "INSERT INTO pins (app, deployment_id, pinned_at, reason) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (app) DO UPDATE SET deployment_id = excluded.deployment_id,"
@@ -514,7 +563,7 @@ class Ledger:
             _trim_events(db)
 
     def unpin(self, app: str) -> bool:
-        with self._tx() as db:
+        with self._tx(snapshot=False) as db:
             cur = db.execute("DELETE FROM pins WHERE app = ?", (app,))
             if cur.rowcount:
                 db.execute(
@@ -537,7 +586,7 @@ class Ledger:
             if dep.pid is not None and not _alive(dep.pid):
                 self.finish_deployment(dep.id, "interrupted", error="the deploying process died")
                 continue
-            with self._tx() as db:
+            with self._tx(snapshot=False) as db:
                 db.execute("UPDATE deployments SET cancel_requested = 1 WHERE id = ?", (dep.id,))
                 db.execute(
                     "INSERT INTO events (at, app, kind, message, deployment_id) "
@@ -625,7 +674,7 @@ class Ledger:
         """Insert (no `id`) or update one alert; returns its id. Resolved alerts beyond
         the newest `keep_resolved` are dropped."""
         values = tuple(row.get(f) for f in ALERT_FIELDS)
-        with self._tx() as db:
+        with self._tx(snapshot=False) as db:
             if row.get("id") is None:
                 cols = ", ".join(ALERT_FIELDS)
                 marks = ", ".join("?" for _ in ALERT_FIELDS)

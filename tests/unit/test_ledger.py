@@ -183,3 +183,38 @@ def test_probes_and_events_leave_the_snapshot_as_it_was(tmp_path):
     ledger.set_ports("web", [PortAllocation("web", "80/tcp", "", 8081)])
     assert ledger.snapshot().ports_of("web")[0].host_port == 8081
     ledger.close()
+
+
+def test_a_write_of_some_apps_reads_those_apps_again_and_no_other(tmp_path):
+    """A heal writes four times (deployment started, finished with the applied spec, the
+    kept image, the sealed env): the next snapshot reads that app's rows again, not every
+    app's, and equals a whole read."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    for app in ("api", "web", "db"):
+        ledger.record_applied(app, "shop", f"h-{app}", {"image": f"{app}:1"}, None)
+        ledger.set_ports(app, [PortAllocation(app, "80/tcp", "", 8000 + len(app))])
+    ledger.record_build("shop-web:b1", "bh", "sha256:1")
+    before = ledger.snapshot()
+
+    dep = ledger.start_deployment("web", "shop", "h-web-2")
+    ledger.keep_image(dep, "diplo-kept/web:d1")
+    ledger.seal_env(dep, "web", b"sealed")
+    ledger.pin("api", dep, "a rollback")
+    ledger.set_route("web", "shop", {"domains": ["web.example"]})
+    assert ledger.snapshot() is before  # none of these is in the snapshot
+
+    ledger.finish_deployment(
+        dep, "succeeded", applied=("web", "shop", "h-web-2", {"image": "web:2"})
+    )
+    ledger.set_ports("web", [PortAllocation("web", "80/tcp", "", 9000)])
+    ledger.forget_app("db")
+    ledger.record_applied("new", "shop", "h-new", {"image": "new:1"}, None)
+    after = ledger.snapshot()
+    assert after == ledger._read_snapshot()  # what a whole read gives
+    assert after.apps["api"] is before.apps["api"]  # not parsed again
+    assert after.apps["web"].spec == {"image": "web:2"} and "db" not in after.apps
+    assert [(p.app, p.host_port) for p in after.ports] == [("api", 8003), ("web", 9000)]
+    assert after.builds is before.builds
+    ledger.record_build("shop-web:b2", "bh2", "sha256:2")
+    assert set(ledger.snapshot().builds) == {"shop-web:b1", "shop-web:b2"}
+    ledger.close()
