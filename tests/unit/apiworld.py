@@ -270,7 +270,15 @@ def serving(api: Any, exposure: Exposure | None = None) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(server_config(api, "127.0.0.1", port, exposure))
+    with uvicorn_on(server_config(api, "127.0.0.1", port, exposure), sock):
+        yield f"{exposure.scheme}://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def uvicorn_on(config: uvicorn.Config, sock: socket.socket) -> Iterator[uvicorn.Server]:
+    """uvicorn with `config` on `sock`, in a thread: started, then stopped (its threads
+    too) and `sock` closed."""
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -278,7 +286,7 @@ def serving(api: Any, exposure: Exposure | None = None) -> Iterator[str]:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
     try:
-        yield f"{exposure.scheme}://127.0.0.1:{port}"
+        yield server
     finally:
         server.should_exit = True
         thread.join(10)

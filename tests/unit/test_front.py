@@ -35,6 +35,8 @@ from diplo.front.listing import Published, publisher
 from diplo.front.process import Folder, listen, start_front
 from diplo.front.relay import FromFront, Relay
 
+from .apiworld import uvicorn_on
+
 TOKEN = "front-test-token-long-enough"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -103,22 +105,8 @@ class Backend:
         await websocket.close(1008)
 
 
-@contextlib.contextmanager
-def running(app: Any, sock: socket.socket, **options: Any) -> Iterator[uvicorn.Server]:
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", **options)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield server
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+def running(app: Any, sock: socket.socket) -> contextlib.AbstractContextManager[uvicorn.Server]:
+    return uvicorn_on(uvicorn.Config(app, log_level="warning", lifespan="on"), sock)
 
 
 @pytest.fixture
