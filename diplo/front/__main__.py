@@ -25,8 +25,9 @@ from diplo.logconfig import configure
 
 
 class FrontServer(uvicorn.Server):
-    """Stopped by serve only: a Ctrl-C reaches both processes, and serve's own shutdown
-    (which ends this one) must be the one that runs."""
+    """Stopped by serve only: a Ctrl-C reaches both processes (and systemd's stop sends
+    SIGTERM to both), and serve's own shutdown, which ends this one by closing its input,
+    must be the one that runs: an end of its own makes serve stop with an error."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -35,7 +36,8 @@ class FrontServer(uvicorn.Server):
 
 def main() -> None:
     plan = json.loads(sys.stdin.buffer.readline())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     configure(plan["log_format"], "info")
     access = Access.from_shared(plan["access"])
     exposure = Exposure.from_dict(plan["exposure"])

@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -197,8 +198,10 @@ def test_the_front_adds_no_header_and_keeps_no_cookie(front: str):
 def test_a_stream_flows_as_written_and_ends_when_its_client_leaves(front: str, backend: Backend):
     with httpx.stream("GET", f"http://{front}/stream", timeout=10) as response:
         assert response.status_code == 200
-        assert next(response.iter_raw()) == b"first\n"  # before the stream ends
-        assert not backend.stream_left.is_set()
+        chunks = response.iter_raw()  # kept: a dropped iterator closes the connection
+        assert next(chunks) == b"first\n"  # before the stream ends
+        time.sleep(0.2)
+        assert not backend.stream_left.is_set()  # open for as long as its client is
     # the client is gone: the API's side sees it too (a follow's slot is given back)
     assert backend.stream_left.wait(10)
 
@@ -283,6 +286,12 @@ def test_the_front_process_serves_on_serves_socket_and_ends_with_its_input(
         listing = httpx.get(f"http://127.0.0.1:{port}/apps", headers=AUTH, timeout=30)
         assert listing.json() == {"apps": ["from the file"]}
         assert httpx.get(f"http://127.0.0.1:{port}/echo").json()["client"][0] == "127.0.0.1"
+        # the signals a terminal or systemd sends to every process of serve: serve stops it
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            front.proc.send_signal(sig)
+        time.sleep(0.3)
+        assert front.proc.poll() is None and ended == []
+        assert httpx.get(f"http://127.0.0.1:{port}/apps", headers=AUTH).status_code == 200
         assert (
             httpx.get(f"http://127.0.0.1:{port}/echo", headers={"Host": "evil.example"}).status_code
             == 421
