@@ -171,6 +171,10 @@ def _app_record(r: sqlite3.Row) -> AppRecord:
     )
 
 
+def _port(r: sqlite3.Row) -> PortAllocation:
+    return PortAllocation(r["app"], r["key"], r["host_ip"], r["host_port"])
+
+
 class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -224,13 +228,10 @@ class Ledger:
             try:
                 yield self._db
                 # before COMMIT: a failed one may have written too
-                named = False
-                for app in apps:
-                    self._dirty_apps.add(app)
-                    named = True
-                if builds:
-                    self._dirty_builds = named = True
-                if snapshot and not named:
+                named = tuple(apps)
+                self._dirty_apps.update(named)
+                self._dirty_builds |= builds
+                if snapshot and not named and not builds:
                     self._stale = True
                 self._db.execute("COMMIT")
             except BaseException as exc:
@@ -293,10 +294,7 @@ class Ledger:
 
     def _read_snapshot(self) -> LedgerSnapshot:
         apps = {r["app"]: _app_record(r) for r in self._query("SELECT * FROM apps")}
-        ports = tuple(
-            PortAllocation(r["app"], r["key"], r["host_ip"], r["host_port"])
-            for r in self._query("SELECT * FROM ports ORDER BY app, key")
-        )
+        ports = tuple(_port(r) for r in self._query("SELECT * FROM ports ORDER BY app, key"))
         return LedgerSnapshot(apps=apps, ports=ports, builds=self._builds())
 
     def _builds(self) -> dict[str, BuildRecord]:
@@ -321,8 +319,7 @@ class Ledger:
         }
         apps.update(fresh)
         ports = [p for p in old.ports if p.app not in dirty] + [
-            PortAllocation(r["app"], r["key"], r["host_ip"], r["host_port"])
-            for r in self._query(f"SELECT * FROM ports WHERE app IN ({marks})", names)
+            _port(r) for r in self._query(f"SELECT * FROM ports WHERE app IN ({marks})", names)
         ]
         ports.sort(key=lambda p: (p.app, p.key))  # as ORDER BY app, key (binary collation)
         return LedgerSnapshot(

@@ -73,7 +73,11 @@ class Access:
 
 
 def header(scope: dict[str, Any] | Any, name: bytes) -> str:
-    return next((v for k, v in scope["headers"] if k == name), b"").decode("latin-1")
+    return raw_header(scope, name).decode("latin-1")
+
+
+def raw_header(scope: dict[str, Any] | Any, name: bytes) -> bytes:
+    return next((v for k, v in scope["headers"] if k == name), b"")
 
 
 def host_name(value: str) -> str:
@@ -98,7 +102,7 @@ class HostCheck:
         self._good: set[bytes] = set()  # Host headers found good: the next is a set lookup
 
     def _allows_raw(self, scope: Any) -> bool:
-        raw = next((v for k, v in scope["headers"] if k == b"host"), b"")
+        raw = raw_header(scope, b"host")
         if raw in self._good:
             return True
         good = self.allows(raw.decode("latin-1"))

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from diplo.api.access import Access, header
+from diplo.api.access import Access, header, raw_header
 from diplo.api.problems import Problem
 
 Scope = MutableMapping[str, Any]
@@ -45,7 +45,7 @@ class ListingFastPath:
             return
         body = self.listing()
         headers = [(b"content-type", b"application/json"), (b"vary", b"Accept-Encoding")]
-        accept = next((v for k, v in scope["headers"] if k == b"accept-encoding"), b"")
+        accept = raw_header(scope, b"accept-encoding")
         if b"gzip" in accept and len(body) >= 512:
             body = self._gzipped(body)
             headers.append((b"content-encoding", b"gzip"))
