@@ -10,8 +10,9 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,26 @@ def _port(r: sqlite3.Row) -> PortAllocation:
     return PortAllocation(r["app"], r["key"], r["host_ip"], r["host_port"])
 
 
+@dataclass(frozen=True)
+class Touches:
+    """What a write changes of the reads the ledger keeps for its callers (`snapshot`,
+    and each app's newest deployments): the next read reads again only that."""
+
+    apps: frozenset[str] = frozenset()  # these apps' rows of `apps` and `ports`
+    builds: bool = False
+    deployments: bool = False
+    everything: bool = False
+
+
+NOTHING = Touches()  # probes, events, routes, pins, sealed envs, alerts
+EVERYTHING = Touches(everything=True)
+DEPLOYMENTS = Touches(deployments=True)
+
+
+def _apps(*names: str) -> Touches:
+    return Touches(apps=frozenset(names))
+
+
 class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -194,6 +215,10 @@ class Ledger:
             self._dirty_apps: set[str] = set()
             self._dirty_builds = False
             self._snapshot: tuple[int, LedgerSnapshot] | None = None
+            # Each app's newest (or newest good) deployment, kept until a write of the
+            # deployments: (data_version, writes of deployments, rows) per query
+            self._deploy_writes = 0
+            self._newest: dict[str, tuple[int, int, dict[str, Deployment]]] = {}
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(
@@ -209,14 +234,10 @@ class Ledger:
         self._db.close()
 
     @contextmanager
-    def _tx(
-        self, snapshot: bool = True, *, apps: Iterable[str] = (), builds: bool = False
-    ) -> Iterator[sqlite3.Connection]:
+    def _tx(self, touches: Touches = EVERYTHING) -> Iterator[sqlite3.Connection]:
         """One write transaction. Every sqlite3 error comes out as a LedgerError that
-        names its cause (a failed BEGIN has nothing to roll back). What it changes of
-        `snapshot`'s tables decides what the next snapshot reads again: `apps` (those
-        apps' rows of `apps` and `ports`) and `builds` when given, nothing when
-        `snapshot=False` (probes, events, deployments, pins), else everything."""
+        names its cause (a failed BEGIN has nothing to roll back). `touches`: what the
+        reads the ledger keeps must read again after it."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -228,11 +249,11 @@ class Ledger:
             try:
                 yield self._db
                 # before COMMIT: a failed one may have written too
-                named = tuple(apps)
-                self._dirty_apps.update(named)
-                self._dirty_builds |= builds
-                if snapshot and not named and not builds:
-                    self._stale = True
+                self._dirty_apps |= touches.apps
+                self._dirty_builds |= touches.builds
+                self._stale |= touches.everything
+                if touches.deployments or touches.everything:
+                    self._deploy_writes += 1
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 with suppress(sqlite3.Error):  # the cause below matters, not this
@@ -249,7 +270,7 @@ class Ledger:
                 raise LedgerError(f"ledger read failed: {exc}") from exc
 
     def _migrate(self) -> None:
-        with self._tx() as db:
+        with self._tx(EVERYTHING) as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
                 raise LedgerError(
@@ -276,10 +297,7 @@ class Ledger:
         data_version: everything), so a resync of N apps does not parse every app's spec
         N times. Callers share it: it is read-only (Mappings of frozen records)."""
         with self._lock:
-            try:
-                version = self._db.execute("PRAGMA data_version").fetchone()[0]
-            except sqlite3.Error as exc:
-                raise LedgerError(f"ledger read failed: {exc}") from exc
+            version = self._data_version()
             cached = self._snapshot
             dirty, builds = self._dirty_apps, self._dirty_builds
             if cached is not None and cached[0] == version and not self._stale:
@@ -291,6 +309,13 @@ class Ledger:
             self._stale, self._dirty_apps, self._dirty_builds = False, set(), False
             self._snapshot = (version, snapshot)
             return snapshot
+
+    def _data_version(self) -> int:
+        """Changes when another connection commits (SQLite's data_version)."""
+        try:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger read failed: {exc}") from exc
 
     def _read_snapshot(self) -> LedgerSnapshot:
         apps = {r["app"]: _app_record(r) for r in self._query("SELECT * FROM apps")}
@@ -335,19 +360,44 @@ class Ledger:
             )
         return [Deployment(**dict(r)) for r in rows]
 
-    def last_deployments(self) -> dict[str, Deployment]:
-        rows = self._query(
-            "SELECT * FROM deployments WHERE id IN (SELECT MAX(id) FROM deployments GROUP BY app)"
-        )
-        return {r["app"]: Deployment(**dict(r)) for r in rows}
+    def last_deployments(self, apps: Collection[str] | None = None) -> dict[str, Deployment]:
+        """Each app's newest deployment (of `apps` only, when given)."""
+        return self._newest_of("", apps)
 
-    def deployed(self) -> dict[str, Deployment]:
-        """Each app's newest successful deployment: the revision that runs."""
-        rows = self._query(
-            "SELECT * FROM deployments WHERE id IN (SELECT MAX(id) FROM deployments "
-            "WHERE result = 'succeeded' GROUP BY app)"
-        )
-        return {r["app"]: Deployment(**dict(r)) for r in rows}
+    def deployed(self, apps: Collection[str] | None = None) -> dict[str, Deployment]:
+        """Each app's newest successful deployment: the revision that runs (of `apps`
+        only, when given)."""
+        return self._newest_of("result = 'succeeded'", apps)
+
+    def _newest_of(self, where: str, apps: Collection[str] | None) -> dict[str, Deployment]:
+        """The newest deployment per app matching `where`. Every app's is kept until
+        deployments are written (at 500 apps, reading them all is 25 ms of a health
+        tick); a few apps' are read from the index."""
+        cond = f"WHERE {where} " if where else ""
+        if apps is not None and len(apps) <= 16:
+            names = tuple(sorted(apps))
+            marks = ", ".join("?" for _ in names)
+            and_ = f"AND {where} " if where else ""
+            rows = self._query(
+                "SELECT * FROM deployments WHERE id IN (SELECT MAX(id) FROM deployments "
+                f"WHERE app IN ({marks}) {and_}GROUP BY app)",
+                names,
+            )
+            return {r["app"]: Deployment(**dict(r)) for r in rows}
+        with self._lock:
+            key = (self._data_version(), self._deploy_writes)
+            kept = self._newest.get(where)
+            if kept is None or kept[:2] != key:
+                rows = self._query(
+                    "SELECT * FROM deployments WHERE id IN (SELECT MAX(id) FROM deployments "
+                    f"{cond}GROUP BY app)"
+                )
+                kept = (*key, {r["app"]: Deployment(**dict(r)) for r in rows})
+                self._newest[where] = kept
+        every = kept[2]
+        if apps is None:
+            return dict(every)
+        return {a: every[a] for a in apps if a in every}
 
     def events(self, app: str | None = None, limit: int = 50) -> list[Event]:
         if app is None:
@@ -371,7 +421,7 @@ class Ledger:
         rollback_of: int | None = None,
     ) -> int:
         rev = revision or Revision(source="")
-        with self._tx(snapshot=False) as db:  # deployments and events only
+        with self._tx(DEPLOYMENTS) as db:
             number = db.execute(
                 "SELECT COALESCE(MAX(revision), 0) + 1 FROM deployments WHERE app = ?", (app,)
             ).fetchone()[0]
@@ -416,7 +466,8 @@ class Ledger:
     ) -> None:
         """Close a deployment. `applied` = (app, project, spec_hash, public spec) records the
         app's new applied spec in the same transaction, so the two never disagree."""
-        with self._tx(snapshot=applied is not None, apps=applied[:1] if applied else ()) as db:
+        touches = Touches(apps=frozenset(applied[:1] if applied else ()), deployments=True)
+        with self._tx(touches) as db:
             db.execute(
                 "UPDATE deployments SET finished_at = ?, result = ?, step = ?, error = ?, "
                 "image_id = COALESCE(?, image_id) WHERE id = ?",
@@ -437,7 +488,7 @@ class Ledger:
     def record_applied(
         self, app: str, project: str, spec_hash: str, spec: dict[str, Any], image_id: str | None
     ) -> None:
-        with self._tx(apps=(app,)) as db:
+        with self._tx(_apps(app)) as db:
             self._upsert_app(db, app, project, spec_hash, spec, image_id)
 
     @staticmethod
@@ -460,7 +511,7 @@ class Ledger:
 
     def forget_app(self, app: str, *, keep_ports: bool = False) -> None:
         """The app was removed: drop its applied spec (and port allocations unless kept)."""
-        with self._tx(apps=(app,)) as db:
+        with self._tx(_apps(app)) as db:
             db.execute("DELETE FROM apps WHERE app = ?", (app,))
             db.execute("DELETE FROM routes WHERE app = ?", (app,))
             db.execute("DELETE FROM probes WHERE app = ?", (app,))
@@ -474,7 +525,7 @@ class Ledger:
 
     def set_route(self, app: str, project: str, route: dict[str, Any] | None) -> None:
         """What the proxy serves for `app`; None: nothing (it has no domains)."""
-        with self._tx(snapshot=False) as db:  # routes: not in the snapshot
+        with self._tx(NOTHING) as db:  # routes: not in the snapshot
             if route is None:
                 db.execute("DELETE FROM routes WHERE app = ?", (app,))
             else:
@@ -492,7 +543,7 @@ class Ledger:
 
     def set_ports(self, app: str, allocations: list[PortAllocation]) -> None:
         """Replace the app's host-port allocations."""
-        with self._tx(apps={app, *(a.app for a in allocations)}) as db:
+        with self._tx(_apps(app, *(a.app for a in allocations))) as db:
             db.execute("DELETE FROM ports WHERE app = ?", (app,))
             db.executemany(
                 "INSERT INTO ports (app, key, host_ip, host_port) VALUES (?, ?, ?, ?)",
@@ -500,7 +551,7 @@ class Ledger:
             )
 
     def record_build(self, tag: str, build_hash: str, image_id: str) -> None:
-        with self._tx(builds=True) as db:
+        with self._tx(Touches(builds=True)) as db:
             db.execute(
                 "INSERT INTO builds (tag, build_hash, image_id, built_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (tag) DO UPDATE SET build_hash = excluded.build_hash,"
@@ -509,7 +560,7 @@ class Ledger:
             )
 
     def keep_image(self, dep_id: int, tag: str) -> None:
-        with self._tx(snapshot=False) as db:
+        with self._tx(DEPLOYMENTS) as db:
             db.execute("UPDATE deployments SET kept_image = ? WHERE id = ?", (tag, dep_id))
 
     def kept_images(self, app: str) -> list[tuple[int, str]]:
@@ -522,13 +573,13 @@ class Ledger:
         return [(int(r["id"]), str(r["kept_image"])) for r in rows]
 
     def drop_kept_image(self, dep_id: int) -> None:
-        with self._tx(snapshot=False) as db:
+        with self._tx(DEPLOYMENTS) as db:
             db.execute("UPDATE deployments SET kept_image = NULL WHERE id = ?", (dep_id,))
 
     def seal_env(self, dep_id: int, app: str, blob: bytes) -> None:
         """Keep deployment `dep_id`'s sealed env values; those of `app`'s deployments that
         keep no image any more (no rollback can restore them) go."""
-        with self._tx(snapshot=False) as db:
+        with self._tx(NOTHING) as db:
             db.execute(
                 "INSERT OR REPLACE INTO sealed_env (deployment_id, blob) VALUES (?, ?)",
                 (dep_id, blob),
@@ -546,7 +597,7 @@ class Ledger:
     # --- rollback pins -------------------------------------------------------------------
 
     def pin(self, app: str, deployment_id: int, reason: str) -> None:
-        with self._tx(snapshot=False) as db:
+        with self._tx(NOTHING) as db:
             db.execute(
                 "INSERT INTO pins (app, deployment_id, pinned_at, reason) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (app) DO UPDATE SET deployment_id = excluded.deployment_id,"
@@ -560,7 +611,7 @@ class Ledger:
             _trim_events(db)
 
     def unpin(self, app: str) -> bool:
-        with self._tx(snapshot=False) as db:
+        with self._tx(NOTHING) as db:
             cur = db.execute("DELETE FROM pins WHERE app = ?", (app,))
             if cur.rowcount:
                 db.execute(
@@ -583,7 +634,7 @@ class Ledger:
             if dep.pid is not None and not _alive(dep.pid):
                 self.finish_deployment(dep.id, "interrupted", error="the deploying process died")
                 continue
-            with self._tx(snapshot=False) as db:
+            with self._tx(DEPLOYMENTS) as db:
                 db.execute("UPDATE deployments SET cancel_requested = 1 WHERE id = ?", (dep.id,))
                 db.execute(
                     "INSERT INTO events (at, app, kind, message, deployment_id) "
@@ -640,7 +691,7 @@ class Ledger:
         """Probes, in one transaction (a health tick's, for every app at once); each app
         keeps its newest PROBES_KEPT."""
         at = now()
-        with self._tx(snapshot=False) as db:  # a health tick's: the apps' records stay read
+        with self._tx(NOTHING) as db:  # a health tick's: the apps' records stay read
             for n in notes:
                 db.execute(
                     "INSERT INTO probes (app, at, ok, health, detail, latency_ms, deployment_id) "
@@ -660,7 +711,7 @@ class Ledger:
         return [ProbeRecord(**dict(r)) for r in rows]
 
     def event(self, kind: str, message: str, app: str | None = None) -> None:
-        with self._tx(snapshot=False) as db:
+        with self._tx(NOTHING) as db:
             db.execute(
                 "INSERT INTO events (at, app, kind, message) VALUES (?, ?, ?, ?)",
                 (now(), app, kind, message),
@@ -671,7 +722,7 @@ class Ledger:
         """Insert (no `id`) or update one alert; returns its id. Resolved alerts beyond
         the newest `keep_resolved` are dropped."""
         values = tuple(row.get(f) for f in ALERT_FIELDS)
-        with self._tx(snapshot=False) as db:
+        with self._tx(NOTHING) as db:
             if row.get("id") is None:
                 cols = ", ".join(ALERT_FIELDS)
                 marks = ", ".join("?" for _ in ALERT_FIELDS)

@@ -218,3 +218,59 @@ def test_a_write_of_some_apps_reads_those_apps_again_and_no_other(tmp_path):
     ledger.record_build("shop-web:b2", "bh2", "sha256:2")
     assert set(ledger.snapshot().builds) == {"shop-web:b1", "shop-web:b2"}
     ledger.close()
+
+
+def _whole(ledger: Ledger, where: str) -> dict[str, int]:
+    """Each app's newest deployment (matching `where`) read straight from the file."""
+    cond = f"WHERE {where} " if where else ""
+    rows = ledger._query(f"SELECT app, MAX(id) AS id FROM deployments {cond}GROUP BY app")
+    return {r["app"]: r["id"] for r in rows}
+
+
+def test_newest_deployments_follow_every_write_of_this_process_or_another(tmp_path):
+    """A health tick asks for every app's newest deployment (and newest good one); they
+    are kept between ticks, and every write that changes them is seen: a deploy started,
+    finished, its image kept or dropped, a cancel, and another process's deploy."""
+    path = tmp_path / "ledger.db"
+    ours, theirs = Ledger(path), Ledger(path)
+
+    def check() -> None:
+        last, good = ours.last_deployments(), ours.deployed()
+        assert {a: d.id for a, d in last.items()} == _whole(ours, "")
+        assert {a: d.id for a, d in good.items()} == _whole(ours, "result = 'succeeded'")
+        assert last == theirs.last_deployments() and good == theirs.deployed()
+        # a few apps' are read on their own, and agree
+        assert ours.last_deployments({"web", "gone"}) == {
+            a: d for a, d in last.items() if a == "web"
+        }
+        assert ours.deployed({"api"}) == {a: d for a, d in good.items() if a == "api"}
+
+    for app in ("api", "web"):
+        dep = ours.start_deployment(app, "shop", f"h-{app}")
+        ours.finish_deployment(dep, "succeeded")
+    check()
+    first = ours.last_deployments()
+    assert ours.last_deployments() == first  # kept: nothing written
+    ours.record_probe("web", True, "healthy", "HTTP 200", 1.0)
+    ours.event("app.ok", "fine", "web")
+    check()
+
+    dep = ours.start_deployment("web", "shop", "h-web-2")
+    check()
+    assert ours.last_deployments()["web"].result == "running"
+    ours.request_cancel("web")
+    assert ours.last_deployments()["web"].cancel_requested
+    ours.finish_deployment(dep, "failed", step="health", error="unhealthy")
+    check()
+    assert ours.deployed()["web"].id != dep  # the good one still runs
+    ours.keep_image(dep, "diplo-kept/web:d2")
+    assert ours.last_deployments()["web"].kept_image == "diplo-kept/web:d2"
+    ours.drop_kept_image(dep)
+    assert ours.last_deployments()["web"].kept_image is None
+
+    other = theirs.start_deployment("api", "shop", "h-api-2")  # `diplo apply` beside serve
+    theirs.finish_deployment(other, "succeeded")
+    check()
+    assert ours.deployed()["api"].id == other
+    ours.close()
+    theirs.close()
