@@ -21,7 +21,7 @@ from diplo.controller.sources import Source
 from diplo.controller.state import DesiredStore
 from diplo.errors import DiploError, EngineUnavailable
 from diplo.ops.context import Context
-from diplo.ops.status import AppView, SourceState, status, sync_views
+from diplo.ops.status import AppView, DiffMemo, SourceState, status, sync_views
 
 log = structlog.get_logger("diplo.controller")
 
@@ -39,6 +39,7 @@ class View:
         self._lines: dict[str, bytes] = {}  # app -> its line in GET /apps, serialised
         self._stale: set[str] | None = set()  # lines to serialise again (None: all)
         self._lock = threading.Lock()
+        self._differs: DiffMemo = {}  # each app's spec diff, while its inputs stay the same
         # Given each new GET /apps body, in order (under the lock): serve's front reads it.
         self.publish: Callable[[bytes], None] | None = None
 
@@ -87,10 +88,15 @@ class View:
             pins=dict(state.rollback_of),
         )
         try:
-            fresh = sync_views(self.ctx, names if apps is None else names & apps, source, self.rows)
+            fresh = sync_views(
+                self.ctx, names if apps is None else names & apps, source, self.rows, self._differs
+            )
         except DiploError:
             self.changed(apps)  # the rows may have changed all the same
             return
+        if apps is None:  # apps gone from everywhere: their diffs go too
+            for gone in set(self._differs) - names:
+                self._differs.pop(gone, None)
         out = fresh if apps is None else {**self.sync, **fresh}
         self.sync = {n: v for n, v in out.items() if n in names}
         self.changed(apps)
