@@ -68,20 +68,28 @@ def plan(
     `prunable` only when given (the others belong to another source, and stay)."""
     problems: list[str] = []
     app_plans: list[AppPlan] = []
-    for app in topological(desired.apps):
+    # A plan of a few apps (a reconcile's) looks at those and what they depend on only:
+    # at 500 apps, a pass over all of them was most of a heal's planning.
+    scope = desired.apps if only is None else _with_dependencies(desired, only)
+    for app in topological(scope):
         if only is not None and app.name not in only:
             continue
         app_plan, app_problems = _plan_app(app, observed, ledger, ports.get(app.name, ()))
         app_plans.append(app_plan)
         problems.extend(app_problems)
 
-    desired_names = {a.name for a in desired.apps}
+    listed = observed.containers if only is None else [c for n in only for c in observed.of_app(n)]
+    recorded = (
+        ledger.apps.items()
+        if only is None
+        else [(n, ledger.apps[n]) for n in only if n in ledger.apps]
+    )
     orphans: dict[str, list[ObservedContainer]] = {}
-    for c in observed.containers:
-        if c.project in desired.projects and c.app not in desired_names:
+    for c in listed:
+        if c.project in desired.projects and desired.app(c.app) is None:
             orphans.setdefault(c.app, []).append(c)
-    for name, record in ledger.apps.items():
-        if record.project in desired.projects and name not in desired_names:
+    for name, record in recorded:
+        if record.project in desired.projects and desired.app(name) is None:
             orphans.setdefault(name, [])
     for name in sorted(orphans):
         if only is not None and name not in only:
@@ -370,6 +378,19 @@ def diff_specs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> tuple[F
 
     walk("", old, new)
     return tuple(changes)
+
+
+def _with_dependencies(desired: DesiredState, names: frozenset[str]) -> tuple[DesiredApp, ...]:
+    """The apps named and, transitively, those they depend on: all that their order in a
+    plan depends on."""
+    out: dict[str, DesiredApp] = {}
+    todo = list(names)
+    while todo:
+        app = desired.app(todo.pop())
+        if app is not None and app.name not in out:
+            out[app.name] = app
+            todo.extend(app.depends_on)
+    return tuple(out.values())
 
 
 def topological(apps: tuple[DesiredApp, ...]) -> list[DesiredApp]:

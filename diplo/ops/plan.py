@@ -35,12 +35,20 @@ def apps_to_lock(
 ) -> set[str]:
     """The apps an apply of `desired` may touch: its own, and with prune the recorded apps
     of its projects; within `only` when given."""
+    if only is not None:  # a reconcile's few apps: no pass over every app
+        recorded = ctx.ledger.snapshot().apps if prune else {}
+        return {
+            n
+            for n in only
+            if desired.app(n) is not None
+            or (n in recorded and recorded[n].project in desired.projects)
+        }
     names = {a.name for a in desired.apps}
     if prune:
         names |= {
             r.app for r in ctx.ledger.snapshot().apps.values() if r.project in desired.projects
         }
-    return names if only is None else names & only
+    return names
 
 
 def plan_state(
@@ -65,13 +73,15 @@ def plan_state(
     if prune and owners is not None:
         # Only recorded apps that this plan would prune need their source looked up: a
         # reconcile of a desired app (the usual case) asks the ledger nothing more.
-        wanted = {a.name for a in desired.apps}
+        recorded = (
+            snapshot.apps
+            if only is None
+            else {n: snapshot.apps[n] for n in only if n in snapshot.apps}
+        )
         candidates = {
             name
-            for name, record in snapshot.apps.items()
-            if record.project in desired.projects
-            and name not in wanted
-            and (only is None or name in only)
+            for name, record in recorded.items()
+            if record.project in desired.projects and desired.app(name) is None
         }
         deployed = ctx.ledger.deployed() if candidates else {}
         prunable = frozenset(

@@ -219,6 +219,30 @@ def test_only_limits_the_plan():
     assert [x.app for x in p.apps] == ["b"]
 
 
+def test_a_plan_of_some_apps_is_the_whole_plan_of_those_apps():
+    """A reconcile plans one app (and looks at no other): what it plans for its apps,
+    in their order, is what a plan of everything plans for them, orphans included."""
+    a = app("a")
+    b = app("b", depends_on=("a",))
+    c = app("c", depends_on=("b",), env=(("NEW", "1"),))
+    d = app("d")
+    gone, theirs = app("gone"), app("api", project="billing")
+    observed = Observed(
+        containers=(running(a), running(b), running(app("c")), running(gone), running(theirs)),
+        images=IMAGES,
+        networks=frozenset({"diplo-shop"}),
+    )
+    ledger = ledger_for(a, b, app("c"), gone, theirs)
+    desired = state(d, c, b, a)
+    whole = plan(desired, observed, ledger, {}, prune=True)
+    for only in ({"c"}, {"a", "c"}, {"gone"}, {"api"}, {"d", "gone"}, {"nothing"}):
+        some = plan(desired, observed, ledger, {}, prune=True, only=frozenset(only))
+        assert some.apps == tuple(p for p in whole.apps if p.app in only), only
+        assert some.networks == whole.networks == ()
+    assert [p.app for p in whole.apps] == ["a", "b", "c", "d", "gone"]
+    assert whole.app("c").kind == "update" and whole.app("gone").kind == "remove"
+
+
 def test_topological_order_puts_dependencies_first():
     c = app("c", depends_on=("b",))
     b = app("b", depends_on=("a",))
