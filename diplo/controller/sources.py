@@ -15,6 +15,8 @@ from typing import Protocol
 from diplo.checkout import update_tree
 from diplo.errors import DiploError, InputError, ManifestError, ManifestIssue
 from diplo.gitsource import Commit, GitRepo, cache_path, redact_url
+from diplo.manifest import reads
+from diplo.manifest.files import find_manifest_files
 from diplo.manifest.load import load_manifests
 from diplo.model import DesiredApp, DesiredState, Revision
 from diplo.ops.provenance import folder_revision, folder_source
@@ -63,6 +65,10 @@ class FolderSource:
     def __init__(self, folder: Path, policy: Policy | None = None) -> None:
         self.folder = folder.resolve()
         self.policy = policy or Policy()
+        # The last valid load: its manifest files, the signature of all it looked at
+        # (manifest/reads.py), and what it gave
+        self._kept: tuple[list[Path], reads.Signature, DesiredState] | None = None
+        self.loads = 0  # manifest loads made (skipped ones are not)
 
     @property
     def name(self) -> str:
@@ -72,8 +78,35 @@ class FolderSource:
         return {"kind": self.kind, "path": str(self.folder)}
 
     def load(self) -> Loaded:
-        desired = _load_folder(self.folder, self.policy, "folder", self.folder)
+        """The folder's desired state; the last one, without reading the manifests again,
+        while nothing it was made of changed (the files and folders it read, the paths
+        it checked). An edit the watch misses (a file outside the folder: an env_file, a
+        build context, a bind-mounted file) is seen at the next resync all the same."""
+        kept = self._kept
+        if kept is not None and self._same(kept[0], kept[1]):
+            desired = kept[2]
+        else:
+            began = time.time()
+            self._kept = None
+            with reads.record() as seen:
+                desired = _load_folder(self.folder, self.policy, "folder", self.folder)
+            self.loads += 1
+            sig = reads.signature(seen)
+            if reads.settled(sig, began):  # else read again next time, when it has settled
+                self._kept = (self._manifests(), sig, desired)
         return Loaded(desired, folder_revision([str(self.folder)]))
+
+    def _manifests(self) -> list[Path]:
+        try:
+            return find_manifest_files([str(self.folder)])
+        except InputError:  # none
+            return []
+
+    def _same(self, files: list[Path], sig: reads.Signature) -> bool:
+        """Whether the folder holds the same manifest files (a folder listing, no folder's
+        time: what an app writes in a bind-mounted folder here changes nothing), and all
+        the last load looked at is as it was."""
+        return self._manifests() == files and reads.signature(s[:2] for s in sig) == sig
 
 
 @dataclass

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from diplo.errors import InputError
+from diplo.manifest import reads
 
 MANIFEST_NAMES = ("diplo.yaml", "diplo.yml")
 
@@ -37,6 +38,7 @@ def find_manifest_files(paths: Iterable[str]) -> list[Path]:
         else:
             hint = "create it, or point -f at a manifest file or folder"
             raise InputError(f"{raw}: no such file or folder", hint=hint)
+    reads.note(*found)  # which files there are: its caller compares the list itself
     unique: dict[Path, None] = {}
     for f in found:
         unique.setdefault(f.resolve(), None)

@@ -12,6 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from diplo.manifest import reads
 from diplo.model import DesiredApp
 
 _CHUNK = 1 << 20
@@ -25,6 +26,7 @@ def file_digest(path: str | Path) -> str:
     """Digest of a regular file. Anything else (a FIFO, a device, a socket) is never
     opened: reading /dev/zero never ends, a FIFO blocks, and opening some devices acts."""
     h = hashlib.sha256()
+    reads.note(path)
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         h.update(f"special\0{stat.S_IFMT(st.st_mode)}".encode())
@@ -43,6 +45,7 @@ def _nonblocking(path: str, flags: int) -> int:
 def _dockerignore(context: Path) -> list[tuple[bool, re.Pattern[str]]]:
     """(negated, regex) per .dockerignore line, in order."""
     path = context / ".dockerignore"
+    reads.note(path)
     if not path.is_file():
         return []
     rules = []
@@ -95,6 +98,7 @@ def context_digest(context: str | Path, max_files: int = 100_000, max_bytes: int
     prune = not any(negate for negate, _ in patterns)
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
+        reads.note(dirpath)  # a file added or removed changes its folder
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, root)
         for name in sorted(filenames):
@@ -112,6 +116,7 @@ def context_digest(context: str | Path, max_files: int = 100_000, max_bytes: int
                 )
             h.update(f"{rel}\0{st.st_mode & 0o777}\0".encode())
             if stat.S_ISLNK(st.st_mode):
+                reads.note(full)
                 h.update(os.readlink(full).encode())
             elif stat.S_ISREG(st.st_mode):
                 h.update(file_digest(full).encode())

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from diplo.errors import ManifestError, ManifestIssue
+from diplo.manifest import reads
 from diplo.manifest.envfile import parse_env_text
 from diplo.manifest.files import find_manifest_files
 from diplo.manifest.hashing import (
@@ -260,6 +261,7 @@ def _default_project(path: Path) -> str:
 def _env_lookup(folder: Path, environ: dict[str, str], f: _File) -> Lookup:
     dotenv: dict[str, str] = {}
     env_path = folder / ".env"
+    reads.note(env_path)  # there or not: one that appears changes the load
     if env_path.is_file():
         refused = f.rules.file_refusal(os.path.realpath(env_path))
         if refused:
@@ -420,6 +422,7 @@ def _resolve_app(f: _File, name: str, app: AppConfig, environ: dict[str, str]) -
 
     env: dict[str, str] = {}
     for i, rel in enumerate(app.env_file):
+        reads.note(base / rel)
         p = Path(os.path.realpath(base / rel))
         loc: DataPath = (*at, "env_file", i)
         if loc not in f.located.values:  # `env_file: .env` (a single string)
@@ -557,6 +560,7 @@ def _masked(f: _File, at: DataPath) -> tuple[tuple[str, str, str], ...]:
 
 
 def _resolve_build(f: _File, cfg: BuildConfig, base: Path, loc: DataPath) -> BuildSpec | None:
+    reads.note(base / cfg.context, base / cfg.context / cfg.dockerfile)
     context = Path(os.path.realpath(base / cfg.context))
     refused = f.rules.file_refusal(str(context))
     if refused:
@@ -613,6 +617,7 @@ def _resolve_volume(f: _File, text: str, base: Path, loc: DataPath, project: str
         f.issue(loc, f"volume target {target!r} must be an absolute path in the container")
         return None
     if source.startswith((".", "/", "~")):
+        reads.note_exists(base / os.path.expanduser(source))  # a file's content: below
         host = Path(os.path.realpath(base / os.path.expanduser(source)))
         refused = f.rules.bind_refusal(str(host))
         if refused:  # before looking at the path: a refused manifest learns nothing of it

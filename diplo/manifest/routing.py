@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from diplo.manifest import reads
 from diplo.manifest.hashing import file_digest, spec_digest
 from diplo.manifest.spec import AppConfig, TlsFiles
 from diplo.manifest.yamlpos import Path as DataPath
@@ -103,6 +104,7 @@ def _tls_files(f: Sink, cfg: TlsFiles, base: Path, at: DataPath) -> dict[str, An
     digests: dict[str, str] = {}
     for part in ("cert", "key"):
         rel: str = getattr(cfg, part)
+        reads.note(base / rel)
         p = os.path.realpath(base / rel)
         loc = (*at, part)
         refused = f.rules.file_refusal(p)

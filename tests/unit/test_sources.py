@@ -259,3 +259,109 @@ def test_one_project_in_two_sources_is_an_error(tmp_path: Path):
 def test_loaded_of_an_app_without_its_own_revision():
     rev = Revision("folder:/x")
     assert Loaded(DesiredState(), rev).of("web") is rev
+
+
+# --- a folder's loads, skipped while nothing they read changed -------------------------
+
+RICH = """project: shop
+apps:
+  web:
+    image: busybox:latest
+    env_file: conf/web.env
+    env:
+      GREETING: ${GREETING:-hello}
+    volumes:
+      - ./conf/app.ini:/etc/app.ini:ro
+      - ./data:/data
+  api:
+    build: ./api
+"""
+
+
+@pytest.fixture
+def rich(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, FolderSource]:
+    from diplo.manifest import reads
+
+    # Files written by this test are "settled" at once (see reads.RACY).
+    monkeypatch.setattr(reads, "RACY", 0.0)
+    folder = tmp_path / "m"
+    for sub in ("conf", "data", "api/src"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "diplo.yaml").write_text(RICH)
+    (folder / "conf/web.env").write_text("MODE=a\n")
+    (folder / "conf/app.ini").write_text("x=1\n")
+    (folder / "api/Dockerfile").write_text("FROM busybox\n")
+    (folder / "api/src/main.py").write_text("print(1)\n")
+    return folder, FolderSource(folder)
+
+
+def _hashes(src: FolderSource) -> dict[str, str]:
+    return {a.name: a.spec_hash for a in src.load().desired.apps}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(
+            lambda f: (f / "diplo.yaml").write_text(RICH + "  db:\n    image: x\n"), id="manifest"
+        ),
+        pytest.param(lambda f: (f / "conf/web.env").write_text("MODE=b\n"), id="env_file"),
+        pytest.param(lambda f: (f / ".env").write_text("GREETING=hi\n"), id="new-dotenv"),
+        pytest.param(lambda f: (f / "conf/app.ini").write_text("x=2\n"), id="mounted-file"),
+        pytest.param(lambda f: (f / "api/src/util.py").write_text("\n"), id="context-file-added"),
+        pytest.param(lambda f: (f / "api/src/main.py").write_text("print(2)\n"), id="context-edit"),
+        pytest.param(lambda f: (f / "api/Dockerfile").write_text("FROM alpine\n"), id="dockerfile"),
+        pytest.param(
+            lambda f: (
+                (f / "more").mkdir(),
+                (f / "more/diplo.yaml").write_text(
+                    WEB.replace("shop", "more").replace("web", "blog")
+                ),
+            ),
+            id="nested-manifest",
+        ),
+    ],
+)
+def test_a_folder_is_loaded_again_when_anything_its_load_read_changes(rich, change):
+    folder, src = rich
+    first = _hashes(src)
+    assert src.loads == 1
+    assert _hashes(src) == first and src.loads == 1  # nothing changed: not read again
+    change(folder)
+    assert _hashes(src) != first and src.loads == 2
+    assert _hashes(src) and src.loads == 2  # and kept again
+
+
+def test_what_an_app_writes_in_a_mounted_folder_does_not_reload(rich):
+    folder, src = rich
+    src.load()
+    (folder / "data/log.txt").write_text("written by the app\n")
+    src.load()
+    assert src.loads == 1
+    (folder / "data/log.txt").unlink()
+    (folder / "data").rmdir()  # gone: the manifest is now invalid, and says so
+    with pytest.raises(ManifestError, match="does not exist"):
+        src.load()
+
+
+def test_a_retargeted_symlink_reloads(rich):
+    folder, src = rich
+    (folder / "conf/other.env").write_text("MODE=z\n")
+    (folder / "conf/link.env").symlink_to("web.env")
+    (folder / "diplo.yaml").write_text(RICH.replace("conf/web.env", "conf/link.env"))
+    first = _hashes(src)
+    (folder / "conf/link.env").unlink()
+    (folder / "conf/link.env").symlink_to("other.env")
+    assert _hashes(src) != first and src.loads == 2
+
+
+def test_a_load_right_after_a_change_is_not_kept(tmp_path: Path):
+    """A file changed in the timestamp tick of the load may have changed after it was
+    read: that load is not kept (the next one reads again)."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "diplo.yaml").write_text(WEB)
+    src = FolderSource(folder)
+    src.load()
+    src.load()
+    assert src.loads == 2
