@@ -572,6 +572,15 @@ class Ledger:
         )
         return [(int(r["id"]), str(r["kept_image"])) for r in rows]
 
+    def kept_tag(self, app: str, image_id: str) -> str | None:
+        """The tag that keeps `image_id` for one of `app`'s deployments already, if any."""
+        rows = self._query(
+            "SELECT kept_image FROM deployments WHERE app = ? AND image_id = ? "
+            "AND kept_image IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (app, image_id),
+        )
+        return str(rows[0]["kept_image"]) if rows else None
+
     def drop_kept_image(self, dep_id: int) -> None:
         with self._tx(DEPLOYMENTS) as db:
             db.execute("UPDATE deployments SET kept_image = NULL WHERE id = ?", (dep_id,))

@@ -44,11 +44,15 @@ def keep_image(
     bound: FilteringBoundLogger,
 ) -> None:
     """Tag the image this deployment runs so that a rollback needs no rebuild or pull,
-    and drop the tags of older deployments beyond `keep` (Docker deletes an image once
-    no tag and no container holds it). A failure here never fails the deploy."""
+    and drop the tags of older images beyond `keep` (Docker deletes an image once no tag
+    and no container holds it). A deployment of an image kept already (a heal, an env
+    change) shares its tag: it costs the engine nothing, and heals of a crashing app do
+    not push the releases before it out of `keep`. A failure never fails the deploy."""
     try:
-        tag = kept_image_ref(app, dep_id)
-        runtime.tag_image(image_id, tag)
+        tag = ledger.kept_tag(app, image_id)
+        if tag is None:
+            tag = kept_image_ref(app, dep_id)
+            runtime.tag_image(image_id, tag)
         ledger.keep_image(dep_id, tag)
     except DiploError as exc:
         bound.warning("image.keep_failed", error=exc.message)
@@ -64,11 +68,14 @@ def prune_kept_images(runtime: Runtime, ledger: Ledger, app: str, keep: int) -> 
 
 
 def drop_kept_images(runtime: Runtime, ledger: Ledger, app: str, keep: int) -> list[str]:
-    """Untag the kept images of all but the `keep` newest deployments of `app` (an app
-    that is removed keeps none); returns the tags dropped."""
-    dropped = []
-    for dep_id, tag in ledger.kept_images(app)[keep:]:
+    """Untag all but the `keep` newest of `app`'s kept images (an app that is removed
+    keeps none), and forget them in the deployments that shared them; returns the tags
+    dropped."""
+    kept = ledger.kept_images(app)  # newest deployment first
+    dropped = list(dict.fromkeys(tag for _, tag in kept))[keep:]
+    for tag in dropped:
         runtime.untag_image(tag)
-        ledger.drop_kept_image(dep_id)
-        dropped.append(tag)
+        for dep_id, of in kept:
+            if of == tag:
+                ledger.drop_kept_image(dep_id)
     return dropped

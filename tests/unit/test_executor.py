@@ -74,7 +74,8 @@ def test_update_stops_old_starts_new_then_removes_old(engine, ledger):
     converge(engine, ledger, state(app("web")))
     (old_id,) = engine.containers
     engine.calls.clear()
-    new = app("web", env=(("A", "1"),))
+    engine.images["shop/web:2"] = "sha256:" + "b" * 64
+    new = app("web", image="shop/web:2")
     assert converge(engine, ledger, state(new)).ok
     kinds = [k for k, _ in engine.calls]
     # ...then tags the image it runs, so that a rollback needs no rebuild

@@ -55,14 +55,43 @@ def test_restore_names_env_keys_whose_value_changed():
     assert back is None and missing == ["TOKEN"]
 
 
-def test_each_deployment_keeps_its_image_and_old_ones_are_dropped(ctx):
-    for n in range(4):
-        assert deploy(ctx, state(app("web", env=(("N", str(n)),), keep_images=2))).ok
+def release(ctx, n: int, **kw):
+    """Version `n` of web: an image of its own."""
+    ctx.runtime.images[f"web:{n}"] = f"sha256:{n:064d}"
+    return app("web", image=f"web:{n}", keep_images=2, **kw)
+
+
+def test_each_image_is_kept_and_old_ones_are_dropped(ctx):
+    for n in range(1, 5):
+        assert deploy(ctx, state(release(ctx, n))).ok
     kept = ctx.ledger.kept_images("web")
     assert [tag for _, tag in kept] == [kept_image_ref("web", 4), kept_image_ref("web", 3)]
     images = ctx.runtime.images
     assert kept_image_ref("web", 4) in images and kept_image_ref("web", 1) not in images
     assert ("untag", kept_image_ref("web", 1)) in ctx.runtime.calls
+
+
+def test_deployments_of_a_kept_image_share_its_tag_and_never_push_older_images_out(ctx):
+    """A crashing app healed again and again (each heal a deployment of the same image),
+    or env-only releases, must not push the release before it out of `keep_images`: a
+    rollback to it must still find its image. They cost the engine no tag either."""
+    assert deploy(ctx, state(release(ctx, 1))).ok
+    assert deploy(ctx, state(release(ctx, 2))).ok
+    ctx.runtime.calls.clear()
+    for n in range(5):  # five more deployments of image 2
+        assert deploy(ctx, state(release(ctx, 2, env=(("N", str(n)),)))).ok
+    assert not [c for c in ctx.runtime.calls if c[0] in ("tag", "untag")]
+    kept = ctx.ledger.kept_images("web")
+    assert {tag for _, tag in kept} == {kept_image_ref("web", 1), kept_image_ref("web", 2)}
+    assert [d for d, tag in kept if tag == kept_image_ref("web", 2)] == [7, 6, 5, 4, 3, 2]
+    # the release before them can still be restored, and so can each of them
+    assert restore(ctx, 1, None).image == "sha256:" + "1".zfill(64)
+    assert restore(ctx, 3, release(ctx, 2, env=(("N", "0"),))).image == "sha256:" + "2".zfill(64)
+    # a third image: the oldest one goes, with every deployment that shared the tag
+    assert deploy(ctx, state(release(ctx, 3))).ok
+    assert ("untag", kept_image_ref("web", 1)) in ctx.runtime.calls
+    tags = [tag for _, tag in ctx.ledger.kept_images("web")]
+    assert tags == [kept_image_ref("web", 8)] + [kept_image_ref("web", 2)] * 6
 
 
 def test_deployments_record_their_revision(ctx):
