@@ -226,7 +226,7 @@ class Controller:
         if key in (ALL, RELOAD):
             changed = self.reload()
             if key == ALL:
-                self.listing.invalidate()  # the resync's batch shares one new listing
+                self.listing.renew()  # the resync's batch shares one new listing
                 self._proxy(routed.converge)
             everything = set(self.state.known) | set(self.view.rows)
             for name in sorted(everything if key == ALL else changed):
@@ -281,6 +281,7 @@ class Controller:
                     skip=lambda prepared: self._hold(app, prepared) or self._defer(app, prepared),
                     lock_wait=RECONCILE_LOCK_WAIT,
                     listing=self.listing,
+                    listing_wait=self.queue.in_background(app),  # a heal waits for none
                 )
             except DiploError as exc:
                 self.listing.invalidate()  # it may be what failed: the retry lists anew

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 
@@ -100,6 +101,7 @@ def apply(
     lock_wait: float = LOCK_WAIT,
     waiting: Callable[[str], None] | None = None,
     listing: SharedListing | None = None,
+    listing_wait: bool = True,
 ) -> ApplyReport:
     """Converge the apps of `desired` (those in `only`, when given) under their host locks.
 
@@ -108,7 +110,8 @@ def apply(
     `skip(prepared)` may decide, once the plan is known, that nothing is executed (the
     controller does not retry a release that failed). `listing`: an engine listing shared
     with other applies (of `only`'s apps: see ops/listing.py), dropped when this one
-    changes anything. Raises InputError before anything
+    changes anything; `listing_wait=False`: a new one on its way may not be waited for
+    (a heal's). Raises InputError before anything
     changes when the input cannot be applied (a pin that cannot be restored, a port clash)."""
     names = apps_to_lock(ctx, desired, prune=prune, only=only)
     with ctx.locks.hold(names, timeout=lock_wait, waiting=waiting):
@@ -122,7 +125,7 @@ def apply(
             prune=prune,
             only=only,
             owners=owners,
-            observe=None if listing is None else listing.observe,
+            observe=None if listing is None else partial(listing.observe, wait=listing_wait),
         )
         report = ApplyReport(prepared, pinned)
         if dry_run or (skip is not None and skip(prepared)):
