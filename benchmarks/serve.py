@@ -260,10 +260,10 @@ def heal(
     api: docker.APIClient, url: str, names: list[str], project: str, drifts: int, window: float
 ) -> dict[str, Any]:
     """`drifts` drift events spread over `window` seconds, each on another app: the time
-    from `docker rm -f` to the app healthy in GET /apps/{app} (a new container, running),
-    and the engine's own part of that, read from its events: the removal (`rm -f` issued
-    to its `destroy` event) and the new container's start (its `create` to `start`
-    event)."""
+    from `docker rm -f` to the app healthy in GET /apps/{app} (a new container, running;
+    asked every 10 ms once the engine started it), and the engine's own part of that,
+    read from its events: the removal (`rm -f` issued to its `destroy` event) and the new
+    container's start (its `create` to `start` event)."""
     events = EngineEvents(project)
     totals, engine, to_healthy, reaction = [], [], [], []
     try:
@@ -285,6 +285,10 @@ def heal(
                     and r["containers"][0]["id"] != old
                 )
 
+            # Asked every 10 ms from the new container's start on (it cannot show healthy
+            # before): polling all along, 100 requests a second through the front and the
+            # API for 2-3 s per drift, took CPU that the heal itself needed.
+            wait(lambda a=app, t=issued: events.first(a, "start", t), 60, f"{app} started", 0.002)
             wait(healed, 60, f"{app} healed", every=0.01)
             done = time.time()
             time.sleep(0.2)  # the events stream's last lines
