@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -87,7 +88,9 @@ class Bench:
             list(pool.map(one, range(self.n)))
 
     def cleanup(self) -> int:
-        """Remove every container of this run; returns how many are left (0)."""
+        """Remove every container of this run and its history files (70-100 MB); returns
+        how many containers are left (0)."""
+        shutil.rmtree(self.work, ignore_errors=True)
         filters = {"label": [f"diplo.project={self.project}", BENCH_LABEL]}
 
         def rm(cid: str) -> None:
@@ -128,14 +131,25 @@ def measure(cycle: Any, cycles: int, pause: float = 0.2) -> dict[str, float]:
 
 def sample_values(k: int) -> list[float | None]:
     """One row as the collector writes it: percentages with two digits, byte counts and
-    rates as integers, no CPU limit, a probe latency."""
+    rates as integers, no CPU limit, a probe latency, and no request figures (an app
+    without domains); in the order of metricstore.COLUMNS, by name, so that a column
+    added there is never a row of the wrong width here."""
     cpu = round(random.uniform(0, 100), 2)
     mem = random.randint(5 << 20, 500 << 20)
-    counters = [random.randint(0, 1 << 34) + k * 1000 for _ in range(4)]
-    rates = [random.randint(0, 200_000) for _ in range(2)]
-    latency = round(random.uniform(0.5, 50), 1)
-    # in the order of metricstore.COLUMNS
-    return [cpu, cpu, None, mem, mem, 512 << 20, *rates, *counters, 0, latency]
+    row: dict[str, float | None] = {
+        "cpu_percent": cpu,
+        "cpu_percent_max": cpu,
+        "memory_bytes": mem,
+        "memory_bytes_max": mem,
+        "memory_limit_bytes": 512 << 20,
+        "rx_bytes_per_second": random.randint(0, 200_000),
+        "tx_bytes_per_second": random.randint(0, 200_000),
+        "restarts": 0,
+        "latency_ms": round(random.uniform(0.5, 50), 1),
+    }
+    for name in ("rx_bytes", "tx_bytes", "blk_read_bytes", "blk_write_bytes"):
+        row[name] = random.randint(0, 1 << 34) + k * 1000
+    return [row.get(name) for name in COLUMNS]
 
 
 def history_size(n: int, interval: float, work: Path) -> dict[str, Any]:
