@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Literal, Protocol, TypeVar
@@ -458,6 +458,13 @@ class LedgerSnapshot:
 
     def ports_of(self, app: str) -> tuple[PortAllocation, ...]:
         return self._ports_by_app.get(app, ())
+
+    def records(self, only: Collection[str] | None = None) -> Mapping[str, AppRecord]:
+        """The apps' records; of those in `only` when given (a reconcile's few apps: no
+        pass over every app)."""
+        if only is None:
+            return self.apps
+        return {n: self.apps[n] for n in only if n in self.apps}
 
     @cached_property
     def _ports_by_app(self) -> dict[str, tuple[PortAllocation, ...]]:

@@ -79,21 +79,14 @@ def plan(
         problems.extend(app_problems)
 
     listed = observed.containers if only is None else [c for n in only for c in observed.of_app(n)]
-    recorded = (
-        ledger.apps.items()
-        if only is None
-        else [(n, ledger.apps[n]) for n in only if n in ledger.apps]
-    )
     orphans: dict[str, list[ObservedContainer]] = {}
     for c in listed:
         if c.project in desired.projects and desired.app(c.app) is None:
             orphans.setdefault(c.app, []).append(c)
-    for name, record in recorded:
+    for name, record in ledger.records(only).items():
         if record.project in desired.projects and desired.app(name) is None:
             orphans.setdefault(name, [])
     for name in sorted(orphans):
-        if only is not None and name not in only:
-            continue
         containers = tuple(orphans[name])
         project = containers[0].project if containers else ledger.apps[name].project
         action = RemoveContainers(name, containers, "no longer in the manifests")

@@ -35,19 +35,13 @@ def apps_to_lock(
 ) -> set[str]:
     """The apps an apply of `desired` may touch: its own, and with prune the recorded apps
     of its projects; within `only` when given."""
-    if only is not None:  # a reconcile's few apps: no pass over every app
-        recorded = ctx.ledger.snapshot().apps if prune else {}
-        return {
-            n
-            for n in only
-            if desired.app(n) is not None
-            or (n in recorded and recorded[n].project in desired.projects)
-        }
-    names = {a.name for a in desired.apps}
+    if only is None:
+        names = {a.name for a in desired.apps}
+    else:  # a reconcile's few apps: no pass over every app
+        names = {n for n in only if desired.app(n) is not None}
     if prune:
-        names |= {
-            r.app for r in ctx.ledger.snapshot().apps.values() if r.project in desired.projects
-        }
+        recorded = ctx.ledger.snapshot().records(only)
+        names |= {n for n, r in recorded.items() if r.project in desired.projects}
     return names
 
 
@@ -73,14 +67,9 @@ def plan_state(
     if prune and owners is not None:
         # Only recorded apps that this plan would prune need their source looked up: a
         # reconcile of a desired app (the usual case) asks the ledger nothing more.
-        recorded = (
-            snapshot.apps
-            if only is None
-            else {n: snapshot.apps[n] for n in only if n in snapshot.apps}
-        )
         candidates = {
             name
-            for name, record in recorded.items()
+            for name, record in snapshot.records(only).items()
             if record.project in desired.projects and desired.app(name) is None
         }
         deployed = ctx.ledger.deployed() if candidates else {}
