@@ -88,12 +88,14 @@ class FolderSource:
         else:
             began = time.time()
             self._kept = None
+            # listed before the load: a manifest added meanwhile makes the next look differ
+            files = self._manifests()
             with reads.record() as seen:
                 desired = _load_folder(self.folder, self.policy, "folder", self.folder)
             self.loads += 1
             sig = reads.signature(seen)
             if reads.settled(sig, began):  # else read again next time, when it has settled
-                self._kept = (self._manifests(), sig, desired)
+                self._kept = (files, sig, desired)
         return Loaded(desired, folder_revision([str(self.folder)]))
 
     def _manifests(self) -> list[Path]:

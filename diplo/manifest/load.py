@@ -617,7 +617,7 @@ def _resolve_volume(f: _File, text: str, base: Path, loc: DataPath, project: str
         f.issue(loc, f"volume target {target!r} must be an absolute path in the container")
         return None
     if source.startswith((".", "/", "~")):
-        reads.note_exists(base / os.path.expanduser(source))  # a file's content: below
+        reads.note(base / os.path.expanduser(source), content=False)  # a file's: below
         host = Path(os.path.realpath(base / os.path.expanduser(source)))
         refused = f.rules.bind_refusal(str(host))
         if refused:  # before looking at the path: a refused manifest learns nothing of it

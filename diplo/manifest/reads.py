@@ -23,23 +23,13 @@ Mark = tuple[int, int, int, int, int] | None
 Signature = tuple[tuple[str, bool, Mark, Mark], ...]
 
 
-def note(*paths: str | os.PathLike[str]) -> None:
-    """The load being recorded (if any) read these files or listed these folders."""
+def note(*paths: str | os.PathLike[str], content: bool = True) -> None:
+    """The load being recorded (if any) read these files or listed these folders; or,
+    with `content=False`, checked only that they are there (a bind-mounted folder: what
+    the app writes in it is no input of the load)."""
     seen = _seen.get()
     if seen is not None:
-        seen.update((os.fspath(p), True) for p in paths)
-
-
-def note_exists(*paths: str | os.PathLike[str]) -> None:
-    """...or checked only that these are there (a bind-mounted folder: what the app writes
-    in it is no input of the load)."""
-    seen = _seen.get()
-    if seen is not None:
-        seen.update((os.fspath(p), False) for p in paths)
-
-
-def recording() -> bool:
-    return _seen.get() is not None
+        seen.update((os.fspath(p), content) for p in paths)
 
 
 @contextmanager
