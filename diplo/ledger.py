@@ -373,7 +373,6 @@ class Ledger:
         """The newest deployment per app matching `where`. Every app's is kept until
         deployments are written (at 500 apps, reading them all is 25 ms of a health
         tick); a few apps' are read from the index."""
-        cond = f"WHERE {where} " if where else ""
         if apps is not None and len(apps) <= 16:
             names = tuple(sorted(apps))
             marks = ", ".join("?" for _ in names)
@@ -388,6 +387,7 @@ class Ledger:
             key = (self._data_version(), self._deploy_writes)
             kept = self._newest.get(where)
             if kept is None or kept[:2] != key:
+                cond = f"WHERE {where} " if where else ""
                 rows = self._query(
                     "SELECT * FROM deployments WHERE id IN (SELECT MAX(id) FROM deployments "
                     f"{cond}GROUP BY app)"
@@ -560,7 +560,17 @@ class Ledger:
             )
 
     def keep_image(self, dep_id: int, tag: str) -> None:
+        """Deployment `dep_id` keeps its image by `tag`. An earlier deployment of the same
+        release (a heal: the same spec and tag) hands the tag over, unless a rollback
+        pins it: the history's trim then takes it, and heals of a crashing app do not
+        pile up for as long as the image is kept."""
         with self._tx(DEPLOYMENTS) as db:
+            db.execute(
+                "UPDATE deployments SET kept_image = NULL WHERE kept_image = ? AND id != ? "
+                "AND (app, spec_hash) = (SELECT app, spec_hash FROM deployments WHERE id = ?) "
+                "AND id NOT IN (SELECT deployment_id FROM pins)",
+                (tag, dep_id, dep_id),
+            )
             db.execute("UPDATE deployments SET kept_image = ? WHERE id = ?", (tag, dep_id))
 
     def kept_images(self, app: str) -> list[tuple[int, str]]:
@@ -581,9 +591,13 @@ class Ledger:
         )
         return str(rows[0]["kept_image"]) if rows else None
 
-    def drop_kept_image(self, dep_id: int) -> None:
+    def drop_kept_tag(self, app: str, tag: str) -> None:
+        """`tag` keeps no deployment of `app`'s image any more."""
         with self._tx(DEPLOYMENTS) as db:
-            db.execute("UPDATE deployments SET kept_image = NULL WHERE id = ?", (dep_id,))
+            db.execute(
+                "UPDATE deployments SET kept_image = NULL WHERE app = ? AND kept_image = ?",
+                (app, tag),
+            )
 
     def seal_env(self, dep_id: int, app: str, blob: bytes) -> None:
         """Keep deployment `dep_id`'s sealed env values; those of `app`'s deployments that

@@ -71,11 +71,9 @@ def drop_kept_images(runtime: Runtime, ledger: Ledger, app: str, keep: int) -> l
     """Untag all but the `keep` newest of `app`'s kept images (an app that is removed
     keeps none), and forget them in the deployments that shared them; returns the tags
     dropped."""
-    kept = ledger.kept_images(app)  # newest deployment first
-    dropped = list(dict.fromkeys(tag for _, tag in kept))[keep:]
+    # newest deployment first: a tag's place is that of its newest deployment
+    dropped = list(dict.fromkeys(tag for _, tag in ledger.kept_images(app)))[keep:]
     for tag in dropped:
         runtime.untag_image(tag)
-        for dep_id, of in kept:
-            if of == tag:
-                ledger.drop_kept_image(dep_id)
+        ledger.drop_kept_tag(app, tag)
     return dropped

@@ -265,7 +265,7 @@ def test_newest_deployments_follow_every_write_of_this_process_or_another(tmp_pa
     assert ours.deployed()["web"].id != dep  # the good one still runs
     ours.keep_image(dep, "diplo-kept/web:d2")
     assert ours.last_deployments()["web"].kept_image == "diplo-kept/web:d2"
-    ours.drop_kept_image(dep)
+    ours.drop_kept_tag("web", "diplo-kept/web:d2")
     assert ours.last_deployments()["web"].kept_image is None
 
     other = theirs.start_deployment("api", "shop", "h-api-2")  # `diplo apply` beside serve

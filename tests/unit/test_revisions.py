@@ -94,6 +94,23 @@ def test_deployments_of_a_kept_image_share_its_tag_and_never_push_older_images_o
     assert tags == [kept_image_ref("web", 8)] + [kept_image_ref("web", 2)] * 6
 
 
+def test_heals_of_one_release_leave_one_deployment_holding_its_tag(ctx):
+    """Each heal of a crashing app is a deployment of the same release: it takes the tag
+    over, so that the history's trim can drop the ones before it (they would pile up
+    for as long as the image is kept); a deployment a rollback pins keeps its own."""
+    v1 = release(ctx, 1)
+    assert deploy(ctx, state(v1)).ok
+    ctx.ledger.pin("web", 1, "a rollback")
+    ctx.runtime.calls.clear()
+    for _ in range(3):  # removed by hand, and healed
+        ctx.runtime.containers.clear()
+        assert deploy(ctx, state(v1)).ok
+    assert not [c for c in ctx.runtime.calls if c[0] in ("tag", "untag")]
+    tag = kept_image_ref("web", 1)
+    assert ctx.ledger.kept_images("web") == [(4, tag), (1, tag)]
+    assert restore(ctx, 4, None).image == restore(ctx, 1, None).image
+
+
 def test_deployments_record_their_revision(ctx):
     rev = Revision("folder:/x", "a" * 40, "Add web", "Ann <a@x>", "2026-11-29T00:00:00Z", True)
     p = plan(state(app("web")), ctx.runtime.observe(), ctx.ledger.snapshot(), {})
