@@ -94,7 +94,10 @@ class DesiredApp:
     name: str
     project: str
     image: str
-    source: str = ""  # file:line of the app's definition, for messages
+    # file:line of the app's definition, for messages. Not part of what the app is: a line
+    # added above it in its file moves it, and that must not make it a changed app (a
+    # look at every app below an edit, or a resync's full look at each).
+    source: str = field(default="", compare=False)
     build: BuildSpec | None = None
     command: tuple[str, ...] | None = None
     entrypoint: tuple[str, ...] | None = None

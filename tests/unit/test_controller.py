@@ -187,6 +187,27 @@ def test_removed_app_is_pruned(controller: Controller):
     assert "web" not in controller.view.rows
 
 
+def test_an_edit_changes_only_its_app_though_it_moves_the_lines_below(controller: Controller):
+    """An app's file:line is where it is written, not what it is: an edit that adds lines
+    above other apps of the file must not make each of them a changed app (a full look at
+    every app below the edit, 500 of them in one file)."""
+    path = controller.manifests / "diplo.yaml"
+
+    def write(web_env: dict[str, str]) -> None:
+        web: dict[str, object] = {"image": "busybox:latest", "env": web_env}
+        apps = {"web": web, "api": {"image": "busybox:latest"}}
+        path.write_text(yaml.safe_dump({"project": "shop", "apps": apps}, sort_keys=False))
+
+    write({})
+    controller.reload()
+    line_before = controller.state.desired.app("api").source
+    write({"A": "1", "B": "2", "C": "3"})
+    assert controller.reload() == {"web"}
+    line_after = controller.state.desired.app("api").source
+    assert line_after != line_before  # messages still point at where it is now
+    assert int(line_after.rpartition(":")[2]) > int(line_before.rpartition(":")[2])
+
+
 def test_an_empty_source_prunes_nothing_unless_it_allows_it(controller: Controller):
     engine = controller.ctx.runtime
     controller.handle("web")
