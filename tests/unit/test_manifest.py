@@ -1029,3 +1029,59 @@ def test_a_load_leaves_no_garbage_that_only_the_cyclic_collector_frees(tmp_path:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def _hash_as_before(app: DesiredApp) -> str:
+    """The spec hash as it was defined (dataclasses.asdict, then the unhashed keys
+    dropped): hashes on every host were made so, and a different one redeploys the app."""
+    import dataclasses
+
+    from diplo.manifest.hashing import UNHASHED, spec_digest
+
+    data = dataclasses.asdict(app)
+    for key in UNHASHED:
+        data.pop(key)
+    return spec_digest(data)
+
+
+def test_spec_hashes_are_those_of_earlier_versions(tmp_path: Path):
+    """Every kind of field (nested specs, tuples of pairs, mounts, ports, build args, file
+    hashes, None and numbers) hashes as it did before the hash stopped using asdict."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\n")
+    (tmp_path / "app.env").write_text("FROM_FILE=1\n")
+    (tmp_path / "conf.txt").write_text("x\n")
+    manifest = write(
+        tmp_path / "diplo.yaml",
+        """
+        project: shop
+        apps:
+          web:
+            build: {context: ./ctx, args: {V: "1"}}
+            command: ["httpd", "-f"]
+            entrypoint: ["/bin/sh", "-c"]
+            env: {A: "1", B: "two"}
+            env_file: app.env
+            ports: ["8080", "127.0.0.1:18081:81/udp"]
+            volumes: ["data:/data", "./conf.txt:/etc/conf.txt:ro"]
+            labels: {team: a}
+            init: true
+            resources: {memory: 64m, cpus: 0.5}
+            user: "1000"
+            working_dir: /srv
+            stop_signal: SIGINT
+            stop_grace_period: 3s
+            health: {http: {port: 8080, path: /up}}
+            depends_on: [db]
+            domains: [web.example.test]
+          db:
+            image: busybox:latest
+        """,
+    )
+    desired = load(manifest)
+    assert {a.name for a in desired.apps} == {"web", "db"}
+    web = desired.app("web")
+    assert web is not None and web.build and web.mounts and web.file_hashes and web.env
+    for app in desired.apps:
+        assert app.spec_hash == _hash_as_before(app), app.name
