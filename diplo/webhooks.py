@@ -18,6 +18,7 @@ from typing import Literal, cast
 from urllib.parse import parse_qs
 
 from diplo.errors import InputError, WebhookError
+from diplo.tokens import MIN_LENGTH
 
 Provider = Literal["github", "gitea", "gitlab"]
 
@@ -115,7 +116,7 @@ def _read(variable: str, env: Mapping[str, str]) -> str | None:
     neither is set. Errors name the variable and file, never the value."""
     value, path = env.get(variable) or None, env.get(variable + "_FILE") or None
     if path is None:
-        return value
+        return None if value is None else _strong(variable, value)
     if value is not None:
         raise InputError(
             f"both {variable} and {variable}_FILE are set", hint="set only one of them"
@@ -133,7 +134,19 @@ def _read(variable: str, env: Mapping[str, str]) -> str | None:
             f"{variable}_FILE names an empty file: {path}",
             hint="put the secret in it, or unset the variable",
         )
-    return text
+    return _strong(variable + "_FILE", text)
+
+
+def _strong(variable: str, secret: str) -> str:
+    """A webhook secret long enough not to be guessed: whoever can guess it can make serve
+    fetch its repository at will (and, for GitLab, it travels in clear)."""
+    if len(secret) < MIN_LENGTH:
+        raise InputError(
+            f"{variable} is too weak: it has {len(secret)} characters",
+            hint=f"use at least {MIN_LENGTH} random characters, e.g. `openssl rand -hex 24`, "
+            "in the repository's webhook settings and here",
+        )
+    return secret
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:

@@ -26,7 +26,7 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "Ann Dev",
     "GIT_COMMITTER_EMAIL": "ann@example.test",
 }
-SECRET = "hook-secret-for-tests"
+SECRET = "hook-secret-for-the-tests-4c1e"
 
 
 class Repo:

@@ -27,7 +27,7 @@ from diplo.webhooks import WebhookSecrets, secrets_from_env
 
 from .apiworld import AUTH, HOST, build_world, loopback
 
-SECRET = "hook-s3cret"
+SECRET = "hook-s3cret-of-the-tests-9d2b"
 PROBLEM = "application/problem+json"
 
 
@@ -206,9 +206,9 @@ def test_a_rollback_with_nothing_to_restore_is_a_conflict(
 # --- a secret per provider ------------------------------------------------------------------
 
 OWN = {
-    "DIPLO_WEBHOOK_SECRET_GITHUB": "github-secret-0f3a9c",
-    "DIPLO_WEBHOOK_SECRET_GITEA": "gitea-secret-7b21de",
-    "DIPLO_WEBHOOK_SECRET_GITLAB": "gitlab-token-5c8e14",
+    "DIPLO_WEBHOOK_SECRET_GITHUB": "github-secret-0f3a9c-11d8e2",
+    "DIPLO_WEBHOOK_SECRET_GITEA": "gitea-secret-7b21de-3a90cf",
+    "DIPLO_WEBHOOK_SECRET_GITLAB": "gitlab-token-5c8e14-b61f07",
 }
 GITHUB, GITEA, GITLAB = OWN.values()
 

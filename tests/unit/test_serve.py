@@ -202,7 +202,7 @@ def test_serve_runs_the_controller_around_the_server(
     assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
 
 
-SHARED_SECRET, GITLAB_TOKEN = "one-secret-for-all-8d2f", "gitlab-only-token-41ac"
+SHARED_SECRET, GITLAB_TOKEN = "one-secret-for-all-8d2f-90ab", "gitlab-only-token-41ac-7e3d"
 
 
 @pytest.mark.parametrize(

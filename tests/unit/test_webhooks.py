@@ -175,7 +175,12 @@ def test_a_body_that_is_not_an_object_is_rejected():
 
 # --- a secret per provider ------------------------------------------------------------------
 
-OWN = {"github": "github-own-secret", "gitea": "gitea-own-secret", "gitlab": "gitlab-own-token"}
+SHARED_SECRET = "one-secret-for-every-provider-3e9a"  # a secret is 24 characters or more
+OWN = {
+    "github": "github-own-secret-5f0c2a9e",
+    "gitea": "gitea-own-secret-71b3d4e6",
+    "gitlab": "gitlab-own-token-c08a91f2",
+}
 PER_PROVIDER = {
     "DIPLO_WEBHOOK_SECRET_GITHUB": OWN["github"],
     "DIPLO_WEBHOOK_SECRET_GITEA": OWN["gitea"],
@@ -210,13 +215,13 @@ def test_each_provider_is_verified_with_its_own_secret_only(kind: str):
 
 def test_the_shared_secret_serves_the_providers_without_their_own():
     secrets = secrets_from_env(
-        {"DIPLO_WEBHOOK_SECRET": "shared-secret", "DIPLO_WEBHOOK_SECRET_GITLAB": OWN["gitlab"]}
+        {"DIPLO_WEBHOOK_SECRET": SHARED_SECRET, "DIPLO_WEBHOOK_SECRET_GITLAB": OWN["gitlab"]}
     )
-    assert verify(delivery("github", "shared-secret"), BODY, secrets) == "github"
-    assert verify(delivery("forgejo", "shared-secret"), BODY, secrets) == "gitea"
+    assert verify(delivery("github", SHARED_SECRET), BODY, secrets) == "github"
+    assert verify(delivery("forgejo", SHARED_SECRET), BODY, secrets) == "gitea"
     assert verify(delivery("gitlab", OWN["gitlab"]), BODY, secrets) == "gitlab"
     with pytest.raises(WebhookError, match="invalid X-Gitlab-Token"):  # its own one wins
-        verify(delivery("gitlab", "shared-secret"), BODY, secrets)
+        verify(delivery("gitlab", SHARED_SECRET), BODY, secrets)
 
 
 @pytest.mark.parametrize(
@@ -238,7 +243,7 @@ def test_empty_variables_are_no_secret():
 
 
 def test_secrets_from_files(tmp_path):
-    (tmp_path / "shared").write_text("shared-from-file\n")  # as `echo` writes it
+    (tmp_path / "shared").write_text(SHARED_SECRET + "\n")  # as `echo` writes it
     (tmp_path / "gitlab").write_text(OWN["gitlab"])
     secrets = secrets_from_env(
         {
@@ -246,7 +251,7 @@ def test_secrets_from_files(tmp_path):
             "DIPLO_WEBHOOK_SECRET_GITLAB_FILE": str(tmp_path / "gitlab"),
         }
     )
-    assert verify(delivery("github", "shared-from-file"), BODY, secrets) == "github"
+    assert verify(delivery("github", SHARED_SECRET), BODY, secrets) == "github"
     assert verify(delivery("gitlab", OWN["gitlab"]), BODY, secrets) == "gitlab"
     assert secrets.gitlab_exposes() is None
 
@@ -278,11 +283,11 @@ def test_a_bad_secret_variable_is_an_input_error(tmp_path, env, message):
 @pytest.mark.parametrize(
     ("env", "names", "hint"),
     [
-        ({"DIPLO_WEBHOOK_SECRET": "one-for-all"}, "GitHub and Gitea/Forgejo", "not DIPLO_"),
+        ({"DIPLO_WEBHOOK_SECRET": SHARED_SECRET}, "GitHub and Gitea/Forgejo", "not DIPLO_"),
         (
             {
-                "DIPLO_WEBHOOK_SECRET_GITEA": "copied-secret",
-                "DIPLO_WEBHOOK_SECRET_GITLAB": "copied-secret",
+                "DIPLO_WEBHOOK_SECRET_GITEA": SHARED_SECRET,
+                "DIPLO_WEBHOOK_SECRET_GITLAB": SHARED_SECRET,
             },
             "Gitea/Forgejo",
             "DIPLO_WEBHOOK_SECRET_GITLAB",
@@ -303,8 +308,8 @@ def test_gitlab_sharing_its_secret_with_an_hmac_provider_is_unsafe(env, names, h
     "env",
     [
         PER_PROVIDER,
-        {"DIPLO_WEBHOOK_SECRET": "hmac-only", "DIPLO_WEBHOOK_SECRET_GITLAB": OWN["gitlab"]},
-        {"DIPLO_WEBHOOK_SECRET_GITHUB": "same", "DIPLO_WEBHOOK_SECRET_GITEA": "same"},
+        {"DIPLO_WEBHOOK_SECRET": SHARED_SECRET, "DIPLO_WEBHOOK_SECRET_GITLAB": OWN["gitlab"]},
+        {"DIPLO_WEBHOOK_SECRET_GITHUB": SHARED_SECRET, "DIPLO_WEBHOOK_SECRET_GITEA": SHARED_SECRET},
         {"DIPLO_WEBHOOK_SECRET_GITLAB": OWN["gitlab"]},
     ],
     ids=["own", "gitlab-own", "hmac-shared", "gitlab-only"],
@@ -318,3 +323,20 @@ def test_secrets_are_not_in_their_repr():
     shown = repr(secrets) + str(secrets) + repr(WebhookSecrets.shared(SECRET))
     assert "DIPLO_WEBHOOK_SECRET_GITLAB" in shown
     assert all(value not in shown for value in [*OWN.values(), SECRET])
+
+
+@pytest.mark.parametrize("variable", ["DIPLO_WEBHOOK_SECRET", "DIPLO_WEBHOOK_SECRET_GITLAB"])
+@pytest.mark.parametrize("how", ["value", "file"])
+def test_a_short_secret_is_refused_without_showing_it(tmp_path, variable: str, how: str):
+    """Whoever guesses a webhook secret makes serve fetch at will (GitLab's travels in
+    clear): one shorter than an API token is refused, before anything is served."""
+    short = "guessable-secret"  # 16 characters
+    env = {variable: short}
+    if how == "file":
+        (tmp_path / "secret").write_text(short + "\n")
+        env = {variable + "_FILE": str(tmp_path / "secret")}
+    with pytest.raises(InputError, match=f"{variable}(_FILE)? is too weak: it has 16") as err:
+        secrets_from_env(env)
+    assert err.value.hint and "24" in err.value.hint
+    assert short not in str(err.value) + err.value.hint
+    assert secrets_from_env({variable: short + "-8f2c1a9d"})  # 25 characters: fine
