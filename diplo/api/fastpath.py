@@ -27,33 +27,37 @@ Headers = list[tuple[bytes, bytes]]
 GZIP_FROM = 512  # bytes: a smaller body is sent as it is
 
 
+class _Made:
+    """What the answers for one body are made of: its headers, and its gzip when asked."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.headers = _headers(body, None)
+        self._gz: tuple[bytes, Headers] | None = None
+        self._lock = threading.Lock()  # one compression per body, whoever asks first
+
+    def gzipped(self) -> tuple[bytes, Headers]:
+        with self._lock:
+            if self._gz is None:
+                small = gzip.compress(self.body, 6)
+                self._gz = (small, _headers(small, b"gzip"))
+            return self._gz
+
+
 class ListingFastPath:
     def __init__(self, app: ASGI, listing: Callable[[], bytes], access: Access) -> None:
         self.app = app
         self.listing = listing  # the current body of GET /apps
         self.access = access
-        # the body these were made for, its response headers, its gzip and theirs
-        self._made: tuple[bytes, Headers, bytes | None, Headers | None] | None = None
-        self._lock = threading.Lock()
+        self._made: _Made | None = None  # for the newest body (two made at once: harmless)
 
     def _response(self, body: bytes, gzipped: bool) -> tuple[bytes, Headers]:
         made = self._made
-        if made is None or made[0] is not body:
-            with self._lock:
-                made = self._made
-                if made is None or made[0] is not body:
-                    made = self._made = (body, _headers(body, None), None, None)
-        if not gzipped or len(body) < GZIP_FROM:
-            return body, made[1]
-        if made[2] is None or made[3] is None:
-            with self._lock:
-                made = self._made
-                assert made is not None
-                if made[0] is not body or made[2] is None or made[3] is None:
-                    small = gzip.compress(body, 6)
-                    made = self._made = (body, made[1], small, _headers(small, b"gzip"))
-        assert made[2] is not None and made[3] is not None
-        return made[2], made[3]
+        if made is None or made.body is not body:
+            made = self._made = _Made(body)
+        if gzipped and len(body) >= GZIP_FROM:
+            return made.gzipped()
+        return body, made.headers
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != "/apps" or scope["method"] != "GET":

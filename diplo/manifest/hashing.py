@@ -159,9 +159,9 @@ def with_spec_hash(app: DesiredApp) -> DesiredApp:
 
 def _plain(value: Any) -> Any:
     """`value` as `dataclasses.asdict` makes it, as far as JSON can tell: dataclasses as
-    dicts, tuples and lists as lists. Without asdict's deep copy of every leaf, which was
-    half of a manifest load (at 500 apps, 130 of 255 ms). The JSON, and so every spec
-    hash, is the same as before: a change here would redeploy every app on upgrade."""
+    dicts, tuples and lists as lists. Without asdict's deep copy of every leaf (a load of
+    500 apps: 147 -> 120 ms). The JSON, and so every spec hash, is the same as before: a
+    change here would redeploy every app on upgrade."""
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     if isinstance(value, tuple | list):
