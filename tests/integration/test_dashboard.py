@@ -462,5 +462,23 @@ def test_the_overview_sends_a_screen_of_rows_first_and_the_rest_after_it_is_show
         assert page.locator(f"#row-{names[0]}").is_hidden()
         assert page.locator("#shown-count").inner_text() == f"1 of {len(names)}"
         assert page.errors == []  # type: ignore[attr-defined]
+
+        # A fetch that finds no server (serve restarting) is no error of the page: it
+        # keeps what it shows, and the next change or reconnection fetches again.
+        offline = new_page(chromium, contexts)
+        failed: list[str] = []
+        offline.on("requestfailed", lambda request: failed.append(request.url))
+        for fragment in ("**/ui/rows", "**/ui/sparks"):
+            offline.route(fragment, lambda route: route.abort("connectionrefused"))
+        offline.goto(srv.url + "/")
+        offline.wait_for_selector("#live[data-state=live]")
+        for _ in range(100):  # the sync API hands events over only while it is called
+            if len(failed) >= 2:
+                break
+            offline.wait_for_timeout(100)
+        offline.wait_for_timeout(300)  # a rejection nobody handles is reported by now
+        assert len(failed) >= 2, failed
+        assert offline.errors == []  # type: ignore[attr-defined]
+        assert offline.locator("#app-rows tr").count() == FIRST_ROWS
     finally:
         stop(srv)

@@ -42,7 +42,10 @@
     clearTimeout(debounced[key]);
     debounced[key] = setTimeout(fn, ms);
   };
-  const get = (url) => fetch(url, { headers: { "HX-Request": "true" }, credentials: "same-origin" });
+  // No server to answer (serve restarting, the network gone) is an answer that is not ok,
+  // not an error: the page keeps what it shows, and the socket's return refreshes it all.
+  const get = (url) => fetch(url, { headers: { "HX-Request": "true" }, credentials: "same-origin" })
+    .catch(() => Response.error());
 
   function toast(text, tone) {
     const box = document.getElementById("toasts");
