@@ -94,6 +94,41 @@ def revision_done(srv: Server, app: str, revision: int) -> bool:
     )
 
 
+def rolled_back(srv: Server, app: str, to: int) -> bool:
+    """Whether the app's last deployment is a healthy, succeeded restore of `to`."""
+    row = json.loads(read(srv, f"/apps/{app}") or "{}")
+    dep = row.get("last_deployment") or {}
+    return (
+        row.get("health") == "healthy"
+        and dep.get("rollback_of") == to
+        and dep.get("result") == "succeeded"
+    )
+
+
+def settled_after(srv: Server, app: str, deployment: int) -> bool:
+    """Whether the app is healthy on a succeeded deployment newer than `deployment`, with
+    no deploy in flight (a rollback then takes its lock at once)."""
+    row = json.loads(read(srv, f"/apps/{app}") or "{}")
+    dep = row.get("last_deployment") or {}
+    return (
+        row.get("health") == "healthy"
+        and int(dep.get("id") or 0) > deployment
+        and dep.get("result") == "succeeded"
+        and not row.get("reconciling")
+    )
+
+
+def runs(box: Sandbox, app: str, values: dict[str, str]) -> bool:
+    """Whether the app's one running container was made with these values."""
+    running = box.containers(app, all=False)
+    if len(running) != 1:
+        return False
+    config = box.api.inspect_container(running[0]["Id"])["Config"]
+    return config["Cmd"][-1].endswith(f"# {values['CMD_SECRET']}") and (
+        f"FILE_SECRET={values['FILE_SECRET']}" in config["Env"]
+    )
+
+
 def test_a_planted_secret_appears_in_no_response_event_log_or_ledger_column(sandbox: Sandbox):
     box = sandbox
     web = box.name("sec")
@@ -110,11 +145,25 @@ def test_a_planted_secret_appears_in_no_response_event_log_or_ledger_column(sand
         assert f"API_KEY={first['ENV_SECRET']}" in inspect["Config"]["Env"]
         assert f"FILE_SECRET={first['FILE_SECRET']}" in inspect["Config"]["Env"]
 
-        write_secrets(box, second)  # every secret changes: a new release
-        wait_for(lambda: revision_done(srv, web, 2), 120, "the deploy of the new secrets")
-        status, body = srv.post(f"/apps/{web}/rollback", ADMIN)
+        good = json.loads(read(srv, f"/apps/{web}"))["last_deployment"]["id"]
+
+        # Every secret changes: a new release. The two files are two writes, and a loaded
+        # machine may reload between them (a release with half the new values, then one
+        # with all): the test waits for the container that holds them all.
+        write_secrets(box, second)
+        wait_for(
+            lambda: runs(box, web, second) and settled_after(srv, web, good),
+            120,
+            "the deploy of the new secrets",
+        )
+        status, body = srv.post(
+            f"/apps/{web}/rollback",
+            ADMIN,
+            json.dumps({"to": good}).encode(),
+            {"Content-Type": "application/json"},
+        )
         assert status == 202, body
-        wait_for(lambda: revision_done(srv, web, 3), 120, "the rollback")
+        wait_for(lambda: rolled_back(srv, web, good), 120, "the rollback")
         (c,) = box.containers(web, all=False)
         inspect = box.api.inspect_container(c["Id"])  # the old release's values, unsealed
         assert inspect["Config"]["Cmd"][-1].endswith(f"# {first['CMD_SECRET']}")
