@@ -14,6 +14,7 @@ from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX alerts_state ON alerts (state, id);
     """,
+    # v7: this ledger's own name, random, made once: what Diplo puts on the engine for
+    # this home alone (kept image tags) carries it, so two homes on one engine never
+    # share, retag or untag each other's.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('id', lower(hex(randomblob(4))));
+    """,
 ]
 ALERT_FIELDS = (
     *("key", "rule", "subject", "app", "state", "since", "resolved_at", "value", "threshold"),
@@ -287,6 +295,12 @@ class Ledger:
     @property
     def schema_version(self) -> int:
         return int(self._query("PRAGMA user_version")[0][0])
+
+    @cached_property
+    def identity(self) -> str:
+        """This ledger's name on the engine: 8 hex digits, random, the same for as long as
+        the ledger lives (see migration 7)."""
+        return str(self._query("SELECT value FROM meta WHERE key = 'id'")[0][0])
 
     # --- reads ---------------------------------------------------------------------------
 

@@ -30,8 +30,12 @@ def build(runtime: Runtime, ledger: Ledger, p: AppPlan, action: BuildImage, job:
     return image_id
 
 
-def kept_image_ref(app: str, dep_id: int) -> str:
-    return f"diplo-kept/{app}:d{dep_id}"
+def kept_image_ref(app: str, dep_id: int, owner: str) -> str:
+    """The tag that keeps deployment `dep_id`'s image. `owner`, the ledger's identity,
+    keeps it apart from another Diplo home's deployment of the same number of an app of
+    the same name on this engine: a shared tag would be moved to the other's image (and a
+    rollback would run it) or untagged by the other's prune."""
+    return f"diplo-kept/{app}:d{dep_id}-{owner}"
 
 
 def keep_image(
@@ -51,7 +55,7 @@ def keep_image(
     try:
         tag = ledger.kept_tag(app, image_id)
         if tag is None:
-            tag = kept_image_ref(app, dep_id)
+            tag = kept_image_ref(app, dep_id, ledger.identity)
             runtime.tag_image(image_id, tag)
         ledger.keep_image(dep_id, tag)
     except DiploError as exc:

@@ -2,7 +2,7 @@
 
 A rollback redeploys the exact spec and image an earlier deployment ran: the spec from
 the deployment's record in the ledger, the image from the tag that keeps it
-(`diplo-kept/APP:dID`). Env values are not in the ledger (Diplo never stores a secret);
+(`diplo-kept/APP:dID-LEDGER`). Env values are not in the ledger (Diplo never stores a secret);
 they come from the current manifest where their digest still matches. A rolled-back app
 is pinned: every apply and the controller keep it on the restored deployment until
 `resume` (`diplo sync APP --resume`), like Argo CD pausing auto-sync after a rollback.
@@ -98,6 +98,13 @@ def restore(ctx: Context, dep_id: int, current: DesiredApp | None) -> DesiredApp
             f"{dep.app}: the image of deployment {dep_id} is no longer kept "
             "(deploy.keep_images sets how many recent deployments keep theirs)",
             hint="roll back to a more recent deployment, or deploy a commit again",
+        )
+    if dep.image_id and image_id != dep.image_id:  # retagged since, outside this Diplo
+        raise InputError(
+            f"{dep.app}: the tag {dep.kept_image} that kept the image of deployment "
+            f"{dep_id} now names another image ({image_id[:19]}, not {dep.image_id[:19]}); "
+            "nothing was changed",
+            hint="roll back to another deployment, or deploy a commit again",
         )
     values = dict(current.env) if current is not None else {}
     blob = ctx.ledger.sealed_env(dep_id)

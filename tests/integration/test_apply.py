@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 
@@ -322,8 +323,9 @@ def test_down_removes_containers_and_volumes_only_when_asked(sandbox: Sandbox):
     )
     sandbox.diplo("apply", check=True)
     volume = f"{sandbox.project}_data"
-    kept = f"diplo-kept/{db}:d1"  # the image tag kept for rollbacks
-    assert sandbox.api.inspect_image(kept)
+    # the image tag kept for rollbacks: deployment 1's, of this home's ledger
+    (kept,) = sandbox.api.images(name=f"diplo-kept/{db}")[0]["RepoTags"]
+    assert re.fullmatch(rf"diplo-kept/{db}:d1-[0-9a-f]{{8}}", kept), kept
     out = sandbox.diplo("down", db, check=True).stdout
     assert f"removed container {sandbox.project}-{db}-1" in out
     assert f"removed image tag {kept}" in out

@@ -505,7 +505,7 @@ def test_down_one_app_leaves_the_others(world: CliWorld):
     world.write({"web": spec(), "worker": spec()})
     assert world.apply().exit_code == 0
     with world.ledger() as ledger:  # the two apps deploy in parallel: either may get d1
-        kept = f"diplo-kept/web:d{ledger.deployments('web')[0].id}"
+        kept = f"diplo-kept/web:d{ledger.deployments('web')[0].id}-{ledger.identity}"
     result = world.run("down", "web")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [

@@ -58,17 +58,23 @@ def test_restore_names_env_keys_whose_value_changed():
 def release(ctx, n: int, **kw):
     """Version `n` of web: an image of its own."""
     ctx.runtime.images[f"web:{n}"] = f"sha256:{n:064d}"
-    return app("web", image=f"web:{n}", keep_images=2, **kw)
+    kw.setdefault("keep_images", 2)
+    return app("web", image=f"web:{n}", **kw)
+
+
+def web_tag(ctx, dep_id: int) -> str:
+    """The tag that keeps deployment `dep_id` of web's image, in this test's ledger."""
+    return kept_image_ref("web", dep_id, ctx.ledger.identity)
 
 
 def test_each_image_is_kept_and_old_ones_are_dropped(ctx):
     for n in range(1, 5):
         assert deploy(ctx, state(release(ctx, n))).ok
     kept = ctx.ledger.kept_images("web")
-    assert [tag for _, tag in kept] == [kept_image_ref("web", 4), kept_image_ref("web", 3)]
+    assert [tag for _, tag in kept] == [web_tag(ctx, 4), web_tag(ctx, 3)]
     images = ctx.runtime.images
-    assert kept_image_ref("web", 4) in images and kept_image_ref("web", 1) not in images
-    assert ("untag", kept_image_ref("web", 1)) in ctx.runtime.calls
+    assert web_tag(ctx, 4) in images and web_tag(ctx, 1) not in images
+    assert ("untag", web_tag(ctx, 1)) in ctx.runtime.calls
 
 
 def test_deployments_of_a_kept_image_share_its_tag_and_never_push_older_images_out(ctx):
@@ -82,16 +88,16 @@ def test_deployments_of_a_kept_image_share_its_tag_and_never_push_older_images_o
         assert deploy(ctx, state(release(ctx, 2, env=(("N", str(n)),)))).ok
     assert not [c for c in ctx.runtime.calls if c[0] in ("tag", "untag")]
     kept = ctx.ledger.kept_images("web")
-    assert {tag for _, tag in kept} == {kept_image_ref("web", 1), kept_image_ref("web", 2)}
-    assert [d for d, tag in kept if tag == kept_image_ref("web", 2)] == [7, 6, 5, 4, 3, 2]
+    assert {tag for _, tag in kept} == {web_tag(ctx, 1), web_tag(ctx, 2)}
+    assert [d for d, tag in kept if tag == web_tag(ctx, 2)] == [7, 6, 5, 4, 3, 2]
     # the release before them can still be restored, and so can each of them
     assert restore(ctx, 1, None).image == "sha256:" + "1".zfill(64)
     assert restore(ctx, 3, release(ctx, 2, env=(("N", "0"),))).image == "sha256:" + "2".zfill(64)
     # a third image: the oldest one goes, with every deployment that shared the tag
     assert deploy(ctx, state(release(ctx, 3))).ok
-    assert ("untag", kept_image_ref("web", 1)) in ctx.runtime.calls
+    assert ("untag", web_tag(ctx, 1)) in ctx.runtime.calls
     tags = [tag for _, tag in ctx.ledger.kept_images("web")]
-    assert tags == [kept_image_ref("web", 8)] + [kept_image_ref("web", 2)] * 6
+    assert tags == [web_tag(ctx, 8)] + [web_tag(ctx, 2)] * 6
 
 
 def test_heals_of_one_release_leave_one_deployment_holding_its_tag(ctx):
@@ -106,7 +112,7 @@ def test_heals_of_one_release_leave_one_deployment_holding_its_tag(ctx):
         ctx.runtime.containers.clear()
         assert deploy(ctx, state(v1)).ok
     assert not [c for c in ctx.runtime.calls if c[0] in ("tag", "untag")]
-    tag = kept_image_ref("web", 1)
+    tag = web_tag(ctx, 1)
     assert ctx.ledger.kept_images("web") == [(4, tag), (1, tag)]
     assert restore(ctx, 4, None).image == restore(ctx, 1, None).image
 
@@ -210,3 +216,39 @@ def test_rollback_to_a_release_that_differed_only_in_an_env_value(ctx, tmp_path,
     wal = tmp_path / "ledger.db-wal"
     raw += wal.read_bytes() if wal.exists() else b""
     assert b"s3cret-1" not in raw and b"oops" not in raw  # sealed, never in clear
+
+
+def test_two_homes_on_one_engine_keep_their_own_images(tmp_path):
+    """Two Diplo homes (two ledgers) on one engine. An app name is the engine's one at a
+    time, but kept images outlive a container removed by hand: the other home may then
+    deploy an app of that name, with the same deployment numbers. Their tags were once
+    the same (`diplo-kept/web:d1`): the other's deploy moved ours to its image, so a
+    rollback here ran theirs, and its prune untagged ours. Each ledger's tags carry its
+    own identity now."""
+    engine = MemoryRuntime(images={"busybox:latest": IMAGE_ID})
+    ours = Context(_runtime=engine, _ledger=Ledger(tmp_path / "ours" / "ledger.db"))
+    theirs = Context(_runtime=engine, _ledger=Ledger(tmp_path / "theirs" / "ledger.db"))
+    assert ours.ledger.identity != theirs.ledger.identity
+    assert ours.ledger.identity == Ledger(tmp_path / "ours" / "ledger.db").identity  # kept
+    for n in (1, 2):
+        assert deploy(ours, state(release(ours, n, project="a"))).ok
+    engine.containers.clear()  # docker rm -f, by hand, while our serve is down
+    for n in (7, 8, 9):  # theirs keep one image: their prune untags their d1 and d2
+        assert deploy(theirs, state(release(theirs, n, project="b", keep_images=1))).ok
+    assert [d for d, _ in theirs.ledger.kept_images("web")] == [3]
+    assert [d for d, _ in ours.ledger.kept_images("web")] == [2, 1]
+    assert restore(ours, 1, None).image == "sha256:" + "1".zfill(64)
+    assert restore(ours, 2, None).image == "sha256:" + "2".zfill(64)
+    ours.ledger.close()
+    theirs.ledger.close()
+
+
+def test_a_rollback_to_a_tag_moved_to_another_image_is_refused(ctx):
+    """A kept tag retagged outside Diplo (or by an older Diplo of another home) names an
+    image the deployment never ran: the rollback says so and changes nothing."""
+    assert deploy(ctx, state(release(ctx, 1))).ok
+    assert deploy(ctx, state(release(ctx, 2))).ok
+    ctx.runtime.images[web_tag(ctx, 1)] = "sha256:" + "6".zfill(64)  # docker tag ... by hand
+    with pytest.raises(InputError, match="now names another image") as err:
+        restore(ctx, 1, None)
+    assert web_tag(ctx, 1) in err.value.message
