@@ -138,11 +138,20 @@ def _load(
     served = _served(ctx)
     routes = []
     rows = {app: (project, route, None) for app, (project, route) in ctx.ledger.routes().items()}
-    for app, (project, route, given) in {**rows, **(extra or {})}.items():
+    wanted = {**rows, **(extra or {})}
+    kept = {
+        app
+        for app, (project, _, given) in wanted.items()
+        if given is None and f"{project}/{app}" in served and app not in (moved or set())
+    }
+    live = _addresses(ctx, kept)
+    for app, (project, route, given) in wanted.items():
         key = f"{project}/{app}"
         if given is not None:
             ups = list(given)
-        elif key in served and app not in (moved or set()):
+        elif app in kept and {u.rpartition(":")[0] for u in served[key]} <= live.get(app, set()):
+            # What Caddy serves stays, unless it sends requests to a container that is
+            # gone: a start-first deploy interrupted after its switch leaves it so.
             ups = served[key]
         else:
             ups = _settled(ctx, project, app, route)
@@ -158,6 +167,23 @@ def _served(ctx: Context) -> dict[str, list[str]]:
         return upstreams_of(ctx.proxy.admin.config())
     except ProxyUnavailable:
         return {}
+
+
+def _addresses(ctx: Context, apps: set[str]) -> dict[str, set[str]]:
+    """The IP addresses of each app's running containers, of any name (a start-first
+    deploy's new replicas too): one listing, an inspect per container."""
+    out: dict[str, set[str]] = {app: set() for app in apps}
+    if not apps:
+        return out
+    for c in ctx.runtime.observe(containers_only=True).containers:
+        if c.app in out and c.state == "running":
+            try:
+                ip = ctx.runtime.state(c.id).ip
+            except DiploError:
+                continue  # gone meanwhile
+            if ip:
+                out[c.app].add(ip)
+    return out
 
 
 def _settled(ctx: Context, project: str, app: str, route: dict[str, Any]) -> list[str]:

@@ -72,7 +72,7 @@ def remove_by_label(api: docker.APIClient, label: str) -> None:
 
 
 def remove_kept_images(api: docker.APIClient, test_id: str) -> None:
-    """The tags Diplo keeps for rollbacks (`diplo-kept/APP:dN`) of this test's apps."""
+    """The tags Diplo keeps for rollbacks (`diplo-kept/APP:dN-LEDGER`) of this test's apps."""
     for img in api.images(name="diplo-kept/*"):
         for tag in img.get("RepoTags") or []:
             if test_id in tag:

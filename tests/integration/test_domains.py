@@ -227,3 +227,44 @@ def test_serve_brings_a_killed_proxy_back_by_itself(sandbox: Sandbox, web: Site)
         srv.stop()
     # Brought back by serve (its health loop, or a resync if that came first), not Docker.
     assert "action=started" in srv.output and "proxy.container" in srv.output
+
+
+def test_a_route_left_on_a_removed_replica_is_served_again(sandbox: Sandbox, web: Site):
+    """A start-first deploy interrupted between its switch and its end (Ctrl-C, a kill of
+    `diplo serve`) can leave Caddy sending an app's requests to a container that is gone:
+    every request fails until the app's next switch. `diplo serve`'s resync and a
+    `diplo apply` each send them to the app's running replicas again."""
+    box = sandbox
+    app, domain = box.name("web"), f"stale-{box.id}.localhost"
+    box.manifest({app: app_spec(box, "stale", domains=[domain])})
+    box.diplo("apply", check=True)
+    assert eventually(lambda: web.get(domain)) == (200, "stale\n")
+
+    def strand() -> None:  # the state such an interruption leaves: no container there
+        proxy = web.proxy()
+        try:
+            proxy.switch(f"{box.project}/{app}", ["127.0.0.1:1"])
+        finally:
+            proxy.close()
+        try:  # Caddy holds a request a while for an upstream to answer, then fails it
+            status = https_get(web.https_port, domain, ca=web.ca, timeout=2.0)[0]
+        except OSError:
+            status = None
+        assert status != 200
+
+    def answered() -> tuple[int, str]:
+        got = web.get(domain)
+        assert got[0] == 200, got
+        return got
+
+    strand()
+    box.diplo("apply", check=True)  # nothing to deploy
+    assert web.get(domain) == (200, "stale\n")
+
+    srv = Server(box).start()  # a resync every 5 s
+    try:
+        assert eventually(lambda: srv.get(f"/apps/{app}"), 30)
+        strand()
+        assert eventually(answered, 30) == (200, "stale\n")
+    finally:
+        srv.stop()

@@ -45,7 +45,7 @@ def _owned(api: docker.APIClient) -> tuple[set[str], set[str]]:
 
 
 def _kept_tags(api: docker.APIClient) -> set[str]:
-    """The tags deploys keep for rollbacks (`diplo-kept/APP:dN`), and those the examples
+    """The tags deploys keep for rollbacks (`diplo-kept/APP:dN-LEDGER`), and those the examples
     build under their project's name (`build-local/api:dev`)."""
     tags = {t for img in api.images() for t in img.get("RepoTags") or []}
     return {t for t in tags if t.startswith("diplo-kept/") or t.split("/")[0] in PROJECTS}
