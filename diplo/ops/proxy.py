@@ -13,13 +13,13 @@ shared by every Diplo process on the host."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from diplo.errors import DiploError, ProxyUnavailable
-from diplo.model import DesiredApp, container_name
+from diplo.model import DesiredApp, ObservedContainer, container_name
 from diplo.ops.context import Context
 from diplo.proxy.config import CertFiles, Route, Tls, upstreams_of
 
@@ -173,32 +173,35 @@ def _addresses(ctx: Context, apps: set[str]) -> dict[str, set[str]]:
     """The IP addresses of each app's running containers, of any name (a start-first
     deploy's new replicas too): one listing, an inspect per container."""
     out: dict[str, set[str]] = {app: set() for app in apps}
-    if not apps:
-        return out
-    for c in ctx.runtime.observe(containers_only=True).containers:
-        if c.app in out and c.state == "running":
-            try:
-                ip = ctx.runtime.state(c.id).ip
-            except DiploError:
-                continue  # gone meanwhile
-            if ip:
-                out[c.app].add(ip)
+    if apps:
+        listed = ctx.runtime.observe(containers_only=True).containers
+        for c, ip in _ips(ctx, [c for c in listed if c.app in out]):
+            out[c.app].add(ip)
     return out
 
 
 def _settled(ctx: Context, project: str, app: str, route: dict[str, Any]) -> list[str]:
     """The addresses of the app's running replicas under their settled names."""
     names = {container_name(project, app, k) for k in range(1, int(route["replicas"]) + 1)}
-    out = []
-    for c in ctx.runtime.observe(containers_only=True).of_app(app):
-        if c.name in names and c.state == "running":
-            try:
-                ip = ctx.runtime.state(c.id).ip
-            except DiploError:
-                continue  # gone meanwhile
-            if ip:
-                out.append(f"{ip}:{route['http_port']}")
-    return sorted(out)
+    listed = ctx.runtime.observe(containers_only=True).of_app(app)
+    return sorted(
+        f"{ip}:{route['http_port']}" for _, ip in _ips(ctx, [c for c in listed if c.name in names])
+    )
+
+
+def _ips(
+    ctx: Context, containers: Iterable[ObservedContainer]
+) -> Iterator[tuple[ObservedContainer, str]]:
+    """Each running one of `containers` with its IP address (one inspect each)."""
+    for c in containers:
+        if c.state != "running":
+            continue
+        try:
+            ip = ctx.runtime.state(c.id).ip
+        except DiploError:
+            continue  # gone meanwhile
+        if ip:
+            yield c, ip
 
 
 def _route(key: str, route: dict[str, Any], upstreams: list[str]) -> Route:

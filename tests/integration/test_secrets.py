@@ -84,23 +84,14 @@ class EventTap:
         return "".join(self.lines)
 
 
-def revision_done(srv: Server, app: str, revision: int) -> bool:
+def deployed(srv: Server, app: str, field: str, value: int) -> bool:
+    """Whether the app is healthy on a succeeded last deployment whose `field` is `value`
+    (its `revision`, or `rollback_of`: a restore of that deployment)."""
     row = json.loads(read(srv, f"/apps/{app}") or "{}")
     dep = row.get("last_deployment") or {}
     return (
         row.get("health") == "healthy"
-        and dep.get("revision") == revision
-        and dep.get("result") == "succeeded"
-    )
-
-
-def rolled_back(srv: Server, app: str, to: int) -> bool:
-    """Whether the app's last deployment is a healthy, succeeded restore of `to`."""
-    row = json.loads(read(srv, f"/apps/{app}") or "{}")
-    dep = row.get("last_deployment") or {}
-    return (
-        row.get("health") == "healthy"
-        and dep.get("rollback_of") == to
+        and dep.get(field) == value
         and dep.get("result") == "succeeded"
     )
 
@@ -138,7 +129,7 @@ def test_a_planted_secret_appears_in_no_response_event_log_or_ledger_column(sand
     srv = Server(box, env={"DIPLO_TOKEN": ADMIN, "DIPLO_VIEWER_TOKEN": VIEWER}).start()
     tap = EventTap(srv)
     try:
-        wait_for(lambda: revision_done(srv, web, 1), 120, "the first deploy")
+        wait_for(lambda: deployed(srv, web, "revision", 1), 120, "the first deploy")
         (c,) = box.containers(web, all=False)
         inspect = box.api.inspect_container(c["Id"])
         assert inspect["Config"]["Labels"]["token"] == f"tok-{first['LABEL_SECRET']}"
@@ -163,7 +154,7 @@ def test_a_planted_secret_appears_in_no_response_event_log_or_ledger_column(sand
             {"Content-Type": "application/json"},
         )
         assert status == 202, body
-        wait_for(lambda: rolled_back(srv, web, good), 120, "the rollback")
+        wait_for(lambda: deployed(srv, web, "rollback_of", good), 120, "the rollback")
         (c,) = box.containers(web, all=False)
         inspect = box.api.inspect_container(c["Id"])  # the old release's values, unsealed
         assert inspect["Config"]["Cmd"][-1].endswith(f"# {first['CMD_SECRET']}")
