@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from diplo.errors import DiploError, ProxyUnavailable
-from diplo.model import DesiredApp, ObservedContainer, container_name
+from diplo.model import DesiredApp, Observed, ObservedContainer, container_name
 from diplo.ops.context import Context
 from diplo.proxy.config import CertFiles, Route, Tls, upstreams_of
 
@@ -139,22 +139,26 @@ def _load(
     routes = []
     rows = {app: (project, route, None) for app, (project, route) in ctx.ledger.routes().items()}
     wanted = {**rows, **(extra or {})}
+    looked_up = [app for app, (_, _, given) in wanted.items() if given is None]
+    # One listing for every app looked up here, not one per app.
+    observed = ctx.runtime.observe(containers_only=True) if looked_up else None
     kept = {
         app
-        for app, (project, _, given) in wanted.items()
-        if given is None and f"{project}/{app}" in served and app not in (moved or set())
+        for app in looked_up
+        if f"{wanted[app][0]}/{app}" in served and app not in (moved or set())
     }
-    live = _addresses(ctx, kept)
+    live = _addresses(ctx, observed, kept)
     for app, (project, route, given) in wanted.items():
         key = f"{project}/{app}"
         if given is not None:
             ups = list(given)
-        elif app in kept and {u.rpartition(":")[0] for u in served[key]} <= live.get(app, set()):
+        elif app in kept and {u.rpartition(":")[0] for u in served[key]} <= live[app]:
             # What Caddy serves stays, unless it sends requests to a container that is
             # gone: a start-first deploy interrupted after its switch leaves it so.
             ups = served[key]
         else:
-            ups = _settled(ctx, project, app, route)
+            assert observed is not None  # `app` is looked up
+            ups = _settled(ctx, observed, project, app, route)
         routes.append(_route(key, route, ups))
     ensured = ctx.proxy.ensure(routes)
     if ensured.container != "unchanged":  # created, recreated or started again
@@ -169,24 +173,23 @@ def _served(ctx: Context) -> dict[str, list[str]]:
         return {}
 
 
-def _addresses(ctx: Context, apps: set[str]) -> dict[str, set[str]]:
+def _addresses(ctx: Context, observed: Observed | None, apps: set[str]) -> dict[str, set[str]]:
     """The IP addresses of each app's running containers, of any name (a start-first
-    deploy's new replicas too): one listing, an inspect per container."""
+    deploy's new replicas too): an inspect per container."""
     out: dict[str, set[str]] = {app: set() for app in apps}
-    if apps:
-        listed = ctx.runtime.observe(containers_only=True).containers
-        for c, ip in _ips(ctx, [c for c in listed if c.app in out]):
+    if observed is not None and apps:
+        for c, ip in _ips(ctx, [c for c in observed.containers if c.app in out]):
             out[c.app].add(ip)
     return out
 
 
-def _settled(ctx: Context, project: str, app: str, route: dict[str, Any]) -> list[str]:
+def _settled(
+    ctx: Context, observed: Observed, project: str, app: str, route: dict[str, Any]
+) -> list[str]:
     """The addresses of the app's running replicas under their settled names."""
     names = {container_name(project, app, k) for k in range(1, int(route["replicas"]) + 1)}
-    listed = ctx.runtime.observe(containers_only=True).of_app(app)
-    return sorted(
-        f"{ip}:{route['http_port']}" for _, ip in _ips(ctx, [c for c in listed if c.name in names])
-    )
+    settled = [c for c in observed.of_app(app) if c.name in names]
+    return sorted(f"{ip}:{route['http_port']}" for _, ip in _ips(ctx, settled))
 
 
 def _ips(
