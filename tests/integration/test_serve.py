@@ -31,6 +31,26 @@ class Server:
         self.log = box.dir / f"serve-{self.port}.log"
 
     def start(self) -> Server:
+        for _ in range(3):
+            self._spawn()
+            try:
+                wait_for(self._answers, 30, "the API to answer")
+                return self
+            except AssertionError as exc:  # what serve printed is the only clue CI keeps
+                assert self.proc is not None
+                if self.proc.poll() is None:
+                    self.proc.kill()  # the caller's cleanup never saw it: leave none behind
+                    self.proc.wait()
+                    raise AssertionError(f"{exc}; serve's output:\n{self.output}") from None
+                if "cannot listen on" not in self.output:
+                    raise
+                # free_port() let the port go: another process took it in between.
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError(f"no free port for diplo serve:\n{self.output}")
+
+    def _spawn(self) -> None:
+        self.log = self.box.dir / f"serve-{self.port}.log"
         self.proc = subprocess.Popen(
             [
                 *DIPLO,
@@ -48,8 +68,14 @@ class Server:
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: self.get("/healthz") is not None, 30, "the API to answer")
-        return self
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"diplo serve exited ({self.proc.returncode}) before it answered:\n{self.output}"
+            )
+        return self.get("/healthz") is not None
 
     def get(self, path: str) -> Any:
         try:
