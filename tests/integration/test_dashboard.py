@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Route, sync_playwright
 
 from .conftest import Sandbox, web_spec
 from .test_gitops import Repo, serving
@@ -463,13 +463,19 @@ def test_the_overview_sends_a_screen_of_rows_first_and_the_rest_after_it_is_show
         assert page.locator("#shown-count").inner_text() == f"1 of {len(names)}"
         assert page.errors == []  # type: ignore[attr-defined]
 
-        # A fetch that finds no server (serve restarting) is no error of the page: it
-        # keeps what it shows, and the next change or reconnection fetches again.
+        # A fetch that finds no server (serve restarting), or a body cut short (serve gone
+        # in the middle of it), is no error of the page: it keeps what it shows, and the
+        # next change or reconnection fetches again.
         offline = new_page(chromium, contexts)
         failed: list[str] = []
         offline.on("requestfailed", lambda request: failed.append(request.url))
-        for fragment in ("**/ui/rows", "**/ui/sparks"):
-            offline.route(fragment, lambda route: route.abort("connectionrefused"))
+        offline.route("**/ui/rows", lambda route: route.abort("connectionrefused"))
+
+        def cut_short(route: Route) -> None:
+            failed.append(route.request.url)
+            route.fulfill(status=200, content_type="application/json", body='{"apps": {"a')
+
+        offline.route("**/ui/sparks", cut_short)
         offline.goto(srv.url + "/")
         offline.wait_for_selector("#live[data-state=live]")
         for _ in range(100):  # the sync API hands events over only while it is called

@@ -42,10 +42,12 @@
     clearTimeout(debounced[key]);
     debounced[key] = setTimeout(fn, ms);
   };
-  // No server to answer (serve restarting, the network gone) is an answer that is not ok,
-  // not an error: the page keeps what it shows, and the socket's return refreshes it all.
-  const get = (url) => fetch(url, { headers: { "HX-Request": "true" }, credentials: "same-origin" })
-    .catch(() => Response.error());
+  // No server to answer (serve restarting, the network gone), or one gone in the middle
+  // of the body, is an answer that is not ok, not an error: the page keeps what it shows,
+  // and the socket's return refreshes it all. The body is read here, as text or JSON.
+  const get = (url, as = "text") => fetch(url, { headers: { "HX-Request": "true" }, credentials: "same-origin" })
+    .then(async (res) => ({ ok: res.ok, status: res.status, body: res.ok ? await res[as]() : null }))
+    .catch(() => ({ ok: false, status: 0, body: null }));
 
   function toast(text, tone) {
     const box = document.getElementById("toasts");
@@ -99,7 +101,7 @@
     if (res.status === 404) { if (old) old.remove(); applyFilters(); return; }
     if (!res.ok) return;
     const tpl = document.createElement("template");
-    tpl.innerHTML = (await res.text()).trim();
+    tpl.innerHTML = res.body.trim();
     const fresh = tpl.content.firstElementChild;
     if (!fresh) return;
     if (old) old.replaceWith(fresh); else { await refreshRows(); return; }
@@ -109,7 +111,7 @@
   async function refreshRows() {
     const res = await get("/ui/rows");
     if (!res.ok || !rowsBody) return;
-    rowsBody.innerHTML = await res.text();
+    rowsBody.innerHTML = res.body;
     delete rowsBody.dataset.more;
     rowsBody.removeAttribute("aria-busy");
     rowsBody.querySelectorAll("[data-spark]").forEach(drawSpark);
@@ -122,9 +124,9 @@
     if (!rowsBody) return;
     if (!force && Date.now() - sparksAt < 5000) return;
     sparksAt = Date.now();
-    const res = await get("/ui/sparks");
+    const res = await get("/ui/sparks", "json");
     if (!res.ok) return;
-    sparks = (await res.json()).apps || {};
+    sparks = res.body.apps || {};
     rowsBody.querySelectorAll("[data-spark]").forEach(drawSpark);
   }
   const SVG = "http://www.w3.org/2000/svg";
@@ -183,9 +185,9 @@
     if (!force && Date.now() - chartsAt < 10000) return;
     chartsAt = Date.now();
     const range = document.getElementById("range").value;
-    const res = await get(`/ui/apps/${encodeURIComponent(appName)}/metrics?since=${range}`);
+    const res = await get(`/ui/apps/${encodeURIComponent(appName)}/metrics?since=${range}`, "json");
     if (!res.ok) return;
-    const s = await res.json();
+    const s = res.body;
     const css = getComputedStyle(document.documentElement);
     const fg = css.getPropertyValue("--muted").trim();
     const grid = css.getPropertyValue("--line").trim();
