@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller as SmtpController
+from aiosmtpd.smtp import AuthResult
 
 from diplo.alerts import delivery
 from diplo.alerts.channels import (
@@ -36,6 +38,8 @@ from diplo.alerts.delivery import Dispatcher
 from diplo.alerts.state import AlertBook, Reading
 from diplo.errors import InputError
 from diplo.hostconfig import EmailChannel, parse_config
+
+from .certs import self_signed
 
 TOKEN = "T0KEN-in-the-path-xyz"
 
@@ -187,6 +191,86 @@ def test_starttls_to_a_server_without_it_is_a_delivery_error(smtp: tuple[int, In
     )
     with pytest.raises(DeliveryError, match=r"STARTTLS|starttls"):
         EmailSender("mail", cfg, "pa55word").send(PAYLOAD)
+
+
+@pytest.fixture
+def tls_smtp(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, int, Inbox, list[tuple[str, str]], Path]]:
+    """An SMTP server over TLS with a self-signed certificate: implicit TLS (`ssl`, port
+    465's way) or STARTTLS required before AUTH (`starttls`); it records each login."""
+    security: str = request.param
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    logins: list[tuple[str, str]] = []
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        logins.append((data.login.decode(), data.password.decode()))
+        return AuthResult(success=True)
+
+    # aiosmtpd offers AUTH before STARTTLS only when told that TLS need not come first:
+    # over implicit TLS it has come first.
+    tls: dict[str, Any] = (
+        {"ssl_context": context, "auth_require_tls": False}
+        if security == "ssl"
+        else {"tls_context": context, "require_starttls": True, "auth_require_tls": True}
+    )
+    inbox = Inbox()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctl = SmtpController(
+        inbox, hostname="127.0.0.1", port=port, authenticator=authenticate, **tls
+    )  # fmt: skip
+    ctl.start()
+    yield security, port, inbox, logins, cert
+    ctl.stop()
+
+
+def email_to(port: int, security: str) -> EmailChannel:
+    return EmailChannel.model_validate(
+        {
+            "type": "email",
+            "host": "127.0.0.1",
+            "port": port,
+            "security": security,
+            "username": "diplo",
+            "from": "diplo@example.com",
+            "to": ["ops@example.com"],
+        }
+    )
+
+
+@pytest.mark.parametrize("tls_smtp", ["ssl", "starttls"], indirect=True)
+def test_email_over_tls_logs_in_and_is_delivered(
+    tls_smtp: tuple[str, int, Inbox, list[tuple[str, str]], Path],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    security, port, inbox, logins, cert = tls_smtp
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the host's CAs: here, this one cert
+    EmailSender("mail", email_to(port, security), "pa55word-of-the-relay").send(PAYLOAD)
+    assert logins == [("diplo", "pa55word-of-the-relay")]
+    (msg,) = inbox.messages
+    assert msg.rcpt_tos == ["ops@example.com"]
+    mail = email.message_from_bytes(msg.content, policy=email.policy.default)
+    assert mail["Subject"] == "[FIRING] memory:web"
+
+
+@pytest.mark.parametrize("tls_smtp", ["ssl", "starttls"], indirect=True)
+def test_a_server_whose_certificate_is_not_trusted_gets_no_password(
+    tls_smtp: tuple[str, int, Inbox, list[tuple[str, str]], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+):
+    security, port, inbox, logins, _ = tls_smtp
+    (tmp_path / "other").mkdir()
+    other, _ = self_signed(tmp_path / "other")
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))  # trusts another cert, not the server's
+    with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED") as failed:
+        EmailSender("mail", email_to(port, security), "pa55word-of-the-relay").send(PAYLOAD)
+    assert "pa55word" not in str(failed.value)
+    assert logins == [] and inbox.messages == []
 
 
 def test_a_failing_channel_is_retried_with_backoff_and_reported(
