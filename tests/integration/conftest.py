@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -80,10 +81,27 @@ def remove_kept_images(api: docker.APIClient, test_id: str) -> None:
                     api.remove_image(tag)
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, below the kernel's ephemeral range: a port from bind(0) is one the
+    kernel may give the next outgoing connection (Chromium's, urllib's) before the server
+    meant for it binds, and CI saw serve and Caddy fail on a port taken that way."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # Caddy listens on every address of the host
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port below {low}")
 
 
 class Sandbox:
