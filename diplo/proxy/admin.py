@@ -72,7 +72,15 @@ class AdminClient:
 
     def _request(self, method: str, path: str, what: str, json: Any = None) -> httpx.Response:
         try:
-            resp = self._client.request(method, path, json=json)
+            try:
+                resp = self._client.request(method, path, json=json)
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # Caddy restarts its admin server on a new config: the kept-alive
+                # connection a read reuses right after a load can be reset. Reads
+                # change nothing, so one more try, on a new connection, is safe.
+                if method != "GET":
+                    raise
+                resp = self._client.request(method, path, json=json)
         except httpx.TimeoutException as exc:
             raise ProxyUnavailable(
                 f"Caddy's admin API ({self.socket_path}) did not answer within "
