@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,11 +25,17 @@ class Server:
         self.source = source or ["--manifests", str(box.dir)]
         self.env = {**box.env, **(env or {})}
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
-        # A file, not a pipe: serve logs every deploy at info, and a pipe nobody reads
-        # would fill up and block it.
-        self.log = box.dir / f"serve-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        """A file, not a pipe: serve logs every deploy at info, and a pipe nobody reads
+        would fill up and block it."""
+        return self.box.dir / f"serve-{self.port}.log"
 
     def start(self) -> Server:
         for _ in range(3):
@@ -46,11 +53,9 @@ class Server:
                     raise
                 # free_port() let the port go: another process took it in between.
                 self.port = free_port()
-                self.url = f"http://127.0.0.1:{self.port}"
         raise AssertionError(f"no free port for diplo serve:\n{self.output}")
 
     def _spawn(self) -> None:
-        self.log = self.box.dir / f"serve-{self.port}.log"
         self.proc = subprocess.Popen(
             [
                 *DIPLO,

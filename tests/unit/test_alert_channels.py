@@ -10,7 +10,6 @@ import email.policy
 import hashlib
 import hmac
 import json
-import socket
 import ssl
 import threading
 import time
@@ -40,6 +39,7 @@ from diplo.errors import InputError
 from diplo.hostconfig import EmailChannel, parse_config
 
 from .certs import self_signed
+from .cliworld import free_port
 
 TOKEN = "T0KEN-in-the-path-xyz"
 
@@ -95,9 +95,7 @@ class Inbox:
 @pytest.fixture
 def smtp() -> Iterator[tuple[int, Inbox]]:
     inbox = Inbox()
-    with socket.socket() as s:  # aiosmtpd checks its port by connecting: not 0
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # aiosmtpd checks its port by connecting: not 0
     ctl = SmtpController(inbox, hostname="127.0.0.1", port=port)
     ctl.start()
     yield port, inbox
@@ -216,13 +214,8 @@ def tls_smtp(
         if security == "ssl"
         else {"tls_context": context, "require_starttls": True, "auth_require_tls": True}
     )
-    inbox = Inbox()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctl = SmtpController(
-        inbox, hostname="127.0.0.1", port=port, authenticator=authenticate, **tls
-    )  # fmt: skip
+    inbox, port = Inbox(), free_port()
+    ctl = SmtpController(inbox, hostname="127.0.0.1", port=port, authenticator=authenticate, **tls)
     ctl.start()
     yield security, port, inbox, logins, cert
     ctl.stop()
